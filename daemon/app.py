@@ -1,0 +1,170 @@
+"""The composition root: open everything in dependency order, close it in reverse.
+
+`run` is the daemon's whole life: it returns when `stop` is set (SIGTERM/SIGINT),
+after the consumer stopped, in-flight requests finished (or the timeout passed) and
+every resource closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aio_pika
+import aiohttp
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.exceptions import AMQPError
+from yarl import URL
+
+from consumers.sign_requests import SignRequestConsumer
+from daemon import http, metrics, topology
+from daemon.database import Database
+from daemon.documents import DocumentSource
+from daemon.errors import BrokerUnavailable
+from daemon.hsm import SigningPool
+from daemon.pipeline import Pipeline
+from daemon.settings import Settings
+from daemon.store import FileStore
+from producers.status import StatusRelay
+from producers.transports import AmqpStatus, MqttStatus
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_S = 10.0
+
+
+@dataclass(frozen=True)
+class Running:
+    """What a started daemon exposes to its caller (the CLI, tests, the demo)."""
+
+    db: Database
+    consumer: SignRequestConsumer
+    relay: StatusRelay
+    http_port: int
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    async with started(settings, stop):
+        await stop.wait()
+        log.info("Stopping.")
+
+
+@contextlib.asynccontextmanager
+async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Running]:
+    metrics.set_build_info()
+    async with contextlib.AsyncExitStack() as stack:
+        db = Database(settings.database)
+        await db.open()
+        stack.push_async_callback(db.close)
+
+        pool = SigningPool(settings.hsm, settings.signing)
+        await pool.start()
+        stack.push_async_callback(pool.close)
+
+        client = await stack.enter_async_context(aiohttp.ClientSession())
+        documents = DocumentSource(
+            client, settings.signing.max_document_bytes, settings.signing.fetch_timeout_s
+        )
+        pipeline = Pipeline(db, pool, FileStore(settings.store.path), documents)
+
+        connection = await _connect(settings)
+        stack.push_async_callback(connection.close)
+        consume_channel = await connection.channel(on_return_raises=True)
+        await consume_channel.set_qos(prefetch_count=settings.amqp.prefetch)
+        topo = await topology.declare(consume_channel, settings.amqp)
+        status_channel = await connection.channel()
+        status_exchange = await status_channel.get_exchange(topology.STATUS)
+
+        mqtt = MqttStatus(settings.mqtt)
+        stack.push_async_callback(mqtt.close)
+        relay = StatusRelay(db, [AmqpStatus(status_exchange), mqtt])
+        relay_stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(relay_stop), name="outbox-relay")
+        stack.push_async_callback(_finish, relay_task, relay_stop)
+
+        consumer = SignRequestConsumer(topo, pipeline, settings.amqp, settings.instance)
+        watchdog_task = asyncio.create_task(
+            _watch_consumer(connection, topo, consumer, stop), name="consumer-watchdog"
+        )
+        stack.push_async_callback(_finish, watchdog_task, None)
+
+        checks: dict[str, http.Check] = {
+            "broker": lambda: _broker_check(connection),
+            "consuming": lambda: _consuming_check(consumer),
+            "database": db.ping,
+            "hsm": pool.ping,
+        }
+        runner = await http.serve(http.build(checks), settings.http.host, settings.http.port)
+        stack.push_async_callback(runner.cleanup)
+        port = runner.addresses[0][1] if runner.addresses else settings.http.port
+
+        await consumer.start()
+        stack.push_async_callback(consumer.stop, settings.shutdown_timeout_s)
+        log.info("Ready: consuming, HTTP on %s:%s.", settings.http.host, port)
+        yield Running(db, consumer, relay, port)
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop`; nothing polls for them."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def _connect(settings: Settings) -> AbstractRobustConnection:
+    password = settings.amqp.resolved_password()
+    try:
+        url = URL(settings.amqp.url)
+        if password is not None:
+            url = url.with_password(password.get_secret_value())
+        return await aio_pika.connect_robust(
+            url, client_properties={"connection_name": settings.instance}
+        )
+    except (AMQPError, ConnectionError, OSError) as exc:
+        raise BrokerUnavailable(f"Cannot connect to RabbitMQ: {type(exc).__name__}.") from exc
+
+
+async def _broker_check(connection: AbstractRobustConnection) -> None:
+    if connection.is_closed or not connection.connected.is_set():
+        raise BrokerUnavailable("not connected")
+
+
+async def _consuming_check(consumer: SignRequestConsumer) -> None:
+    if not consumer.consuming:
+        raise BrokerUnavailable("not consuming")
+
+
+async def _watch_consumer(
+    connection: AbstractRobustConnection,
+    topo: topology.Topology,
+    consumer: SignRequestConsumer,
+    stop: asyncio.Event,
+) -> None:
+    """Repair a consumer the broker forgot (e.g. after a restart the channel came back
+    without it); the robust connection restores most, this catches the rest."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), WATCHDOG_S)
+        if stop.is_set() or not connection.connected.is_set() or not consumer.consuming:
+            continue
+        try:
+            underlay = await topo.sign_queue.channel.get_underlay_channel()
+            declared = await underlay.queue_declare(topology.SIGN_QUEUE, passive=True)
+            if declared.consumer_count == 0:
+                log.warning("The sign queue has no consumer; consuming again.")
+                await consumer.repair()
+        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError):
+            log.info("Consumer check skipped: the broker connection is recovering.")
+
+
+async def _finish(task: asyncio.Task[None], stop: asyncio.Event | None) -> None:
+    if stop is not None:
+        stop.set()
+    else:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,196 @@
+"""`hocba-signer`: the command line, and the other composition root beside app.py."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import HocbaError
+from daemon.settings import Settings, load_settings
+
+log = logging.getLogger("hocba_signer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _logging(args.log_level)
+    try:
+        return int(asyncio.run(args.handler(args)) or 0)
+    except HocbaError as exc:
+        print(f"hocba-signer: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from daemon import app
+
+    settings = _settings(args)
+    stop = asyncio.Event()
+    app.install_signal_handlers(stop)
+    await app.run(settings, stop)
+    return 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from daemon import migrate
+    from daemon.database import connect_once
+
+    conn = await connect_once(_settings(args).database)
+    try:
+        applied = await migrate.migrate(conn)
+    finally:
+        await conn.close()
+    print(json.dumps({"applied": applied}))
+    return 0
+
+
+async def _dev_init(args: argparse.Namespace) -> int:
+    from daemon import devenv
+
+    env = await devenv.init(args.dir, args.schools)
+    report = {
+        "config": str(env.config_path),
+        "trust_root": str(env.settings.signing.trust_roots[0]),
+        "token_label": env.settings.hsm.token_label,
+        "schools": {
+            school: {
+                stage: [
+                    s.signer_id for s in env.signers if s.school_id == school and s.stage == stage
+                ]
+                for stage in ("homeroom_teacher", "principal", "school_seal")
+            }
+            for school in env.schools
+        },
+    }
+    _print(report, args.json)
+    return 0
+
+
+async def _dev_consent(args: argparse.Namespace) -> int:
+    from daemon import devenv
+    from daemon.stages import Stage
+
+    signer = devenv.load_consent_signer(args.dir.resolve(), args.school)
+    print(signer.mint(args.signer, Stage(args.stage), [(args.record, args.digest)], args.ttl))
+    return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    from producers import publish
+
+    result = await publish.publish_file(args)
+    _print(result, True)
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from daemon import demo
+
+    summary = await demo.run(args.dir, args.records, args.schools, args.output_dir)
+    if not args.json:
+        print(
+            f"{summary['issued']} of {summary['records']} records issued, "
+            f"{summary['rejected']} rejected, in {summary['elapsed_s']} s.",
+            file=sys.stderr,
+        )
+    print(json.dumps(summary, ensure_ascii=False))
+    return 0 if summary["issued"] == summary["records"] else 1
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    from daemon import verify
+
+    settings = _settings(args) if args.config or not args.trust_root else None
+    roots = args.trust_root or (settings.signing.trust_roots if settings else [])
+    report = await asyncio.to_thread(verify.report, args.file.read_bytes(), roots)
+    print(verify.render(report, as_json=args.json))
+    return 0 if report["valid"] else 1
+
+
+def _print(value: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(value, ensure_ascii=False))
+        return
+    for key, item in value.items():
+        print(f"{key}: {json.dumps(item, ensure_ascii=False)}")
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hocba-signer", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML file (default: $HOCBA_CONFIG)")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    cmd = sub.add_parser("run", help="run the daemon")
+    cmd.set_defaults(handler=_run)
+    cmd = sub.add_parser("migrate", help="apply database migrations")
+    cmd.set_defaults(handler=_migrate)
+
+    dev = sub.add_parser("dev", help="development environment").add_subparsers(
+        required=True, metavar="DEV_COMMAND"
+    )
+    cmd = dev.add_parser("init", help="provision dev HSM token, PKI, database, registry")
+    cmd.add_argument("--dir", type=Path, default=Path(".dev"))
+    cmd.add_argument("--schools", type=int, default=3)
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_dev_init)
+    cmd = dev.add_parser("consent", help="mint a consent JWS as the school system would")
+    cmd.add_argument("--dir", type=Path, default=Path(".dev"))
+    cmd.add_argument("--school", required=True)
+    cmd.add_argument("--signer", required=True)
+    cmd.add_argument("--record", required=True)
+    cmd.add_argument(
+        "--stage", required=True, choices=["homeroom_teacher", "principal", "school_seal"]
+    )
+    cmd.add_argument("--digest", required=True)
+    cmd.add_argument("--ttl", type=int, default=3600)
+    cmd.set_defaults(handler=_dev_consent)
+
+    cmd = sub.add_parser("publish", help="publish one sign request (sample school system)")
+    from producers import publish
+
+    publish.add_arguments(cmd)
+    cmd.set_defaults(handler=_publish)
+
+    cmd = sub.add_parser("demo", help="the whole flow on this machine")
+    cmd.add_argument("--dir", type=Path, default=Path(".dev"))
+    cmd.add_argument("--records", type=int, default=50, help="records per school")
+    cmd.add_argument("--schools", type=int, default=3)
+    cmd.add_argument("--output-dir", type=Path, default=Path("var/demo"))
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_demo)
+
+    cmd = sub.add_parser("verify", help="validate a signed PDF")
+    cmd.add_argument("file", type=Path)
+    cmd.add_argument(
+        "--trust-root",
+        type=Path,
+        action="append",
+        help="trusted root certificate (default: signing.trust_roots)",
+    )
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_verify)
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""`hocba-signer demo`: the whole flow on one machine, as a school system would drive it.
+
+Provision the dev environment, start the daemon, publish N records per school, take
+each to the next stage only when the previous status event has arrived, write the
+issued PDFs to `output_dir/<school_id>/<record_id>.pdf`, validate every signature,
+and summarise in one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import random
+import secrets
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+from daemon import app, devenv, pades, topology
+from daemon.messages import RecordInfo
+from daemon.stages import ORDER, Stage, State
+from daemon.store import FileStore
+from producers.school_system import sample_pdf, sample_record, sign_request
+
+_NEXT = {State.SIGNED_BY_TEACHER: Stage.PRINCIPAL, State.SIGNED_BY_PRINCIPAL: Stage.SCHOOL_SEAL}
+
+
+@dataclass
+class Progress:
+    total: int
+    issued: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finished(self) -> int:
+        return self.issued + self.rejected
+
+    def show(self) -> None:
+        if sys.stderr.isatty():
+            width = 30
+            filled = width * self.finished() // max(self.total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(f"\r[{bar}] {self.issued} issued, {self.rejected} rejected")
+            sys.stderr.flush()
+
+
+async def run(
+    base: Path, records: int, schools: int, output_dir: Path, timeout_s: float = 900
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    env = await devenv.init(base, schools)
+    output_dir = await asyncio.to_thread(output_dir.resolve)
+    stop = asyncio.Event()
+    async with app.started(env.settings, stop):
+        driver = Driver(env, output_dir)
+        await driver.drive(records, timeout_s)
+        stop.set()
+    progress = driver.progress
+    roots = env.settings.signing.trust_roots
+    valid = await asyncio.to_thread(_validate_all, driver.issued, roots)
+    return {
+        "records": progress.total,
+        "issued": progress.issued,
+        "rejected": progress.rejected,
+        "reasons": progress.reasons,
+        "valid_signatures": valid,
+        "schools": len(env.schools),
+        "elapsed_s": round(time.perf_counter() - started, 3),
+        "output_dir": str(output_dir),
+    }
+
+
+class Driver:
+    """Publishes each record's first stage, then follows its status events to the seal."""
+
+    def __init__(self, env: devenv.DevEnv, output_dir: Path) -> None:
+        self.env = env
+        self.output_dir = output_dir
+        self.store = FileStore(env.settings.store.path)
+        self.issued: list[Path] = []
+        self.progress = Progress(total=0)
+        # Each record waits for the outcome of the one request last published for it.
+        self._waiting: dict[tuple[str, str], tuple[RecordInfo, str]] = {}
+        self._requests: aio_pika.abc.AbstractExchange | None = None
+
+    async def drive(self, per_school: int, timeout_s: float) -> None:
+        run_tag = secrets.token_hex(3)
+        rng = random.Random(run_tag)
+        self.progress.total = per_school * len(self.env.schools)
+        connection = await aio_pika.connect_robust(self.env.settings.amqp.url)
+        async with connection:
+            channel = await connection.channel()
+            self._requests = await channel.get_exchange(topology.REQUESTS)
+            status = await channel.get_exchange(topology.STATUS)
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            for school in self.env.schools:
+                await queue.bind(status, routing_key=f"status.{school}.#")
+            await queue.consume(self._on_status)
+            for school in self.env.schools:
+                for n in range(per_school):
+                    info = sample_record(rng, school, run_tag, n)
+                    pdf = sample_pdf(info, f"Trường Tiểu học {school}")
+                    await self._publish(school, info, ORDER[0], _sha256(pdf), pdf)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.done.wait(), timeout_s)
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+
+    async def _publish(
+        self, school: str, info: RecordInfo, stage: Stage, digest: str, pdf: bytes | None = None
+    ) -> None:
+        assert self._requests is not None
+        signer = self.env.signer_for(school, stage.value)
+        token = self.env.consent_signer(school).mint(signer, stage, [(info.record_id, digest)])
+        key, body, rid = sign_request(school, info, stage, signer, token, pdf)
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=rid,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        self._waiting[(school, info.record_id)] = (info, rid)
+        await self._requests.publish(message, routing_key=key)
+
+    async def _on_status(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            event = json.loads(message.body)
+            key = (event["school_id"], event.get("record_id"))
+            waiting = self._waiting.get(key)
+            if waiting is None or waiting[1] != event["request_id"]:
+                return  # not ours, or a repeated event for an earlier stage
+            del self._waiting[key]
+            await self._advance(event, waiting[0], key)
+
+    async def _advance(self, event: dict[str, Any], info: RecordInfo, key: tuple[str, str]) -> None:
+        state = State(event["state"])
+        if state in _NEXT:
+            await self._publish(key[0], info, _NEXT[state], event["document_sha256"])
+            return
+        if state is State.ISSUED:
+            path = self.output_dir / key[0] / f"{key[1]}.pdf"
+            data = await self.store.get(event["document_sha256"])
+            await asyncio.to_thread(_write, path, data)
+            self.issued.append(path)
+            self.progress.issued += 1
+        else:
+            code = (event.get("reason") or {}).get("code", "unknown")
+            self.progress.reasons[code] = self.progress.reasons.get(code, 0) + 1
+            self.progress.rejected += 1
+        self.progress.show()
+        if self.progress.finished() >= self.progress.total:
+            self.progress.done.set()
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _validate_all(paths: list[Path], roots: list[Path]) -> int:
+    """How many signatures in the issued PDFs validate (intact, valid, trusted)."""
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        counts = pool.map(_valid_signatures, paths, [roots] * len(paths))
+        return sum(counts)
+
+
+def _valid_signatures(path: Path, roots: list[Path]) -> int:
+    reports = pades.validate_pdf(path.read_bytes(), pades.load_certificates(roots))
+    return sum(1 for r in reports if r.bottom_line)

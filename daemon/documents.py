@@ -1,0 +1,56 @@
+"""The homeroom teacher's document: inline or fetched by reference, then checked."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import aiohttp
+
+from daemon.errors import DocumentFetchFailed, DocumentUnavailable, HashMismatch, NotAPdf
+from daemon.messages import Document
+from daemon.pades import inspect_pdf
+
+_PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 414, 451})
+
+
+class DocumentSource:
+    """Fetches referenced documents over HTTP(S), with a size bound and a timeout."""
+
+    def __init__(self, session: aiohttp.ClientSession, max_bytes: int, timeout_s: float) -> None:
+        self._session = session
+        self._max_bytes = max_bytes
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def content(self, document: Document) -> bytes:
+        """The document's bytes, matching its announced sha256."""
+        data = document.inline_bytes()
+        if data is None:
+            data = await self._fetch(str(document.url))
+        if len(data) > self._max_bytes:
+            raise NotAPdf(f"Document is larger than {self._max_bytes} bytes.")
+        if hashlib.sha256(data).hexdigest() != document.sha256:
+            raise HashMismatch("Document sha256 does not match its content.")
+        # Parsing is CPU work on untrusted bytes: off the event loop.
+        await asyncio.to_thread(inspect_pdf, data, self._max_bytes)
+        return data
+
+    async def _fetch(self, url: str) -> bytes:
+        try:
+            async with self._session.get(url, timeout=self._timeout) as response:
+                if response.status in _PERMANENT_STATUSES:
+                    raise DocumentUnavailable(f"Document URL answered HTTP {response.status}.")
+                if response.status != 200:
+                    raise DocumentFetchFailed(f"Document URL answered HTTP {response.status}.")
+                return await self._read_bounded(response)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise DocumentFetchFailed(f"Document fetch failed: {type(exc).__name__}.") from exc
+
+    async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
+        chunks, size = [], 0
+        async for chunk in response.content.iter_chunked(65_536):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise NotAPdf(f"Document is larger than {self._max_bytes} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,131 @@
+"""The wire contracts: sign requests in, status events out; decoded once, at the edge."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from daemon.errors import InvalidMessage
+from daemon.stages import Stage, State
+
+SchoolId = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z_-]{1,32}$")]
+RecordId = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z._-]{1,64}$")]
+SignerId = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z._-]{1,64}$")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RecordInfo(_Frozen):
+    record_id: RecordId
+    student_id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    academic_year: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{4}$")]
+    grade: int = Field(ge=1, le=12)
+    class_name: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    submission_round: Literal[1, 2]
+
+
+class Document(_Frozen):
+    sha256: Sha256Hex
+    content_b64: str | None = None
+    url: AnyHttpUrl | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Document:
+        if (self.content_b64 is None) == (self.url is None):
+            raise ValueError("document needs exactly one of content_b64 and url")
+        return self
+
+    def inline_bytes(self) -> bytes | None:
+        """The inline content, decoded; None when the document is by reference."""
+        if self.content_b64 is None:
+            return None
+        try:
+            return base64.b64decode(self.content_b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidMessage("document.content_b64 is not valid base64.") from exc
+
+
+class SignRequest(_Frozen):
+    type: Literal["hocba.sign_request.v1"]
+    request_id: UUID
+    school_id: SchoolId
+    record: RecordInfo
+    stage: Stage
+    signer_id: SignerId
+    document: Document | None = None
+    consent: Annotated[str, StringConstraints(min_length=1, max_length=16_384)]
+    requested_at: datetime
+
+    @model_validator(mode="after")
+    def _document_only_first(self) -> SignRequest:
+        if self.stage is Stage.HOMEROOM_TEACHER and self.document is None:
+            raise ValueError("stage homeroom_teacher needs a document")
+        if self.stage is not Stage.HOMEROOM_TEACHER and self.document is not None:
+            raise ValueError(f"stage {self.stage} signs the held version; drop document")
+        return self
+
+
+class Reason(_Frozen):
+    code: str
+    message: str
+
+
+class StatusEvent(_Frozen):
+    type: Literal["hocba.record_status.v1"] = "hocba.record_status.v1"
+    event_id: UUID
+    request_id: UUID | None
+    school_id: str
+    record_id: str | None
+    state: State
+    stage: Stage | None
+    document_sha256: str | None
+    signatures: int
+    reason: Reason | None
+    at: datetime
+
+
+def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
+    """Decode and check a sign request; the routing key's school must be the body's."""
+    try:
+        raw: Any = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise InvalidMessage(f"Body is not JSON: {exc.msg}.", body) from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage("Body is not UTF-8 JSON.", body) from exc
+    try:
+        request = SignRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidMessage(_summarise(exc), body) from exc
+    if routing_key != f"sign.{request.school_id}":
+        raise InvalidMessage(
+            f"Routing key {routing_key!r} does not match school_id {request.school_id}.",
+            body,
+        )
+    return request
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    tail = f" (+{more} more)" if more > 0 else ""
+    return "Invalid sign request: " + "; ".join(parts) + tail + "."

@@ -1,0 +1,205 @@
+"""The orchestrator: decide, sign, store; one way through, every outcome stored.
+
+`handle` returns the outcome of a decoded request once it is durable (signature or
+refusal, with its status event in the outbox). Transient errors propagate to the
+consumer, which schedules a retry; permanent ones become a stored refusal here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+from uuid import UUID
+
+from daemon import consent, records, rules
+from daemon.database import Database
+from daemon.errors import HocbaError, PermanentError, RequestIdReused, UnknownSchool
+from daemon.hsm import KeyRef, SignJob, SignResult
+from daemon.messages import Document, Reason, SignRequest, StatusEvent
+from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
+from daemon.stages import Stage, State
+from daemon.store import DocumentStore
+
+log = logging.getLogger(__name__)
+
+VIETNAM = timezone(timedelta(hours=7), "ICT")
+
+
+def now() -> datetime:
+    return datetime.now(VIETNAM)
+
+
+class Signing(Protocol):
+    async def sign(self, job: SignJob) -> SignResult: ...
+
+
+class Documents(Protocol):
+    async def content(self, document: Document) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a request; `rejected` ones are dead-lettered by the consumer."""
+
+    event: StatusEvent
+    duplicate: bool = False
+
+    @property
+    def rejected(self) -> bool:
+        return self.event.state is State.REJECTED
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    db: Database
+    signing: Signing
+    store: DocumentStore
+    documents: Documents
+
+    async def handle(self, request: SignRequest, body_sha256: str) -> Outcome:
+        started = time.perf_counter()
+        async with self.db.connection() as conn:
+            prior = await records.prior_request(conn, request.request_id)
+        if prior is not None:
+            if prior.body_sha256 != body_sha256:
+                error = RequestIdReused("request_id was used before for another request.")
+                return await self.refuse(error, request.school_id, request, remember=False)
+            return await self._repeat(prior.event)
+        try:
+            outcome = await self._sign(request, body_sha256)
+        except PermanentError as exc:
+            return await self.refuse(exc, request.school_id, request, body_sha256=body_sha256)
+        SIGN_DURATION.labels(request.stage.value).observe(time.perf_counter() - started)
+        return outcome
+
+    async def refuse(
+        self,
+        error: HocbaError,
+        school_id: str,
+        request: SignRequest | None = None,
+        *,
+        request_id: UUID | None = None,
+        body_sha256: str = "",
+        remember: bool = True,
+    ) -> Outcome:
+        """Store a refusal and its `rejected` event; remember it when the request decoded."""
+        stage = request.stage if request else None
+        event = StatusEvent(
+            event_id=uuid.uuid4(),
+            request_id=request.request_id if request else request_id,
+            school_id=school_id,
+            record_id=request.record.record_id if request else None,
+            state=State.REJECTED,
+            stage=stage,
+            document_sha256=None,
+            signatures=0,
+            reason=Reason(code=error.code, message=error.message),
+            at=now(),
+        )
+        async with self.db.transaction() as conn:
+            if request is not None and remember:
+                current = await records.record(conn, school_id, request.record.record_id)
+                event = event.model_copy(
+                    update={
+                        "signatures": current.signatures if current else 0,
+                        "document_sha256": current.current_sha256 if current else None,
+                    }
+                )
+            await records.store_rejection(
+                conn,
+                event,
+                body_sha256,
+                stage.value if stage else None,
+                remember=request is not None and remember,
+            )
+        REQUESTS.labels(stage.value if stage else "unknown", "rejected", error.code).inc()
+        log.info("Refused request %s for school %s: %s.", event.request_id, school_id, error.code)
+        return Outcome(event)
+
+    async def _repeat(self, event: StatusEvent) -> Outcome:
+        """Answer a request seen before with the status it already produced."""
+        async with self.db.transaction() as conn:
+            await records.audit(conn, event, "duplicate", {})
+            await records.enqueue(conn, event)
+        stage = event.stage.value if event.stage else "unknown"
+        REQUESTS.labels(stage, "duplicate", "").inc()
+        log.info("Request %s was seen before; repeated its status.", event.request_id)
+        return Outcome(event, duplicate=True)
+
+    async def _sign(self, request: SignRequest, body_sha256: str) -> Outcome:
+        async with self.db.connection() as conn:
+            school = await records.school(conn, request.school_id)
+            if school is None:
+                raise UnknownSchool(f"School {request.school_id} is not registered.")
+            signer = rules.authorised_signer(
+                await records.signer(conn, request.school_id, request.signer_id), request
+            )
+            record = await records.record(conn, request.school_id, request.record.record_id)
+        rules.check_order(record, request)
+        digest = request.document.sha256 if request.document else record.current_sha256  # type: ignore[union-attr]
+        subject = consent.Subject(
+            request.school_id,
+            request.signer_id,
+            request.record.record_id,
+            request.stage.value,
+            digest,
+        )
+        consent.verify(request.consent, school.consent_key, subject, now())
+        pdf = await self._version_to_sign(request, digest)
+        key = KeyRef(request.school_id, signer.token_label, signer.key_label)
+        result = await self.signing.sign(SignJob(pdf, request.stage, key))
+        HSM_DURATION.labels(request.stage.value).observe(result.hsm_seconds)
+        await self.store.put(result.pdf)
+        event = StatusEvent(
+            event_id=uuid.uuid4(),
+            request_id=request.request_id,
+            school_id=request.school_id,
+            record_id=request.record.record_id,
+            state=request.stage.state,
+            stage=request.stage,
+            document_sha256=result.sha256,
+            signatures=request.stage.position,
+            reason=None,
+            at=now(),
+        )
+        signature = records.NewSignature(
+            request_id=request.request_id,
+            school_id=request.school_id,
+            info=request.record,
+            stage=request.stage,
+            signer_id=request.signer_id,
+            cert_serial=result.cert_serial,
+            signed_at=result.signed_at,
+            digest_before=digest,
+            digest_after=result.sha256,
+            size_before=len(pdf),
+            size_after=len(result.pdf),
+            body_sha256=body_sha256,
+        )
+        async with self.db.transaction() as conn:
+            await records.store_signature(conn, signature, event)
+        REQUESTS.labels(request.stage.value, "signed", "").inc()
+        log.info(
+            "Signed stage %s of record %s for school %s.",
+            request.stage,
+            request.record.record_id,
+            request.school_id,
+        )
+        return Outcome(event)
+
+    async def _version_to_sign(self, request: SignRequest, digest: str) -> bytes:
+        if request.stage is Stage.HOMEROOM_TEACHER:
+            assert request.document is not None
+            pdf = await self.documents.content(request.document)
+            await self.store.put(pdf)
+            return pdf
+        return await self.store.get(digest)
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()

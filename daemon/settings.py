@@ -1,0 +1,175 @@
+"""The one configuration model: a TOML file, overridden by `HOCBA_*` variables.
+
+Nested sections are overridden with a double underscore, e.g.
+`HOCBA_DATABASE__DSN` or `HOCBA_HSM__PIN_FILE`. Secrets are `SecretStr`, read from a
+file, from a systemd credential (`$CREDENTIALS_DIRECTORY/<name>`) or, for
+development only, given inline; they print as `**********`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from daemon.errors import ConfigError
+
+CONFIG_ENV = "HOCBA_CONFIG"
+
+
+def read_secret(inline: SecretStr | None, path: Path | None, credential: str) -> SecretStr | None:
+    """The secret from a file, else a systemd credential, else the inline value."""
+    if path is not None:
+        return SecretStr(_read(path))
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and (Path(creds) / credential).is_file():
+        return SecretStr(_read(Path(creds) / credential))
+    return inline
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read secret file {path}: {exc.strerror}.") from exc
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    dsn: str = "postgresql://postgres@127.0.0.1:5432/hocba"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    pool_min: int = Field(default=2, ge=1)
+    pool_max: int = Field(default=10, ge=1)
+    command_timeout_s: float = 30.0
+
+    def resolved_password(self) -> SecretStr | None:
+        return read_secret(self.password, self.password_file, "db-password")
+
+
+class AmqpSettings(_Section):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    prefetch: int = Field(default=64, ge=1, le=1000)
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_ms: int = Field(default=1000, ge=10)
+    retry_cap_ms: int = Field(default=60_000, ge=10)
+    delivery_limit: int = Field(default=20, ge=1)
+    max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+
+    def resolved_password(self) -> SecretStr | None:
+        return read_secret(self.password, self.password_file, "amqp-password")
+
+
+class MqttSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    topic_prefix: str = "hocba"
+    client_id_prefix: str = "hocba-signer"
+
+    def resolved_password(self) -> SecretStr | None:
+        return read_secret(self.password, self.password_file, "mqtt-password")
+
+
+class HsmSettings(_Section):
+    module: Path = Path("/usr/lib/softhsm/libsofthsm2.so")
+    token_label: str = "hocba"
+    pin: SecretStr | None = None
+    pin_file: Path | None = None
+    workers: int = Field(default=2, ge=1, le=64)
+    op_timeout_s: float = Field(default=30.0, gt=0)
+    # Extra environment for the worker processes, e.g. SOFTHSM2_CONF or
+    # P11_KIT_SERVER_ADDRESS for a token reached through `p11-kit server`.
+    env: dict[str, str] = Field(default_factory=dict)
+
+    def resolved_pin(self) -> SecretStr:
+        pin = read_secret(self.pin, self.pin_file, "hsm-pin")
+        if pin is None:
+            raise ConfigError("No HSM PIN: set hsm.pin_file or the hsm-pin credential.")
+        return pin
+
+
+class SigningSettings(_Section):
+    # B-B only for now; B-T, B-LT and B-LTA add a timestamp authority and validation
+    # data, and bytes_reserved already leaves room for them.
+    level: Literal["B-B"] = "B-B"
+    trust_roots: list[Path] = Field(default_factory=list)
+    bytes_reserved: int = Field(default=16_384, ge=4096)
+    max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    fetch_timeout_s: float = Field(default=20.0, gt=0)
+
+
+class StoreSettings(_Section):
+    path: Path = Path("var/documents")
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """The whole configuration, loaded once in `main` and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOCBA_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    instance: str = "hocba-signer"
+    log_level: str = "INFO"
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    database: DatabaseSettings = DatabaseSettings()
+    amqp: AmqpSettings = AmqpSettings()
+    mqtt: MqttSettings = MqttSettings()
+    hsm: HsmSettings = HsmSettings()
+    signing: SigningSettings = SigningSettings()
+    store: StoreSettings = StoreSettings()
+    http: HttpSettings = HttpSettings()
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Settings:
+        if self.database.pool_min > self.database.pool_max:
+            raise ValueError("database.pool_min must not exceed database.pool_max")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = os.environ.get(CONFIG_ENV)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load the configuration from `path` (or `$HOCBA_CONFIG`) and the environment."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"Configuration file {path} does not exist.")
+        os.environ[CONFIG_ENV] = str(path)
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid configuration: {exc}") from exc

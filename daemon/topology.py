@@ -1,0 +1,81 @@
+"""The RabbitMQ topology, declared idempotently by every instance at start-up.
+
+    hocba.requests (topic) --sign.#--> hocba.sign (quorum) --x-dead-letter--> hocba.dead
+    hocba.retry (headers, hocba-retry-ms=N) --> hocba.sign.retry.N (quorum, TTL N ms)
+        --expired--> hocba.sign.return (fanout) --> hocba.sign
+    hocba.dead (topic) --sign.#--> hocba.sign.dead (quorum)
+    hocba.status (topic): status.<school_id>.<state>
+
+The consumer dead-letters refusals itself (publishing to hocba.dead with the reason in
+headers); the queue's own dead-lettering catches what exceeds the delivery limit, such
+as a message that crashes every instance that takes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from daemon.backoff import retry_delays_ms
+from daemon.settings import AmqpSettings
+
+REQUESTS = "hocba.requests"
+STATUS = "hocba.status"
+DEAD = "hocba.dead"
+RETRY = "hocba.retry"
+RETURN = "hocba.sign.return"
+SIGN_QUEUE = "hocba.sign"
+DEAD_QUEUE = "hocba.sign.dead"
+RETRY_HEADER = "hocba-retry-ms"
+
+_QUORUM_DLX = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+@dataclass(frozen=True)
+class Topology:
+    requests: AbstractExchange
+    status: AbstractExchange
+    dead: AbstractExchange
+    retry: AbstractExchange
+    sign_queue: AbstractQueue
+
+
+async def declare(channel: AbstractChannel, settings: AmqpSettings) -> Topology:
+    requests = await channel.declare_exchange(REQUESTS, aio_pika.ExchangeType.TOPIC, durable=True)
+    status = await channel.declare_exchange(STATUS, aio_pika.ExchangeType.TOPIC, durable=True)
+    dead = await channel.declare_exchange(DEAD, aio_pika.ExchangeType.TOPIC, durable=True)
+    retry = await channel.declare_exchange(RETRY, aio_pika.ExchangeType.HEADERS, durable=True)
+    back = await channel.declare_exchange(RETURN, aio_pika.ExchangeType.FANOUT, durable=True)
+
+    dead_queue = await channel.declare_queue(
+        DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_queue.bind(dead, routing_key="sign.#")
+
+    sign_queue = await channel.declare_queue(
+        SIGN_QUEUE,
+        durable=True,
+        arguments={
+            **_QUORUM_DLX,
+            "x-dead-letter-exchange": DEAD,
+            "x-delivery-limit": settings.delivery_limit,
+        },
+    )
+    await sign_queue.bind(requests, routing_key="sign.#")
+    await sign_queue.bind(back)
+
+    delays = retry_delays_ms(settings.max_attempts, settings.retry_base_ms, settings.retry_cap_ms)
+    for delay_ms in delays:
+        queue = await channel.declare_queue(
+            f"{SIGN_QUEUE}.retry.{delay_ms}",
+            durable=True,
+            arguments={**_QUORUM_DLX, "x-dead-letter-exchange": RETURN, "x-message-ttl": delay_ms},
+        )
+        await queue.bind(retry, arguments={"x-match": "all", RETRY_HEADER: str(delay_ms)})
+    return Topology(requests, status, dead, retry, sign_queue)

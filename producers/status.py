@@ -1,0 +1,117 @@
+"""The outbox relay: status events from PostgreSQL to AMQP (confirmed) and MQTT (QoS 1).
+
+One instance at a time relays (it holds an advisory lock on its own connection), so
+events leave in the order they were stored and a retained MQTT status is never
+overwritten by an older one. Commits wake it through LISTEN/NOTIFY; a slow sweep
+catches what a crashed leader left behind. A broker that is down only delays events:
+rows stay pending per transport until that transport has taken them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Protocol
+
+import asyncpg
+
+from daemon.database import Database, translated
+from daemon.errors import BrokerUnavailable, DatabaseUnavailable
+from daemon.metrics import OUTBOX_BACKLOG, STATUS_PUBLISHED
+from daemon.records import OUTBOX_CHANNEL
+
+log = logging.getLogger(__name__)
+
+_LEADER_LOCK = 0x68_6F_63_62_62  # any constant shared by all instances
+BATCH = 200
+
+
+class Transport(Protocol):
+    name: str
+
+    async def publish(self, events: list[dict[str, Any]]) -> None:
+        """Publish every event, in order, or raise BrokerUnavailable."""
+        ...
+
+
+class StatusRelay:
+    def __init__(self, db: Database, transports: list[Transport], sweep_s: float = 5.0) -> None:
+        self._db = db
+        self._transports = transports
+        self._sweep_s = sweep_s
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set, taking and retaking leadership as connections come and go."""
+        while not stop.is_set():
+            try:
+                await self._lead(stop)
+            except DatabaseUnavailable as exc:
+                log.warning("Outbox relay lost the database (%s); retrying.", exc.message)
+            await _wait(stop, self._sweep_s)
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        async with self._db.connection() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
+                return
+            try:
+                await conn.add_listener(OUTBOX_CHANNEL, self._on_notify)
+                log.info("This instance relays status events.")
+                while not stop.is_set():
+                    self._wake.clear()
+                    async with translated():
+                        await self.drain(conn)
+                    await _wait_any(stop, self._wake, self._sweep_s)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.remove_listener(OUTBOX_CHANNEL, self._on_notify)
+                    await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
+
+    async def drain(self, conn: asyncpg.Connection) -> None:
+        """Publish everything pending, per transport, in stored order."""
+        for transport in self._transports:
+            column = f"{transport.name}_published_at"
+            while True:
+                rows = await conn.fetch(
+                    f"SELECT id, payload FROM outbox WHERE {column} IS NULL ORDER BY id LIMIT $1",
+                    BATCH,
+                )
+                if not rows:
+                    break
+                events = [json.loads(row["payload"]) for row in rows]
+                try:
+                    await transport.publish(events)
+                except BrokerUnavailable as exc:
+                    log.warning("Status to %s delayed: %s", transport.name, exc.message)
+                    break
+                await conn.execute(
+                    f"UPDATE outbox SET {column} = now() WHERE id = ANY($1::bigint[])",
+                    [row["id"] for row in rows],
+                )
+                for event in events:
+                    STATUS_PUBLISHED.labels(transport.name, event["state"]).inc()
+            backlog = await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {column} IS NULL")
+            OUTBOX_BACKLOG.labels(transport.name).set(backlog)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+
+async def _wait(stop: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout_s)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout_s: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

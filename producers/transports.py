@@ -1,0 +1,105 @@
+"""Where status events go: RabbitMQ `hocba.status` and the MQTT broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+
+import aio_pika
+import aiomqtt
+from aio_pika.abc import AbstractExchange
+from aiormq.exceptions import AMQPError
+
+from daemon.errors import BrokerUnavailable
+from daemon.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+
+class AmqpStatus:
+    """Publishes to `hocba.status` with key `status.<school_id>.<state>`, confirmed."""
+
+    name = "amqp"
+
+    def __init__(self, exchange: AbstractExchange) -> None:
+        self._exchange = exchange
+
+    async def publish(self, events: list[dict[str, Any]]) -> None:
+        try:
+            await asyncio.gather(*(self._publish_one(event) for event in events))
+        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            raise BrokerUnavailable(f"RabbitMQ did not confirm: {type(exc).__name__}.") from exc
+
+    async def _publish_one(self, event: dict[str, Any]) -> None:
+        message = aio_pika.Message(
+            body=json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode(),
+            content_type="application/json",
+            message_id=event["event_id"],
+            type=event["type"],
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        key = f"status.{event['school_id']}.{event['state']}"
+        await self._exchange.publish(message, routing_key=key)
+
+
+class MqttStatus:
+    """Publishes to `<prefix>/<school_id>/records/<record_id>/status`, QoS 1.
+
+    The retained message is the record's current state; a refusal is published without
+    retain so it never hides that state. Events with no record (undecodable requests)
+    go to `<prefix>/<school_id>/requests/rejected`.
+    """
+
+    name = "mqtt"
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self._settings = settings
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._client: aiomqtt.Client | None = None
+
+    async def publish(self, events: list[dict[str, Any]]) -> None:
+        try:
+            client = await self._connected()
+            await asyncio.gather(*(self._publish_one(client, event) for event in events))
+        except aiomqtt.MqttError as exc:
+            await self.close()
+            raise BrokerUnavailable(f"MQTT broker unavailable: {type(exc).__name__}.") from exc
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                await stack.aclose()
+
+    def topic(self, event: dict[str, Any]) -> str:
+        prefix, school = self._settings.topic_prefix, event["school_id"]
+        if event.get("record_id"):
+            return f"{prefix}/{school}/records/{event['record_id']}/status"
+        return f"{prefix}/{school}/requests/rejected"
+
+    async def _publish_one(self, client: aiomqtt.Client, event: dict[str, Any]) -> None:
+        payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+        retain = bool(event.get("record_id")) and event["state"] != "rejected"
+        await client.publish(self.topic(event), payload, qos=1, retain=retain)
+
+    async def _connected(self) -> aiomqtt.Client:
+        if self._client is not None:
+            return self._client
+        password = self._settings.resolved_password()
+        client = aiomqtt.Client(
+            hostname=self._settings.host,
+            port=self._settings.port,
+            username=self._settings.username,
+            password=password.get_secret_value() if password else None,
+            identifier=f"{self._settings.client_id_prefix}-{uuid.uuid4().hex[:12]}",
+            timeout=10,
+        )
+        stack = contextlib.AsyncExitStack()
+        await stack.enter_async_context(client)
+        self._stack, self._client = stack, client
+        log.info("Connected to the MQTT broker.")
+        return client

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages hocba-signer and its tests need, if any is missing.
+set -euo pipefail
+packages=(softhsm2 p11-kit fonts-dejavu-core poppler-utils openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "Installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,131 @@
+"""Per-run isolation on the real services: a database, a RabbitMQ vhost, an MQTT prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aio_pika
+import aiomqtt
+import asyncpg
+
+ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def create_vhost(name: str) -> str:
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+    return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+
+def delete_vhost(name: str) -> None:
+    with contextlib.suppress(subprocess.CalledProcessError):
+        rabbitmqctl("delete_vhost", name)
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class StatusEvents:
+    """Every status event on `hocba.status` since the collector started, by request_id."""
+
+    def __init__(self) -> None:
+        self.by_request: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.routing_keys: dict[str, str] = {}
+        self._arrived = asyncio.Condition()
+
+    async def on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            event = json.loads(message.body)
+            async with self._arrived:
+                self.by_request[str(event["request_id"])].append(event)
+                self.routing_keys[event["event_id"]] = message.routing_key or ""
+                self._arrived.notify_all()
+
+    async def wait(self, request_id: str, count: int = 1, timeout_s: float = 60) -> list[dict]:
+        """The first `count` events of this request, waiting for them to arrive."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: len(self.by_request[request_id]) >= count)
+            return list(self.by_request[request_id])
+
+
+@contextlib.asynccontextmanager
+async def status_collector(amqp_url: str) -> AsyncIterator[StatusEvents]:
+    events = StatusEvents()
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            "hocba.status", aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue("", exclusive=True)
+        await queue.bind(exchange, routing_key="status.#")
+        await queue.consume(events.on_message)
+        yield events
+
+
+class MqttEvents:
+    """Every MQTT message under a prefix, by topic, with its retain flag."""
+
+    def __init__(self) -> None:
+        self.by_topic: dict[str, list[tuple[dict[str, Any], bool]]] = defaultdict(list)
+        self._arrived = asyncio.Condition()
+
+    async def wait(self, topic: str, state: str, timeout_s: float = 60) -> dict[str, Any]:
+        def found() -> bool:
+            return any(event["state"] == state for event, _ in self.by_topic[topic])
+
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(found)
+        return next(e for e, _ in self.by_topic[topic] if e["state"] == state)
+
+    async def add(self, topic: str, payload: bytes, retain: bool) -> None:
+        async with self._arrived:
+            self.by_topic[topic].append((json.loads(payload), retain))
+            self._arrived.notify_all()
+
+
+@contextlib.asynccontextmanager
+async def mqtt_collector(prefix: str) -> AsyncIterator[MqttEvents]:
+    events = MqttEvents()
+    async with aiomqtt.Client("127.0.0.1", 1883) as client:
+        await client.subscribe(f"{prefix}/#", qos=1)
+
+        async def listen() -> None:
+            async for message in client.messages:
+                payload = message.payload
+                assert isinstance(payload, bytes)
+                await events.add(str(message.topic), payload, message.retain)
+
+        task = asyncio.create_task(listen())
+        try:
+            yield events
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def dead_letters(amqp_url: str, queue: str = "hocba.sign.dead") -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take every message now in the dead-letter queue (acknowledging them)."""
+    taken = []
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        dlq = await channel.get_queue(queue)
+        while (message := await dlq.get(fail=False)) is not None:
+            await message.ack()
+            taken.append(message)
+    return taken
