@@ -24,8 +24,11 @@ def _reachable(port: int) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark integration tests; skip them only on a laptop without services, never in CI."""
-    missing = [name for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672),
-                                        ("Mosquitto", 1883)) if not _reachable(port)]
+    missing = [
+        name
+        for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Mosquitto", 1883))
+        if not _reachable(port)
+    ]
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
@@ -39,14 +42,18 @@ def run_id() -> str:
 
 
 @pytest.fixture(scope="session")
-async def dev_env(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> AsyncIterator[devenv.DevEnv]:
+async def dev_env(
+    tmp_path_factory: pytest.TempPathFactory, run_id: str
+) -> AsyncIterator[devenv.DevEnv]:
     """A dev environment of three schools in its own database and RabbitMQ vhost."""
     vhost = f"hocba-test-{run_id}"
     database = f"hocba_test_{run_id}"
     amqp_url = await asyncio.to_thread(services.create_vhost, vhost)
     env = await devenv.init(
-        tmp_path_factory.mktemp("dev"), 3,
-        dsn=f"postgresql://postgres@127.0.0.1:5432/{database}", amqp_url=amqp_url,
+        tmp_path_factory.mktemp("dev"),
+        3,
+        dsn=f"postgresql://postgres@127.0.0.1:5432/{database}",
+        amqp_url=amqp_url,
     )
     yield env
     await services.drop_database(database)
@@ -57,14 +64,17 @@ async def dev_env(tmp_path_factory: pytest.TempPathFactory, run_id: str) -> Asyn
 def settings(dev_env: devenv.DevEnv, run_id: str) -> Settings:
     """Test settings: fast retries, an HTTP port of the OS's choosing, a private MQTT prefix."""
     base = dev_env.settings
-    return base.model_copy(update={
-        "instance": f"hocba-test-{run_id}",
-        "shutdown_timeout_s": 10.0,
-        "amqp": base.amqp.model_copy(update={"retry_base_ms": 100, "retry_cap_ms": 400,
-                                             "max_attempts": 4}),
-        "mqtt": base.mqtt.model_copy(update={"topic_prefix": f"hocba-test-{run_id}"}),
-        "http": base.http.model_copy(update={"port": 0}),
-    })
+    return base.model_copy(
+        update={
+            "instance": f"hocba-test-{run_id}",
+            "shutdown_timeout_s": 10.0,
+            "amqp": base.amqp.model_copy(
+                update={"retry_base_ms": 100, "retry_cap_ms": 400, "max_attempts": 4}
+            ),
+            "mqtt": base.mqtt.model_copy(update={"topic_prefix": f"hocba-test-{run_id}"}),
+            "http": base.http.model_copy(update={"port": 0}),
+        }
+    )
 
 
 @pytest.fixture

@@ -119,7 +119,9 @@ async def mqtt_collector(prefix: str) -> AsyncIterator[MqttEvents]:
                 await task
 
 
-async def dead_letters(amqp_url: str, queue: str = "hocba.sign.dead") -> list[aio_pika.abc.AbstractIncomingMessage]:
+async def dead_letters(
+    amqp_url: str, queue: str = "hocba.sign.dead"
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
     """Take every message now in the dead-letter queue (acknowledging them)."""
     taken = []
     async with await aio_pika.connect(amqp_url) as connection:

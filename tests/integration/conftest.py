@@ -69,7 +69,9 @@ class SchoolSystem:
 
     async def publish(self, routing_key: str, body: bytes, message_id: str) -> Published:
         message = aio_pika.Message(
-            body, content_type="application/json", message_id=message_id,
+            body,
+            content_type="application/json",
+            message_id=message_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self.exchange.publish(message, routing_key=routing_key)
@@ -77,9 +79,7 @@ class SchoolSystem:
 
 
 @pytest.fixture
-async def school_system(
-    dev_env: devenv.DevEnv, settings: Settings
-) -> AsyncIterator[SchoolSystem]:
+async def school_system(dev_env: devenv.DevEnv, settings: Settings) -> AsyncIterator[SchoolSystem]:
     async with await aio_pika.connect(settings.amqp.url) as connection:
         channel = await connection.channel()
         exchange = await channel.declare_exchange(

@@ -20,7 +20,10 @@ SCHOOL = "31000101"
 
 
 async def test_three_stages_issue_a_record_that_validates(
-    daemon: Running, school_system: SchoolSystem, status: StatusEvents, mqtt: MqttEvents,
+    daemon: Running,
+    school_system: SchoolSystem,
+    status: StatusEvents,
+    mqtt: MqttEvents,
     settings: Settings,
 ) -> None:
     # Given a new record and its homeroom teacher's document
@@ -48,17 +51,21 @@ async def test_three_stages_issue_a_record_that_validates(
         rows = await conn.fetch(
             "SELECT stage, digest_before, digest_after FROM signatures "
             "WHERE school_id = $1 AND record_id = $2 ORDER BY signed_at",
-            SCHOOL, info.record_id,
+            SCHOOL,
+            info.record_id,
         )
         versions = await conn.fetchval(
             "SELECT count(*) FROM record_versions WHERE school_id = $1 AND record_id = $2",
-            SCHOOL, info.record_id,
+            SCHOOL,
+            info.record_id,
         )
     assert [r["stage"] for r in rows] == [s.value for s in ORDER]
     assert [r["digest_before"] for r in rows] == digests
     assert versions == 4
     for digest in digests:
-        assert hashlib.sha256(await FileStore(settings.store.path).get(digest)).hexdigest() == digest
+        assert (
+            hashlib.sha256(await FileStore(settings.store.path).get(digest)).hexdigest() == digest
+        )
     # And the MQTT status of the record is retained as issued
     topic = f"{settings.mqtt.topic_prefix}/{SCHOOL}/records/{info.record_id}/status"
     mqtt_event = await mqtt.wait(topic, "issued")
@@ -92,8 +99,17 @@ async def test_status_events_carry_the_contract_fields(
     _, pdf, sent = await school_system.first_stage(SCHOOL)
     event = (await status.wait(sent.request_id))[0]
     assert set(event) == {
-        "type", "event_id", "request_id", "school_id", "record_id", "state", "stage",
-        "document_sha256", "signatures", "reason", "at",
+        "type",
+        "event_id",
+        "request_id",
+        "school_id",
+        "record_id",
+        "state",
+        "stage",
+        "document_sha256",
+        "signatures",
+        "reason",
+        "at",
     }
     assert event["type"] == "hocba.record_status.v1"
     assert event["stage"] == Stage.HOMEROOM_TEACHER.value
@@ -111,13 +127,20 @@ async def test_http_surface_reports_ready_and_metrics(daemon: Running) -> None:
             body = json.loads(await response.text())
             assert response.status == 200, body
             assert body["checks"] == {
-                "broker": "ok", "consuming": "ok", "database": "ok", "hsm": "ok"
+                "broker": "ok",
+                "consuming": "ok",
+                "database": "ok",
+                "hsm": "ok",
             }
         async with http.get(f"{base}/metrics") as response:
             text = await response.text()
-    for name in ("hocba_requests_total", "hocba_sign_duration_seconds_bucket",
-                 "hocba_hsm_duration_seconds_bucket", "hocba_in_flight_requests",
-                 "hocba_outbox_backlog_events"):
+    for name in (
+        "hocba_requests_total",
+        "hocba_sign_duration_seconds_bucket",
+        "hocba_hsm_duration_seconds_bucket",
+        "hocba_in_flight_requests",
+        "hocba_outbox_backlog_events",
+    ):
         assert name in text
 
 
@@ -129,12 +152,18 @@ def _append_annotation(pdf: bytes) -> bytes:
 
     writer = IncrementalPdfFileWriter(BytesIO(pdf))
     page = writer.root["/Pages"]["/Kids"][0]
-    annot = writer.add_object(generic.DictionaryObject({
-        generic.NameObject("/Type"): generic.NameObject("/Annot"),
-        generic.NameObject("/Subtype"): generic.NameObject("/Text"),
-        generic.NameObject("/Rect"): generic.ArrayObject([generic.NumberObject(n) for n in (10, 10, 50, 50)]),
-        generic.NameObject("/Contents"): generic.TextStringObject("Đã sửa điểm"),
-    }))
+    annot = writer.add_object(
+        generic.DictionaryObject(
+            {
+                generic.NameObject("/Type"): generic.NameObject("/Annot"),
+                generic.NameObject("/Subtype"): generic.NameObject("/Text"),
+                generic.NameObject("/Rect"): generic.ArrayObject(
+                    [generic.NumberObject(n) for n in (10, 10, 50, 50)]
+                ),
+                generic.NameObject("/Contents"): generic.TextStringObject("Đã sửa điểm"),
+            }
+        )
+    )
     page_obj = page.get_object()
     page_obj[generic.NameObject("/Annots")] = generic.ArrayObject([annot])
     writer.update_container(page_obj)

@@ -1,0 +1,306 @@
+"""PAdES signatures on a record's PDF: intake check, signing one stage, validation.
+
+The first stage creates all three signature fields in one incremental update, so the
+seal's lock is in the document from the start, and certifies the document for form
+filling; the later stages only fill their field. This module knows nothing about the
+HSM: it signs with any pyHanko `Signer` and blocks, so call it from a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+
+from asn1crypto import pem, x509
+from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.misc import PdfError
+from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.sign.fields import (
+    FieldMDPAction,
+    FieldMDPSpec,
+    MDPPerm,
+    SigFieldSpec,
+    SigSeedSubFilter,
+    append_signature_field,
+    enumerate_sig_fields,
+)
+from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner, Signer
+from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
+from pyhanko.sign.validation import async_validate_pdf_signature
+from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
+from pyhanko.sign.validation.status import PdfSignatureStatus
+from pyhanko_certvalidator import ValidationContext
+from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
+
+from daemon.errors import NotAPdf
+from daemon.stages import FIELD_NAMES, Stage
+
+PDF_MAGIC = b"%PDF-"
+# What pyHanko's parser raises on hostile or broken input, found by fuzzing
+# mutated PDFs: its own errors and a handful of built-in ones (even assertions).
+_PARSE_ERRORS = (
+    PdfError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    AttributeError,
+    AssertionError,
+    RecursionError,
+)
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    """What a verifier needs to know about one embedded signature."""
+
+    field_name: str
+    signer_subject: str
+    cert_serial: str
+    signing_time: datetime | None
+    intact: bool
+    valid: bool
+    trusted: bool
+    docmdp_level: str | None
+    modification_level: str | None
+    docmdp_ok: bool | None
+    coverage: str | None
+    bottom_line: bool
+    summary: str
+    error: str | None = None
+
+
+def _field_specs() -> list[SigFieldSpec]:
+    gvcn, hieu_truong, dau_truong = FIELD_NAMES
+    # pyHanko reads lock settings from the field, not the signature: the seal's
+    # field carries the FieldMDP lock and the DocMDP "no changes" upgrade.
+    seal = SigFieldSpec(
+        dau_truong,
+        field_mdp_spec=FieldMDPSpec(FieldMDPAction.ALL),
+        doc_mdp_update_value=MDPPerm.NO_CHANGES,
+    )
+    return [SigFieldSpec(gvcn), SigFieldSpec(hieu_truong), seal]
+
+
+def _reader(pdf: bytes) -> PdfFileReader:
+    if not pdf.startswith(PDF_MAGIC):
+        raise NotAPdf("The document does not start with %PDF-.")
+    try:
+        reader = PdfFileReader(BytesIO(pdf), strict=False)
+        # Touching the page tree makes a broken trailer or catalogue fail here.
+        pages = int(reader.root["/Pages"]["/Count"])
+    except _PARSE_ERRORS as exc:
+        raise NotAPdf(f"The document cannot be parsed as a PDF: {exc}") from exc
+    if reader.encrypted:
+        raise NotAPdf("The document is encrypted.")
+    if pages < 1:
+        raise NotAPdf("The document has no pages.")
+    return reader
+
+
+def _fields(reader: PdfFileReader) -> dict[str, bool]:
+    """Signature field name -> filled, for every signature field in the document."""
+    try:
+        return {
+            name: value is not None
+            for name, value, _ in enumerate_sig_fields(reader, filled_status=None)
+        }
+    except _PARSE_ERRORS as exc:
+        raise NotAPdf(f"The document's form cannot be read: {exc}") from exc
+
+
+def inspect_pdf(pdf: bytes, max_bytes: int) -> None:
+    """Accept a homeroom teacher's unsigned PDF, or raise NotAPdf saying why not."""
+    if len(pdf) > max_bytes:
+        raise NotAPdf(f"The document has {len(pdf)} bytes; the limit is {max_bytes}.")
+    reader = _reader(pdf)
+    fields = _fields(reader)
+    if any(fields.values()) or reader.embedded_signatures:
+        raise NotAPdf("The document is already signed.")
+    taken = sorted(set(fields) & set(FIELD_NAMES))
+    if taken:
+        raise NotAPdf(f"The document already has signature fields {', '.join(taken)}.")
+
+
+def _check_fields_for(stage: Stage, reader: PdfFileReader) -> None:
+    fields = _fields(reader)
+    if stage is Stage.HOMEROOM_TEACHER:
+        taken = sorted(set(fields) & set(FIELD_NAMES))
+        if taken or any(fields.values()):
+            raise NotAPdf("The document already has signature fields or signatures.")
+        return
+    filled = fields.get(stage.field_name)
+    if filled is None:
+        raise NotAPdf(f"The document has no signature field {stage.field_name}.")
+    if filled:
+        raise NotAPdf(f"The signature field {stage.field_name} is already signed.")
+
+
+def prepare_and_sign(
+    pdf: bytes,
+    stage: Stage,
+    signer: Signer,
+    *,
+    bytes_reserved: int,
+    signing_time: datetime | None = None,
+) -> bytes:
+    """The PDF with one more PAdES B-B signature, for `stage`, as an incremental update."""
+    reader = _reader(pdf)
+    _check_fields_for(stage, reader)
+    try:
+        writer = IncrementalPdfFileWriter(BytesIO(pdf), strict=False)
+        if stage is Stage.HOMEROOM_TEACHER:
+            for spec in _field_specs():
+                append_signature_field(writer, spec)
+        meta = PdfSignatureMetadata(
+            field_name=stage.field_name,
+            subfilter=SigSeedSubFilter.PADES,
+            md_algorithm="sha256",
+            certify=stage is Stage.HOMEROOM_TEACHER,
+            # The seal's field lock already demands NO_CHANGES; asking for
+            # FILL_FORMS there only earns a warning from pyHanko.
+            docmdp_permissions=(
+                MDPPerm.NO_CHANGES if stage is Stage.SCHOOL_SEAL else MDPPerm.FILL_FORMS
+            ),
+        )
+        pdf_signer = PdfSigner(meta, signer)
+        return asyncio.run(_sign(pdf_signer, writer, bytes_reserved, signing_time))
+    except _PARSE_ERRORS as exc:  # SigningError is a ValueError
+        raise NotAPdf(f"The document cannot be signed: {exc}") from exc
+
+
+async def _sign(
+    pdf_signer: PdfSigner,
+    writer: IncrementalPdfFileWriter,
+    bytes_reserved: int,
+    signing_time: datetime | None,
+) -> bytes:
+    # PdfSigner.async_sign_pdf, unrolled to choose the signing time; with
+    # bytes_reserved given pyHanko signs once instead of twice.
+    session = pdf_signer.init_signing_session(writer, existing_fields_only=True)
+    if signing_time is not None:
+        session.system_time = signing_time
+    # Only the seed-value checks are pre-signing work for B-B; no revocation info.
+    validation_info = await session.perform_presign_validation(writer)
+    tbs = session.prepare_tbs_document(
+        validation_info=validation_info, bytes_reserved=bytes_reserved
+    )
+    digest, output = tbs.digest_tbs_document(in_place=False)
+    post = await tbs.perform_signature(
+        document_digest=digest.document_digest,
+        pdf_cms_signed_attrs=PdfCMSSignedAttributes(signing_time=session.system_time),
+    )
+    await post.post_signature_processing(output)
+    assert isinstance(output, BytesIO)  # in_place=False always yields a new BytesIO
+    return output.getvalue()
+
+
+def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
+    """Certificates from PEM or DER files, e.g. the configured trust roots."""
+    certs: list[x509.Certificate] = []
+    for path in paths:
+        data = path.read_bytes()
+        if pem.detect(data):
+            certs.extend(
+                x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)
+            )
+        else:
+            certs.append(x509.Certificate.load(data))
+    return certs
+
+
+def validation_context(trust_roots: list[x509.Certificate]) -> ValidationContext:
+    """Trust only these roots, fetch nothing, and ask for no revocation data (B-B)."""
+    return ValidationContext(
+        trust_roots=trust_roots,
+        allow_fetching=False,
+        revinfo_policy=CertRevTrustPolicy(NO_REVOCATION),
+    )
+
+
+def validate_pdf(
+    pdf: bytes, trust_roots: list[x509.Certificate], *, expected: int | None = None
+) -> list[SignatureReport]:
+    """A report per embedded signature; blocks, so not for the event loop."""
+    return asyncio.run(validate_pdf_async(pdf, trust_roots, expected=expected))
+
+
+async def validate_pdf_async(
+    pdf: bytes, trust_roots: list[x509.Certificate], *, expected: int | None = None
+) -> list[SignatureReport]:
+    """Like `validate_pdf`, for callers already inside an event loop (CPU-bound)."""
+    reader = _reader(pdf)
+    try:
+        signatures = reader.embedded_signatures
+    except _PARSE_ERRORS as exc:
+        raise NotAPdf(f"The document's signatures cannot be read: {exc}") from exc
+    if expected is not None and len(signatures) != expected:
+        raise NotAPdf(f"Expected {expected} signatures, found {len(signatures)}.")
+    context = validation_context(trust_roots)
+    return [await _validate_one(sig, context) for sig in signatures]
+
+
+async def _validate_one(sig: EmbeddedPdfSignature, context: ValidationContext) -> SignatureReport:
+    # pyHanko raises a variety of errors on malformed signatures (CMS parsing,
+    # unsupported algorithms); each becomes a failed report, not a crash.
+    try:
+        cert = sig.signer_cert
+    except Exception as exc:
+        return _failed(sig, None, f"{type(exc).__name__}: {exc}")
+    try:
+        status = await async_validate_pdf_signature(sig, signer_validation_context=context)
+    except Exception as exc:
+        return _failed(sig, cert, f"{type(exc).__name__}: {exc}")
+    return _report(sig, cert, status)
+
+
+def _report(
+    sig: EmbeddedPdfSignature, cert: x509.Certificate, status: PdfSignatureStatus
+) -> SignatureReport:
+    modification = status.modification_level
+    docmdp = sig.docmdp_level
+    return SignatureReport(
+        field_name=sig.field_name,
+        signer_subject=_common_name(cert),
+        cert_serial=format(cert.serial_number, "x"),
+        signing_time=status.signer_reported_dt,
+        intact=status.intact,
+        valid=status.valid,
+        trusted=status.trusted,
+        docmdp_level=docmdp.name if docmdp else None,
+        modification_level=modification.name if modification else None,
+        docmdp_ok=status.docmdp_ok,
+        coverage=status.coverage.name if status.coverage else None,
+        bottom_line=status.bottom_line,
+        summary=status.summary(),
+    )
+
+
+def _failed(
+    sig: EmbeddedPdfSignature, cert: x509.Certificate | None, error: str
+) -> SignatureReport:
+    return SignatureReport(
+        field_name=sig.field_name,
+        signer_subject=_common_name(cert) if cert else "",
+        cert_serial=format(cert.serial_number, "x") if cert else "",
+        signing_time=None,
+        intact=False,
+        valid=False,
+        trusted=False,
+        docmdp_level=None,
+        modification_level=None,
+        docmdp_ok=None,
+        coverage=None,
+        bottom_line=False,
+        summary="INVALID",
+        error=error,
+    )
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    name = cert.subject.native
+    return str(name.get("common_name") or cert.subject.human_friendly)
