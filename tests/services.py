@@ -99,9 +99,9 @@ class MqttEvents:
 
 
 @contextlib.asynccontextmanager
-async def mqtt_collector(prefix: str) -> AsyncIterator[MqttEvents]:
+async def mqtt_collector(prefix: str, port: int = 1883) -> AsyncIterator[MqttEvents]:
     events = MqttEvents()
-    async with aiomqtt.Client("127.0.0.1", 1883) as client:
+    async with aiomqtt.Client("127.0.0.1", port) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
 
         async def listen() -> None:

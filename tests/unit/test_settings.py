@@ -1,0 +1,50 @@
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import ConfigError
+from daemon.settings import load_settings
+
+
+def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[amqp]\nprefetch = 10\n[http]\nport = 9000\n", encoding="utf-8")
+    monkeypatch.setenv("HOCBA_HTTP__PORT", "9100")
+    settings = load_settings(config)
+    assert settings.amqp.prefetch == 10
+    assert settings.http.port == 9100
+
+
+def test_secrets_come_from_files_and_never_print(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pin = tmp_path / "pin"
+    pin.write_text("12345678\n", encoding="utf-8")
+    monkeypatch.setenv("HOCBA_HSM__PIN_FILE", str(pin))
+    settings = load_settings()
+    assert settings.hsm.resolved_pin().get_secret_value() == "12345678"
+    assert "12345678" not in repr(settings) + str(settings) + repr(settings.hsm.resolved_pin())
+
+
+def test_systemd_credentials_are_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "hsm-pin").write_text("87654321", encoding="utf-8")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert load_settings().hsm.resolved_pin().get_secret_value() == "87654321"
+
+
+def test_a_missing_pin_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError):
+        load_settings().hsm.resolved_pin()
+
+
+def test_unknown_keys_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[amqp]\nprefech = 10\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_settings(config)
+
+
+def test_the_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[2] / "config" / "hocba-signer.example.toml"
+    assert load_settings(example).amqp.prefetch >= 1
