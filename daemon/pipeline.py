@@ -141,7 +141,7 @@ class Pipeline:
             )
             record = await records.record(conn, request.school_id, request.record.record_id)
         rules.check_order(record, request)
-        digest = request.document.sha256 if request.document else record.current_sha256  # type: ignore[union-attr]
+        digest = _version_digest(request, record)
         subject = consent.Subject(
             request.school_id,
             request.signer_id,
@@ -199,6 +199,14 @@ class Pipeline:
             await self.store.put(pdf)
             return pdf
         return await self.store.get(digest)
+
+
+def _version_digest(request: SignRequest, record: records.Record | None) -> str:
+    """The sha256 of the exact version this request signs (and its consent must name)."""
+    if request.document is not None:
+        return request.document.sha256
+    assert record is not None  # check_order refuses later stages of unknown records
+    return record.current_sha256
 
 
 def body_digest(body: bytes) -> str:

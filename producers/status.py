@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
 
 from daemon.database import Database, translated
 from daemon.errors import BrokerUnavailable, DatabaseUnavailable
-from daemon.metrics import OUTBOX_BACKLOG, STATUS_PUBLISHED
+from daemon.metrics import OUTBOX_BACKLOG, STATUS_PUBLISH_DELAY, STATUS_PUBLISHED
 from daemon.records import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class StatusRelay:
                 await self._lead(stop)
             except DatabaseUnavailable as exc:
                 log.warning("Outbox relay lost the database (%s); retrying.", exc.message)
+            except Exception:
+                # The relay supervises itself: a bug in one pass must not stop every
+                # later status event. The rows stay pending and the next pass retries.
+                log.exception("Outbox relay pass failed; retrying.")
             await _wait(stop, self._sweep_s)
 
     async def _lead(self, stop: asyncio.Event) -> None:
@@ -78,7 +83,8 @@ class StatusRelay:
             column = f"{transport.name}_published_at"
             while True:
                 rows = await conn.fetch(
-                    f"SELECT id, payload FROM outbox WHERE {column} IS NULL ORDER BY id LIMIT $1",
+                    f"SELECT id, payload, created_at FROM outbox WHERE {column} IS NULL "
+                    "ORDER BY id LIMIT $1",
                     BATCH,
                 )
                 if not rows:
@@ -93,8 +99,11 @@ class StatusRelay:
                     f"UPDATE outbox SET {column} = now() WHERE id = ANY($1::bigint[])",
                     [row["id"] for row in rows],
                 )
-                for event in events:
+                published_at = datetime.now(UTC)
+                for row, event in zip(rows, events, strict=True):
                     STATUS_PUBLISHED.labels(transport.name, event["state"]).inc()
+                    delay_s = (published_at - row["created_at"]).total_seconds()
+                    STATUS_PUBLISH_DELAY.labels(transport.name).observe(max(delay_s, 0.0))
             backlog = await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {column} IS NULL")
             OUTBOX_BACKLOG.labels(transport.name).set(backlog)
 
