@@ -9,11 +9,12 @@ handler settles nothing: the broker redelivers the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -22,19 +23,21 @@ from aiormq.exceptions import AMQPError
 from daemon import topology
 from daemon.backoff import retry_delay_ms
 from daemon.errors import (
+    HocbaError,
     InternalError,
     InvalidMessage,
     TransientError,
 )
-from daemon.messages import decode_sign_request
+from daemon.messages import SignRequest, decode_sign_request
 from daemon.metrics import CONSUMING, DEAD_LETTERS, IN_FLIGHT, RETRIES
-from daemon.pipeline import Outcome, Pipeline, body_digest
+from daemon.pipeline import Outcome
 from daemon.settings import AmqpSettings
 from daemon.topology import Topology
 
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-hocba-attempt"
+PUBLISH_TIMEOUT_S = 30.0
 _SAFE_SCHOOL = re.compile(r"^sign\.([0-9A-Za-z_-]{1,32})$")
 
 
@@ -60,9 +63,25 @@ class DeadLetter:
 Decision = Ack | Retry | DeadLetter
 
 
+class Handler(Protocol):
+    """What the consumer needs of the pipeline."""
+
+    async def handle(self, request: SignRequest) -> Outcome: ...
+
+    async def refuse(
+        self,
+        error: HocbaError,
+        school_id: str,
+        request: SignRequest | None = None,
+        *,
+        request_id: uuid.UUID | None = None,
+        remember: bool = True,
+    ) -> Outcome: ...
+
+
 class SignRequestConsumer:
     def __init__(
-        self, topo: Topology, pipeline: Pipeline, settings: AmqpSettings, instance: str
+        self, topo: Topology, pipeline: Handler, settings: AmqpSettings, instance: str
     ) -> None:
         self._topo = topo
         self._pipeline = pipeline
@@ -71,10 +90,20 @@ class SignRequestConsumer:
         self._tag: str | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
 
-    @property
-    def consuming(self) -> bool:
-        channel = self._topo.sign_queue.channel
-        return self._tag is not None and not channel.is_closed
+    async def consuming(self) -> bool:
+        """True while the broker delivers to this instance's own consumer.
+
+        The broker may cancel a consumer (queue leader moved, channel restored
+        without it); the AMQP library then forgets the tag, and so does this check.
+        """
+        if self._tag is None or self._topo.sign_queue.channel.is_closed:
+            return False
+        try:
+            underlay = await self._topo.sign_queue.channel.get_underlay_channel()
+        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, RuntimeError):
+            return False
+        consumers: dict[str, Any] = getattr(underlay, "consumers", {})
+        return self._tag in consumers
 
     async def start(self) -> None:
         self._tag = await self._topo.sign_queue.consume(self._on_message)
@@ -82,7 +111,7 @@ class SignRequestConsumer:
         log.info("Consuming %s.", topology.SIGN_QUEUE)
 
     async def repair(self) -> None:
-        """Consume again when the broker says the queue has no consumer left."""
+        """Consume again after the broker cancelled this instance's consumer."""
         if self._tag is not None:
             try:
                 await self._topo.sign_queue.cancel(self._tag)
@@ -121,6 +150,11 @@ class SignRequestConsumer:
 
     async def _decide(self, message: AbstractIncomingMessage) -> Decision:
         attempt = _attempt(message) + 1
+        if _deliveries(message) >= self._settings.delivery_limit - 1:
+            # The broker would drop it to the dead-letter exchange without a reason:
+            # refuse it here, with one, while we still can.
+            error = InternalError("The request was redelivered too often (crash loop?).")
+            return await self._give_up(message, error, attempt)
         try:
             outcome = await self._outcome(message)
         except TransientError as exc:
@@ -137,31 +171,33 @@ class SignRequestConsumer:
         return Ack()
 
     async def _outcome(self, message: AbstractIncomingMessage) -> Outcome:
-        body = message.body
-        school_id = _school_of(message.routing_key)
         try:
-            if len(body) > self._settings.max_message_bytes:
-                raise InvalidMessage(
-                    f"Message is larger than {self._settings.max_message_bytes} bytes.", body
-                )
-            request = decode_sign_request(body, message.routing_key or "")
+            request = await self._decoded(message)
         except InvalidMessage as exc:
             return await self._pipeline.refuse(
-                exc,
-                school_id,
-                request_id=_uuid(message.message_id),
-                body_sha256=body_digest(body),
+                exc, _school_of(message.routing_key), request_id=_uuid(message.message_id)
             )
-        return await self._pipeline.handle(request, body_digest(body))
+        return await self._pipeline.handle(request)
+
+    async def _decoded(self, message: AbstractIncomingMessage) -> SignRequest:
+        if len(message.body) > self._settings.max_message_bytes:
+            raise InvalidMessage(
+                f"Message is larger than {self._settings.max_message_bytes} bytes.", message.body
+            )
+        # Bodies carry whole PDFs: parse them off the event loop.
+        return await asyncio.to_thread(decode_sign_request, message.body, message.routing_key or "")
 
     async def _retry_or_give_up(
         self, message: AbstractIncomingMessage, error: TransientError, attempt: int
     ) -> Decision:
         if attempt < self._settings.max_attempts:
-            delay = retry_delay_ms(
-                attempt, self._settings.retry_base_ms, self._settings.retry_cap_ms
-            )
-            return Retry(attempt, delay, error)
+            return Retry(attempt, self._delay_ms(attempt), error)
+        return await self._give_up(message, error, attempt)
+
+    async def _give_up(
+        self, message: AbstractIncomingMessage, error: TransientError, attempt: int
+    ) -> Decision:
+        """Dead-letter with the last error, once its `rejected` status is durable."""
         log.warning(
             "Giving up on message %s after %d attempts: %s.",
             message.message_id,
@@ -169,19 +205,25 @@ class SignRequestConsumer:
             error.code,
         )
         try:
+            request: SignRequest | None = await self._decoded(message)
+        except InvalidMessage:
+            request = None
+        try:
             await self._pipeline.refuse(
                 error,
                 _school_of(message.routing_key),
+                request,
                 request_id=_uuid(message.message_id),
-                body_sha256=body_digest(message.body),
                 remember=False,
             )
-        except TransientError:
-            log.error(
-                "Could not store the refusal of message %s; dead-lettering it anyway.",
-                message.message_id,
-            )
+        except TransientError as exc:
+            # No status could be stored (the database is down): keep the message and
+            # try again later rather than dead-letter it silently.
+            return Retry(attempt, self._delay_ms(attempt), exc)
         return DeadLetter(error.code, error.message, attempt)
+
+    def _delay_ms(self, attempt: int) -> int:
+        return retry_delay_ms(attempt, self._settings.retry_base_ms, self._settings.retry_cap_ms)
 
     async def _settle(self, message: AbstractIncomingMessage, decision: Decision) -> None:
         """The one place a delivery is acknowledged, after its copy or outcome is durable."""
@@ -216,13 +258,23 @@ class SignRequestConsumer:
                 )
                 DEAD_LETTERS.labels(decision.code).inc()
             await message.ack()
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
-            # Not acknowledged: the broker redelivers, and idempotency makes that safe.
+        except (
+            AMQPError,
+            aio_pika.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            # Not acknowledged: hand it back (the broker redelivers it, and idempotency
+            # makes that safe) rather than hold a prefetch slot until the channel dies.
             log.warning(
-                "Could not settle message %s (%s); the broker will redeliver it.",
+                "Could not settle message %s (%s); it goes back to the queue.",
                 message.message_id,
                 type(exc).__name__,
             )
+            with contextlib.suppress(
+                AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError
+            ):
+                await message.nack(requeue=True)
 
     async def _republish(
         self,
@@ -239,7 +291,14 @@ class SignRequestConsumer:
             timestamp=message.timestamp,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        await exchange.publish(copy, routing_key=message.routing_key or "", mandatory=True)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+            await exchange.publish(copy, routing_key=message.routing_key or "", mandatory=True)
+
+
+def _deliveries(message: AbstractIncomingMessage) -> int:
+    """How often the quorum queue delivered this message before (x-delivery-count)."""
+    value = (message.headers or {}).get("x-delivery-count", 0)
+    return value if isinstance(value, int) else 0
 
 
 def _attempt(message: AbstractIncomingMessage) -> int:

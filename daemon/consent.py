@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from daemon.errors import ConfigError, ConsentExpired, Unauthorized
+from daemon.errors import ConsentExpired, Unauthorized
 
 Alg = Literal["EdDSA", "HS256"]
 LEEWAY_S = 60
@@ -94,9 +94,10 @@ def _verified_parts(token: str, key: ConsentKey) -> tuple[dict[str, Any], dict[s
         except InvalidSignature as exc:
             raise Unauthorized("Consent signature does not verify.") from exc
         except ValueError as exc:
-            raise ConfigError("The school's registered Ed25519 key is malformed.") from exc
+            # A registration mistake, not a passing fault: refuse, and say so.
+            raise Unauthorized("The school's registered consent key is malformed.") from exc
     else:  # pragma: no cover - the database constrains alg
-        raise ConfigError(f"Unsupported consent algorithm {key.alg!r}.")
+        raise Unauthorized(f"Unsupported consent algorithm {key.alg!r}.")
     return _json_part(parts[0]), _json_part(parts[1])
 
 

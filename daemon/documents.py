@@ -6,21 +6,25 @@ import asyncio
 import hashlib
 
 import aiohttp
+from yarl import URL
 
 from daemon.errors import DocumentFetchFailed, DocumentUnavailable, HashMismatch, NotAPdf
 from daemon.messages import Document
 from daemon.pades import inspect_pdf
+from daemon.settings import SigningSettings
 
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 414, 451})
 
 
 class DocumentSource:
-    """Fetches referenced documents over HTTP(S), with a size bound and a timeout."""
+    """Fetches referenced documents from allowed hosts only, bounded in size and time."""
 
-    def __init__(self, session: aiohttp.ClientSession, max_bytes: int, timeout_s: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, settings: SigningSettings) -> None:
         self._session = session
-        self._max_bytes = max_bytes
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_bytes = settings.max_document_bytes
+        self._timeout = aiohttp.ClientTimeout(total=settings.fetch_timeout_s)
+        self._hosts = frozenset(h.lower() for h in settings.fetch_allowed_hosts)
+        self._schemes = {"https", "http"} if settings.fetch_allow_http else {"https"}
 
     async def content(self, document: Document) -> bytes:
         """The document's bytes, matching its announced sha256."""
@@ -36,15 +40,26 @@ class DocumentSource:
         return data
 
     async def _fetch(self, url: str) -> bytes:
+        self._check_allowed(URL(url))
         try:
-            async with self._session.get(url, timeout=self._timeout) as response:
-                if response.status in _PERMANENT_STATUSES:
+            async with self._session.get(
+                url, timeout=self._timeout, allow_redirects=False
+            ) as response:
+                if response.status in _PERMANENT_STATUSES or 300 <= response.status < 400:
                     raise DocumentUnavailable(f"Document URL answered HTTP {response.status}.")
                 if response.status != 200:
                     raise DocumentFetchFailed(f"Document URL answered HTTP {response.status}.")
                 return await self._read_bounded(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DocumentFetchFailed(f"Document fetch failed: {type(exc).__name__}.") from exc
+
+    def _check_allowed(self, url: URL) -> None:
+        if (url.host or "").lower() not in self._hosts:
+            raise DocumentUnavailable("Documents are not fetched from that host.")
+        if url.scheme not in self._schemes:
+            raise DocumentUnavailable(
+                f"Documents are fetched over {', '.join(sorted(self._schemes))} only."
+            )
 
     async def _read_bounded(self, response: aiohttp.ClientResponse) -> bytes:
         chunks, size = [], 0

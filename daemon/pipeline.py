@@ -8,6 +8,7 @@ consumer, which schedules a retry; permanent ones become a stored refusal here.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -61,19 +62,19 @@ class Pipeline:
     store: DocumentStore
     documents: Documents
 
-    async def handle(self, request: SignRequest, body_sha256: str) -> Outcome:
+    async def handle(self, request: SignRequest) -> Outcome:
         started = time.perf_counter()
         async with self.db.connection() as conn:
             prior = await records.prior_request(conn, request.request_id)
         if prior is not None:
-            if prior.body_sha256 != body_sha256:
+            if prior.fingerprint != fingerprint(request):
                 error = RequestIdReused("request_id was used before for another request.")
                 return await self.refuse(error, request.school_id, request, remember=False)
             return await self._repeat(prior.event)
         try:
-            outcome = await self._sign(request, body_sha256)
+            outcome = await self._sign(request)
         except PermanentError as exc:
-            return await self.refuse(exc, request.school_id, request, body_sha256=body_sha256)
+            return await self.refuse(exc, request.school_id, request)
         SIGN_DURATION.labels(request.stage.value).observe(time.perf_counter() - started)
         return outcome
 
@@ -84,7 +85,6 @@ class Pipeline:
         request: SignRequest | None = None,
         *,
         request_id: UUID | None = None,
-        body_sha256: str = "",
         remember: bool = True,
     ) -> Outcome:
         """Store a refusal and its `rejected` event; remember it when the request decoded."""
@@ -113,7 +113,7 @@ class Pipeline:
             await records.store_rejection(
                 conn,
                 event,
-                body_sha256,
+                fingerprint(request) if request else "",
                 stage.value if stage else None,
                 remember=request is not None and remember,
             )
@@ -125,13 +125,13 @@ class Pipeline:
         """Answer a request seen before with the status it already produced."""
         async with self.db.transaction() as conn:
             await records.audit(conn, event, "duplicate", {})
-            await records.enqueue(conn, event)
+            await records.enqueue(conn, event, repeat=True)
         stage = event.stage.value if event.stage else "unknown"
         REQUESTS.labels(stage, "duplicate", "").inc()
         log.info("Request %s was seen before; repeated its status.", event.request_id)
         return Outcome(event, duplicate=True)
 
-    async def _sign(self, request: SignRequest, body_sha256: str) -> Outcome:
+    async def _sign(self, request: SignRequest) -> Outcome:
         async with self.db.connection() as conn:
             school = await records.school(conn, request.school_id)
             if school is None:
@@ -179,7 +179,7 @@ class Pipeline:
             digest_after=result.sha256,
             size_before=len(pdf),
             size_after=len(result.pdf),
-            body_sha256=body_sha256,
+            fingerprint=fingerprint(request),
         )
         async with self.db.transaction() as conn:
             await records.store_signature(conn, signature, event)
@@ -209,5 +209,18 @@ def _version_digest(request: SignRequest, record: records.Record | None) -> str:
     return record.current_sha256
 
 
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
+def fingerprint(request: SignRequest) -> str:
+    """What makes two requests the same request: not when it was sent, nor its consent.
+
+    A school system that retries with a re-serialised body (a new `requested_at`, a
+    re-minted consent) gets the status already produced, not `request_id_reused`.
+    """
+    document = request.document.sha256 if request.document else None
+    same = [
+        request.school_id,
+        request.record.model_dump(),
+        request.stage.value,
+        request.signer_id,
+        document,
+    ]
+    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()

@@ -49,7 +49,7 @@ class Record:
 
 @dataclass(frozen=True)
 class PriorRequest:
-    body_sha256: str
+    fingerprint: str
     event: StatusEvent
     reason_code: str | None
 
@@ -69,7 +69,7 @@ class NewSignature:
     digest_after: str
     size_before: int
     size_after: int
-    body_sha256: str
+    fingerprint: str
 
 
 async def school(conn: asyncpg.Connection, school_id: str) -> School | None:
@@ -123,7 +123,7 @@ async def record(conn: asyncpg.Connection, school_id: str, record_id: str) -> Re
 
 async def prior_request(conn: asyncpg.Connection, request_id: UUID) -> PriorRequest | None:
     row = await conn.fetchrow(
-        """SELECT r.body_sha256, r.reason_code, o.payload FROM requests r
+        """SELECT r.fingerprint, r.reason_code, o.payload FROM requests r
            JOIN LATERAL (SELECT payload FROM outbox WHERE event_id = r.event_id
                          ORDER BY id LIMIT 1) o ON true
            WHERE r.request_id = $1""",
@@ -132,7 +132,7 @@ async def prior_request(conn: asyncpg.Connection, request_id: UUID) -> PriorRequ
     if row is None:
         return None
     event = StatusEvent.model_validate(json.loads(row["payload"]))
-    return PriorRequest(row["body_sha256"], event, row["reason_code"])
+    return PriorRequest(row["fingerprint"], event, row["reason_code"])
 
 
 async def store_signature(conn: asyncpg.Connection, sig: NewSignature, event: StatusEvent) -> None:
@@ -164,7 +164,7 @@ async def store_signature(conn: asyncpg.Connection, sig: NewSignature, event: St
         sig.digest_after,
         sig.request_id,
     )
-    await _request_row(conn, event, sig.body_sha256, sig.stage.value, None)
+    await _request_row(conn, event, sig.fingerprint, sig.stage.value, None)
     await audit(
         conn,
         event,
@@ -183,14 +183,14 @@ async def store_signature(conn: asyncpg.Connection, sig: NewSignature, event: St
 async def store_rejection(
     conn: asyncpg.Connection,
     event: StatusEvent,
-    body_sha256: str,
+    fingerprint: str,
     stage: str | None,
     remember: bool,
 ) -> None:
     """A refusal: audit and outbox, and the request row when the request_id is trusted."""
     assert event.reason is not None
     if remember:
-        await _request_row(conn, event, body_sha256, stage, event.reason.code)
+        await _request_row(conn, event, fingerprint, stage, event.reason.code)
     await audit(
         conn,
         event,
@@ -214,16 +214,21 @@ async def audit(
     )
 
 
-async def enqueue(conn: asyncpg.Connection, event: StatusEvent) -> None:
-    """Put a status event in the outbox; the relay is woken when the transaction commits."""
+async def enqueue(conn: asyncpg.Connection, event: StatusEvent, *, repeat: bool = False) -> None:
+    """Put a status event in the outbox; the relay is woken when the transaction commits.
+
+    A `repeat` (the answer to a request seen before) is published again but never
+    retained on MQTT, where it would hide the record's newer state.
+    """
     await conn.execute(
-        """INSERT INTO outbox (event_id, school_id, record_id, state, payload)
-           VALUES ($1, $2, $3, $4, $5)""",
+        """INSERT INTO outbox (event_id, school_id, record_id, state, payload, repeat)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
         event.event_id,
         event.school_id,
         event.record_id,
         event.state.value,
         event.model_dump_json(),
+        repeat,
     )
     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
 
@@ -279,20 +284,40 @@ async def _advance_record(conn: asyncpg.Connection, sig: NewSignature, event: St
 async def _request_row(
     conn: asyncpg.Connection,
     event: StatusEvent,
-    body_sha256: str,
+    fingerprint: str,
     stage: str | None,
     reason_code: str | None,
 ) -> None:
     await conn.execute(
-        """INSERT INTO requests (request_id, school_id, record_id, stage, body_sha256,
+        """INSERT INTO requests (request_id, school_id, record_id, stage, fingerprint,
                                  state, reason_code, event_id)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
         event.request_id,
         event.school_id,
         event.record_id,
         stage,
-        body_sha256,
+        fingerprint,
         event.state.value,
         reason_code,
         event.event_id,
     )
+
+
+async def announce(
+    conn: asyncpg.Connection, events: list[StatusEvent], action: str, detail: dict[str, Any]
+) -> None:
+    """Audit and enqueue many events at once (a package's records); one NOTIFY."""
+    await conn.executemany(
+        """INSERT INTO audit_log (school_id, record_id, request_id, action, detail)
+           VALUES ($1, $2, $3, $4, $5)""",
+        [(e.school_id, e.record_id, e.request_id, action, json.dumps(detail)) for e in events],
+    )
+    await conn.executemany(
+        """INSERT INTO outbox (event_id, school_id, record_id, state, payload)
+           VALUES ($1, $2, $3, $4, $5)""",
+        [
+            (e.event_id, e.school_id, e.record_id, e.state.value, e.model_dump_json())
+            for e in events
+        ],
+    )
+    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -29,10 +30,18 @@ _LEADER_LOCK = 0x68_6F_63_62_62  # any constant shared by all instances
 BATCH = 200
 
 
+@dataclass(frozen=True)
+class Pending:
+    """An outbox row: the event as published, and whether it repeats an earlier one."""
+
+    event: dict[str, Any]
+    repeat: bool
+
+
 class Transport(Protocol):
     name: str
 
-    async def publish(self, events: list[dict[str, Any]]) -> None:
+    async def publish(self, events: list[Pending]) -> None:
         """Publish every event, in order, or raise BrokerUnavailable."""
         ...
 
@@ -83,13 +92,13 @@ class StatusRelay:
             column = f"{transport.name}_published_at"
             while True:
                 rows = await conn.fetch(
-                    f"SELECT id, payload, created_at FROM outbox WHERE {column} IS NULL "
+                    f"SELECT id, payload, repeat, created_at FROM outbox WHERE {column} IS NULL "
                     "ORDER BY id LIMIT $1",
                     BATCH,
                 )
                 if not rows:
                     break
-                events = [json.loads(row["payload"]) for row in rows]
+                events = [Pending(json.loads(row["payload"]), row["repeat"]) for row in rows]
                 try:
                     await transport.publish(events)
                 except BrokerUnavailable as exc:
@@ -100,8 +109,8 @@ class StatusRelay:
                     [row["id"] for row in rows],
                 )
                 published_at = datetime.now(UTC)
-                for row, event in zip(rows, events, strict=True):
-                    STATUS_PUBLISHED.labels(transport.name, event["state"]).inc()
+                for row, pending in zip(rows, events, strict=True):
+                    STATUS_PUBLISHED.labels(transport.name, pending.event["state"]).inc()
                     delay_s = (published_at - row["created_at"]).total_seconds()
                     STATUS_PUBLISH_DELAY.labels(transport.name).observe(max(delay_s, 0.0))
             backlog = await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {column} IS NULL")

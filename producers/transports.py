@@ -16,8 +16,11 @@ from aiormq.exceptions import AMQPError
 
 from daemon.errors import BrokerUnavailable
 from daemon.settings import MqttSettings
+from producers.status import Pending
 
 log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 30.0
 
 
 class AmqpStatus:
@@ -28,10 +31,18 @@ class AmqpStatus:
     def __init__(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
 
-    async def publish(self, events: list[dict[str, Any]]) -> None:
+    async def publish(self, events: list[Pending]) -> None:
         try:
-            await asyncio.gather(*(self._publish_one(event) for event in events))
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+            # A broker under a memory or disk alarm blocks publishers: give up in time
+            # so the relay can retry (and MQTT is not held up behind it).
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await asyncio.gather(*(self._publish_one(p.event) for p in events))
+        except (
+            AMQPError,
+            aio_pika.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
             raise BrokerUnavailable(f"RabbitMQ did not confirm: {type(exc).__name__}.") from exc
 
     async def _publish_one(self, event: dict[str, Any]) -> None:
@@ -49,9 +60,9 @@ class AmqpStatus:
 class MqttStatus:
     """Publishes to `<prefix>/<school_id>/records/<record_id>/status`, QoS 1.
 
-    The retained message is the record's current state; a refusal is published without
-    retain so it never hides that state. Events with no record (undecodable requests)
-    go to `<prefix>/<school_id>/requests/rejected`.
+    The retained message is the record's current state; a refusal or a repeated answer
+    is published without retain so it never hides that state. Events with no record
+    (undecodable requests) go to `<prefix>/<school_id>/requests/rejected`.
     """
 
     name = "mqtt"
@@ -61,10 +72,10 @@ class MqttStatus:
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: aiomqtt.Client | None = None
 
-    async def publish(self, events: list[dict[str, Any]]) -> None:
+    async def publish(self, events: list[Pending]) -> None:
         try:
             client = await self._connected()
-            await asyncio.gather(*(self._publish_one(client, event) for event in events))
+            await asyncio.gather(*(self._publish_one(client, pending) for pending in events))
         except aiomqtt.MqttError as exc:
             await self.close()
             raise BrokerUnavailable(f"MQTT broker unavailable: {type(exc).__name__}.") from exc
@@ -81,9 +92,11 @@ class MqttStatus:
             return f"{prefix}/{school}/records/{event['record_id']}/status"
         return f"{prefix}/{school}/requests/rejected"
 
-    async def _publish_one(self, client: aiomqtt.Client, event: dict[str, Any]) -> None:
+    async def _publish_one(self, client: aiomqtt.Client, pending: Pending) -> None:
+        event = pending.event
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        retain = bool(event.get("record_id")) and event["state"] != "rejected"
+        current = bool(event.get("record_id")) and event["state"] != "rejected"
+        retain = current and not pending.repeat
         await client.publish(self.topic(event), payload, qos=1, retain=retain)
 
     async def _connected(self) -> aiomqtt.Client:

@@ -34,8 +34,8 @@ class CrashAfterStoring(Pipeline):
     crashed: asyncio.Event
     connection: aio_pika.abc.AbstractConnection
 
-    async def handle(self, request: SignRequest, body_sha256: str) -> Outcome:
-        await super().handle(request, body_sha256)
+    async def handle(self, request: SignRequest) -> Outcome:
+        await super().handle(request)
         # Closing the connection cancels this very handler, as a crash would end it.
         self.crashed.set()
         await self.connection.close()
@@ -58,7 +58,7 @@ async def crashing_instance(settings: Settings) -> AsyncIterator[asyncio.Event]:
         await channel.set_qos(prefetch_count=1)
         topo = await topology.declare(channel, settings.amqp)
         pipeline = CrashAfterStoring(
-            db, pool, FileStore(settings.store.path), DocumentSource(http, 10**7, 10)
+            db, pool, FileStore(settings.store.path), DocumentSource(http, settings.signing)
         )
         crashed = asyncio.Event()
         object.__setattr__(pipeline, "crashed", crashed)
@@ -232,3 +232,16 @@ async def test_a_missing_document_is_refused_at_once(
         event = (await status.wait(sent.request_id))[0]
     assert event["reason"]["code"] == "document_unavailable"
     assert docs.calls == 1
+
+
+async def test_a_document_from_a_host_not_allowed_is_never_fetched(
+    daemon: app.Running, school_system: SchoolSystem, status: StatusEvents
+) -> None:
+    _, pdf = school_system.new_record(SCHOOL)
+    docs = FlakyDocuments(pdf, failures=0)
+    async with document_server(docs) as url:
+        # localhost names the same server, but it is not an allowed host
+        sent = await _by_reference(school_system, url.replace("127.0.0.1", "localhost"), pdf)
+        event = (await status.wait(sent.request_id))[0]
+    assert event["reason"]["code"] == "document_unavailable"
+    assert docs.calls == 0
