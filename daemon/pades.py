@@ -3,7 +3,8 @@
 The first stage creates all three signature fields in one incremental update, so the
 seal's lock is in the document from the start, and certifies the document for form
 filling; the later stages only fill their field. This module knows nothing about the
-HSM: it signs with any pyHanko `Signer` and blocks, so call it from a worker.
+HSM: it signs with a CMS template (daemon/cms.py) and any raw-signing function, and
+blocks, so call it from a worker.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from io import BytesIO
 from pathlib import Path
 
 from asn1crypto import pem, x509
+from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.pdf_utils.rw_common import PdfHandler
 from pyhanko.sign.fields import (
     FieldMDPAction,
     FieldMDPSpec,
@@ -28,15 +31,17 @@ from pyhanko.sign.fields import (
     append_signature_field,
     enumerate_sig_fields,
 )
-from pyhanko.sign.signers import PdfSignatureMetadata, PdfSigner, Signer
-from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
+from pyhanko.sign.signers import constants
+from pyhanko.sign.signers.cms_embedder import SigMDPSetup
+from pyhanko.sign.signers.pdf_byterange import SignatureObject
 from pyhanko.sign.validation import async_validate_pdf_signature
 from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
 from pyhanko.sign.validation.status import PdfSignatureStatus
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
 
-from daemon.errors import NotAPdf
+from daemon.cms import RawSign, SignedDataTemplate
+from daemon.errors import ConfigError, NotAPdf
 from daemon.stages import FIELD_NAMES, Stage
 
 PDF_MAGIC = b"%PDF-"
@@ -126,76 +131,104 @@ def inspect_pdf(pdf: bytes, max_bytes: int) -> None:
         raise NotAPdf(f"The document already has signature fields {', '.join(taken)}.")
 
 
-def _check_fields_for(stage: Stage, reader: PdfFileReader) -> None:
-    fields = _fields(reader)
+def _sig_fields(pdf: PdfHandler) -> dict[str, generic.IndirectObject]:
+    """Top-level signature fields by name, read without resolving their values.
+
+    Resolving a filled field's /V would parse its signature's /Contents, a long hex
+    string pyHanko reads a character at a time; whether /V is there is all we need.
+    """
+    try:
+        root = pdf.root
+        refs = root["/AcroForm"]["/Fields"] if "/AcroForm" in root else []
+        fields = {}
+        for ref in refs:
+            field = ref.get_object()
+            if "/FT" in field and field["/FT"] == "/Sig" and "/T" in field:
+                fields[str(field["/T"])] = ref
+        return fields
+    except _PARSE_ERRORS as exc:
+        raise NotAPdf(f"The document's form cannot be read: {exc}") from exc
+
+
+def _field_to_fill(stage: Stage, reader: PdfFileReader) -> generic.IndirectObject | None:
+    """The empty field this stage signs; None for the first stage, which creates them."""
+    fields = _sig_fields(reader)
     if stage is Stage.HOMEROOM_TEACHER:
-        taken = sorted(set(fields) & set(FIELD_NAMES))
-        if taken or any(fields.values()):
+        if set(fields) & set(FIELD_NAMES) or any("/V" in f.get_object() for f in fields.values()):
             raise NotAPdf("The document already has signature fields or signatures.")
-        return
-    filled = fields.get(stage.field_name)
-    if filled is None:
+        return None
+    ref = fields.get(stage.field_name)
+    if ref is None:
         raise NotAPdf(f"The document has no signature field {stage.field_name}.")
-    if filled:
+    if "/V" in ref.get_object():
         raise NotAPdf(f"The signature field {stage.field_name} is already signed.")
+    return ref
+
+
+class _UpdateWriter(IncrementalPdfFileWriter):
+    """An incremental writer that leaves the document information dictionary alone.
+
+    pyHanko rewrites /Info (ModDate, Producer) in every revision, which costs a
+    parse and a write per signature and tells a reader nothing the signature's /M
+    does not; validators accept either.
+    """
+
+    def _update_meta(self) -> None:
+        pass
+
+
+def _mdp_setup(stage: Stage) -> SigMDPSetup:
+    """What pyHanko's PdfSigner derives from our fields: certify first, lock at the seal."""
+    if stage is Stage.HOMEROOM_TEACHER:
+        return SigMDPSetup("sha256", certify=True, docmdp_perms=MDPPerm.FILL_FORMS)
+    if stage is Stage.SCHOOL_SEAL:
+        lock = FieldMDPSpec(FieldMDPAction.ALL)
+        return SigMDPSetup("sha256", field_lock=lock, docmdp_perms=MDPPerm.NO_CHANGES)
+    return SigMDPSetup("sha256")
 
 
 def prepare_and_sign(
     pdf: bytes,
     stage: Stage,
-    signer: Signer,
+    template: SignedDataTemplate,
+    raw_sign: RawSign,
     *,
     bytes_reserved: int,
-    signing_time: datetime | None = None,
+    signing_time: datetime,
 ) -> bytes:
-    """The PDF with one more PAdES B-B signature, for `stage`, as an incremental update."""
+    """The PDF with one more PAdES B-B signature, for `stage`, as an incremental update.
+
+    pyHanko writes the update (fields, DocMDP/FieldMDP references, byte range) as its
+    PdfSigner would; the CMS comes from the signer's template, whose size is exact, so
+    nothing is estimated and the document is parsed once.
+    """
     reader = _reader(pdf)
-    _check_fields_for(stage, reader)
+    field_ref = _field_to_fill(stage, reader)
+    reserved = 2 * template.size  # hex digits
+    if reserved > 2 * bytes_reserved:
+        raise ConfigError(
+            f"A signature needs {template.size} bytes; signing.bytes_reserved is {bytes_reserved}."
+        )
     try:
-        writer = IncrementalPdfFileWriter(BytesIO(pdf), strict=False)
-        if stage is Stage.HOMEROOM_TEACHER:
+        writer = _UpdateWriter.from_reader(reader)
+        writer.register_extension(constants.ESIC_EXTENSION_1)
+        if field_ref is None:
             for spec in _field_specs():
                 append_signature_field(writer, spec)
-        meta = PdfSignatureMetadata(
-            field_name=stage.field_name,
-            subfilter=SigSeedSubFilter.PADES,
-            md_algorithm="sha256",
-            certify=stage is Stage.HOMEROOM_TEACHER,
-            # The seal's field lock already demands NO_CHANGES; asking for
-            # FILL_FORMS there only earns a warning from pyHanko.
-            docmdp_permissions=(
-                MDPPerm.NO_CHANGES if stage is Stage.SCHOOL_SEAL else MDPPerm.FILL_FORMS
-            ),
+            field_ref = _sig_fields(writer)[stage.field_name]
+        signature = SignatureObject(
+            timestamp=signing_time, subfilter=SigSeedSubFilter.PADES, bytes_reserved=reserved
         )
-        pdf_signer = PdfSigner(meta, signer)
-        return asyncio.run(_sign(pdf_signer, writer, bytes_reserved, signing_time))
+        signature_ref = writer.add_object(signature)
+        field_ref.get_object()["/V"] = signature_ref
+        writer.mark_update(field_ref)
+        _mdp_setup(stage).apply(signature_ref, writer)
+        filling = signature.fill(writer, "sha256")
+        prepared, output = next(filling)
+        filling.send(template.sign(prepared.document_digest, raw_sign))
     except _PARSE_ERRORS as exc:  # SigningError is a ValueError
         raise NotAPdf(f"The document cannot be signed: {exc}") from exc
-
-
-async def _sign(
-    pdf_signer: PdfSigner,
-    writer: IncrementalPdfFileWriter,
-    bytes_reserved: int,
-    signing_time: datetime | None,
-) -> bytes:
-    # PdfSigner.async_sign_pdf, unrolled to choose the signing time; with
-    # bytes_reserved given pyHanko signs once instead of twice.
-    session = pdf_signer.init_signing_session(writer, existing_fields_only=True)
-    if signing_time is not None:
-        session.system_time = signing_time
-    # Only the seed-value checks are pre-signing work for B-B; no revocation info.
-    validation_info = await session.perform_presign_validation(writer)
-    tbs = session.prepare_tbs_document(
-        validation_info=validation_info, bytes_reserved=bytes_reserved
-    )
-    digest, output = tbs.digest_tbs_document(in_place=False)
-    post = await tbs.perform_signature(
-        document_digest=digest.document_digest,
-        pdf_cms_signed_attrs=PdfCMSSignedAttributes(signing_time=session.system_time),
-    )
-    await post.post_signature_processing(output)
-    assert isinstance(output, BytesIO)  # in_place=False always yields a new BytesIO
+    assert isinstance(output, BytesIO)  # fill() without an output writes a new BytesIO
     return output.getvalue()
 
 

@@ -1,0 +1,280 @@
+"""The real daemon(s) against the real RabbitMQ, PostgreSQL and Mosquitto.
+
+Instances are separate `hocba-signer run` processes (so each one's CPU and peak RSS
+can be read); a driver publishes each record's first stage as the school system
+would, follows the status events and publishes the next stage when one arrives,
+and measures from the first publish to the last status event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+
+from bench import procs
+from bench.environment import BenchEnv, Sample
+from daemon import topology
+from daemon.messages import RecordInfo
+from daemon.stages import Stage, State
+from daemon.store import FileStore
+from producers.school_system import sign_request
+
+_NEXT = {State.SIGNED_BY_TEACHER: Stage.PRINCIPAL, State.SIGNED_BY_PRINCIPAL: Stage.SCHOOL_SEAL}
+READY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class Instance:
+    name: str
+    process: asyncio.subprocess.Process
+    http_port: int
+    log: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def instances(env: BenchEnv, count: int) -> AsyncIterator[list[Instance]]:
+    """`count` daemons consuming the same queue; stopped with SIGTERM afterwards."""
+    exe = Path(sys.executable).parent / "hocba-signer"
+    started: list[Instance] = []
+    try:
+        for n in range(count):
+            name, port = f"bench-{env.tag}-{n}", _free_port()
+            log = env.dev.base / f"{name}.log"
+            child_env = {
+                **os.environ,
+                "HOCBA_INSTANCE": name,
+                "HOCBA_HTTP__PORT": str(port),
+                "HOCBA_MQTT__TOPIC_PREFIX": env.mqtt_prefix,
+                "HOCBA_MQTT__CLIENT_ID_PREFIX": name,
+            }
+            with log.open("wb") as out:
+                process = await asyncio.create_subprocess_exec(
+                    str(exe),
+                    "--config",
+                    str(env.dev.config_path),
+                    "run",
+                    env=child_env,
+                    stdout=out,
+                    stderr=out,
+                )
+            started.append(Instance(name, process, port, log))
+        await asyncio.gather(*(_ready(i) for i in started))
+        yield started
+    finally:
+        for instance in started:
+            if instance.process.returncode is None:
+                instance.process.send_signal(signal.SIGTERM)
+        for instance in started:
+            try:
+                await asyncio.wait_for(instance.process.wait(), 60)
+            except TimeoutError:
+                instance.process.kill()
+                await instance.process.wait()
+
+
+async def _ready(instance: Instance) -> None:
+    """Wait until /readyz answers 200 (a harness may poll; the daemon does not)."""
+    url = f"http://127.0.0.1:{instance.http_port}/readyz"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if instance.process.returncode is not None:
+                raise RuntimeError(f"{instance.name} exited; see {instance.log}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{instance.name} was not ready in {READY_TIMEOUT_S}s; see {instance.log}")
+
+
+@dataclass
+class _Flight:
+    info: RecordInfo
+    request_id: str
+    published_at: float
+    record_started_at: float
+
+
+@dataclass
+class Driver:
+    """Publishes first stages (all at once, or paced) and follows each record to its seal."""
+
+    env: BenchEnv
+    records: list[Sample]
+    run_tag: str
+    request_latency_s: list[float] = field(default_factory=list)
+    record_latency_s: list[float] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    first_publish: float = 0.0
+    last_event: float = 0.0
+    _flights: dict[tuple[str, str], _Flight] = field(default_factory=dict)
+    _done: asyncio.Event = field(default_factory=asyncio.Event)
+    _exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def run(self, rate_per_s: float | None, timeout_s: float) -> None:
+        connection = await aio_pika.connect_robust(self.env.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            self._exchange = await channel.get_exchange(topology.REQUESTS)
+            status = await channel.get_exchange(topology.STATUS)
+            queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+            for school in self.env.dev.schools:
+                await queue.bind(status, routing_key=f"status.{school}.#")
+            await queue.consume(self._on_status)
+            firsts = [self._first(sample) for sample in self.records]
+            self.first_publish = time.perf_counter()
+            for n, (school, info, body, rid) in enumerate(firsts):
+                if rate_per_s:
+                    delay = self.first_publish + n / rate_per_s - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await self._publish(school, info, body, rid, new_record=True)
+            await asyncio.wait_for(self._done.wait(), timeout_s)
+
+    def _first(self, sample: Sample) -> tuple[str, RecordInfo, bytes, str]:
+        info = sample.info.model_copy(
+            update={"record_id": f"{sample.info.record_id}-{self.run_tag}"}
+        )
+        stage = Stage.HOMEROOM_TEACHER
+        _, body, rid = self._request(sample.school, info, stage, sample.sha256, sample.pdf)
+        return sample.school, info, body, rid
+
+    def _request(
+        self, school: str, info: RecordInfo, stage: Stage, digest: str, pdf: bytes | None = None
+    ) -> tuple[str, bytes, str]:
+        signer = self.env.dev.signer_for(school, stage.value)
+        token = self.env.dev.consent_signer(school).mint(signer, stage, [(info.record_id, digest)])
+        return sign_request(school, info, stage, signer, token, pdf)
+
+    async def _publish(
+        self,
+        school: str,
+        info: RecordInfo,
+        body: bytes,
+        rid: str,
+        *,
+        new_record: bool = False,
+        started: float = 0.0,
+    ) -> None:
+        assert self._exchange is not None
+        now = time.perf_counter()
+        self._flights[(school, info.record_id)] = _Flight(
+            info, rid, now, now if new_record else started
+        )
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            message_id=rid,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._exchange.publish(message, routing_key=f"sign.{school}")
+
+    async def _on_status(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        async with message.process():
+            arrived = time.perf_counter()
+            event = json.loads(message.body)
+            key = (event["school_id"], event.get("record_id"))
+            flight = self._flights.get(key)
+            if flight is None or flight.request_id != event["request_id"]:
+                return  # a repeated event, or another run's
+            del self._flights[key]
+            self.request_latency_s.append(arrived - flight.published_at)
+            self.last_event = arrived
+            state = State(event["state"])
+            if state in _NEXT:
+                _, body, rid = self._request(
+                    key[0], flight.info, _NEXT[state], event["document_sha256"]
+                )
+                await self._publish(
+                    key[0], flight.info, body, rid, started=flight.record_started_at
+                )
+                return
+            if state is State.ISSUED:
+                self.issued.append(event["document_sha256"])
+                self.record_latency_s.append(arrived - flight.record_started_at)
+            else:
+                code = (event.get("reason") or {}).get("code", "unknown")
+                self.rejected[code] = self.rejected.get(code, 0) + 1
+            if len(self.issued) + sum(self.rejected.values()) >= len(self.records):
+                self._done.set()
+
+
+def _percentiles_ms(values: list[float]) -> dict[str, float]:
+    if len(values) < 2:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return {
+        "p50": round(1000 * cuts[49], 1),
+        "p95": round(1000 * cuts[94], 1),
+        "p99": round(1000 * cuts[98], 1),
+    }
+
+
+async def measure(
+    env: BenchEnv,
+    running: list[Instance],
+    records: list[Sample],
+    run_tag: str,
+    rate_per_s: float | None = None,
+    timeout_s: float = 900,
+) -> tuple[dict[str, Any], list[bytes]]:
+    """One run against already started instances; figures and the issued PDFs."""
+    before = [procs.TreeSample.of(i.process.pid) for i in running]
+    busy = procs.machine_busy_s()
+    driver = Driver(env, records, run_tag)
+    await driver.run(rate_per_s, timeout_s)
+    busy = procs.machine_busy_s() - busy
+    after = [procs.TreeSample.of(i.process.pid) for i in running]
+    wall = driver.last_event - driver.first_publish
+    signatures = 3 * len(driver.issued)
+    cpu = sum(procs.cpu_between(b, a) for b, a in zip(before, after, strict=True))
+    store = FileStore(env.dev.settings.store.path)
+    issued = [await store.get(digest) for digest in driver.issued]
+    figures: dict[str, Any] = {
+        "instances": len(running),
+        "workers_per_instance": env.dev.settings.hsm.workers,
+        "prefetch": env.dev.settings.amqp.prefetch,
+        "records": len(records),
+        "issued": len(driver.issued),
+        "rejected": driver.rejected,
+        "paced_records_per_s": round(rate_per_s, 1) if rate_per_s else None,
+        "elapsed_s": round(wall, 3),
+        "records_per_s": round(len(driver.issued) / wall, 2),
+        "signatures_per_s": round(signatures / wall, 1),
+        "latency_ms": _percentiles_ms(driver.request_latency_s),
+        "record_latency_ms": _percentiles_ms(driver.record_latency_s),
+        "cpu_s_per_signature": round(cpu / max(signatures, 1), 5),
+        "machine_cpu_s_per_signature": round(busy / max(signatures, 1), 5),
+        "peak_rss_mb_per_instance": [
+            {
+                "main": round(a.peak_rss_mb[i.process.pid], 1),
+                "with_hsm_workers": round(sum(a.peak_rss_mb.values()), 1),
+                # RSS counts shared pages once per process; PSS shares them out.
+                "pss_now_with_hsm_workers": round(sum(a.pss_mb.values()), 1),
+            }
+            for i, a in zip(running, after, strict=True)
+        ],
+    }
+    return figures, issued

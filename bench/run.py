@@ -1,0 +1,197 @@
+"""`python -m bench.run [--quick]`: one JSON document on stdout, a table on stderr.
+
+Compares, in one run on the same PDFs, keys and machine: the HSM's raw C_Sign rate,
+a plain pyHanko loop, the daemon's signing path alone, and the whole daemon (1 and 2
+instances) against the real broker, database and MQTT. Figures count only when
+every issued PDF validates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from bench import end_to_end, hsm_raw, naive, sign_path
+from bench.environment import BenchEnv, bench_env, samples
+from bench.report import ratios, table
+from bench.validation import validate
+from daemon.stages import ORDER
+
+
+@dataclass(frozen=True)
+class Sizes:
+    raw_s: float
+    naive_records: int
+    sign_path_records: int
+    e2e_records: int
+    paced_s: float  # 0: no run at half the maximum throughput
+    schools: int
+
+
+QUICK = Sizes(
+    raw_s=1.0, naive_records=3, sign_path_records=24, e2e_records=16, paced_s=0, schools=1
+)
+FULL = Sizes(
+    raw_s=5.0, naive_records=12, sign_path_records=150, e2e_records=200, paced_s=15, schools=2
+)
+
+
+async def bench(sizes: Sizes, mode: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    _progress("setup: token, PKI, database, vhost, sample PDFs")
+    async with bench_env(schools=sizes.schools) as env:
+        pool_size = max(sizes.sign_path_records, sizes.e2e_records, sizes.naive_records)
+        records = await asyncio.to_thread(samples, env.dev.schools, pool_size, env.tag)
+        doc: dict[str, Any] = {"mode": mode, "machine": _machine(), "pdf": _pdf_stats(records)}
+        labels = [env.key(s, stage).key_label for s in env.dev.schools for stage in ORDER]
+        hsm = env.dev.settings.hsm
+        cores = os.cpu_count() or 1
+        _progress("hsm_raw")
+        doc["hsm_raw"] = {
+            "one_session": await asyncio.to_thread(hsm_raw.measure, hsm, labels, 1, sizes.raw_s),
+            "n_sessions": await asyncio.to_thread(hsm_raw.measure, hsm, labels, cores, sizes.raw_s),
+        }
+        _progress("pyhanko_naive")
+        doc["pyhanko_naive"], naive_issued = await asyncio.to_thread(
+            _naive, env, records[: sizes.naive_records]
+        )
+        _progress("sign_path")
+        doc["sign_path"], path_issued = await sign_path.measure(
+            env, records[: sizes.sign_path_records], workers=cores
+        )
+        issued = {"pyhanko_naive": naive_issued, "sign_path": path_issued}
+        doc["end_to_end"] = await _end_to_end(env, records[: sizes.e2e_records], sizes, issued)
+        _progress("validation")
+        doc["validation"] = await asyncio.to_thread(
+            validate, issued, env.dev.settings.signing.trust_roots
+        )
+    doc["valid"] = all(not v["errors"] for v in doc["validation"].values())
+    doc["ratios"] = ratios(doc)
+    doc["bench_seconds"] = round(time.perf_counter() - started, 1)
+    doc["phase_seconds"] = _phase_seconds(time.perf_counter())
+    return doc
+
+
+def _naive(env: BenchEnv, records: list[Any]) -> tuple[dict[str, Any], list[bytes]]:
+    hsm = env.dev.settings.hsm
+    jobs = [(r.pdf, {st: env.key(r.school, st).key_label for st in ORDER}) for r in records]
+    # Its own process: one pkcs11.lib per process, and a single core as a user's loop has.
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        wall, cpu, issued = pool.submit(
+            naive.run,
+            str(hsm.module),
+            hsm.token_label,
+            hsm.resolved_pin().get_secret_value(),
+            dict(hsm.env),
+            jobs,
+        ).result()
+    signatures = 3 * len(records)
+    figures = {
+        "records": len(records),
+        "signatures": signatures,
+        "elapsed_s": round(wall, 3),
+        "signatures_per_s": round(signatures / wall, 1),
+        "ms_per_signature": round(1000 * wall / signatures, 2),
+        "cpu_s_per_signature": round(cpu / signatures, 5),
+    }
+    return figures, issued
+
+
+async def _end_to_end(
+    env: BenchEnv, records: list[Any], sizes: Sizes, issued: dict[str, list[bytes]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for count in (1, 2):
+        _progress(f"end_to_end, {count} instance(s)")
+        async with end_to_end.instances(env, count) as running:
+            # A short warm-up run: worker templates, connection pools, JIT-free but cold caches.
+            await end_to_end.measure(env, running, records[:4], f"w{count}")
+            figures, pdfs = await end_to_end.measure(env, running, records, f"i{count}")
+            out[f"instances_{count}"] = figures
+            issued[f"end_to_end_{count}"] = pdfs
+            if count == 2 and sizes.paced_s:
+                rate = figures["records_per_s"] / 2
+                paced = records[: max(4, int(rate * sizes.paced_s))]
+                _progress(f"end_to_end, paced at {rate:.1f} records/s")
+                paced_figures, paced_pdfs = await end_to_end.measure(
+                    env, running, paced, "p", rate_per_s=rate
+                )
+                out["paced_half_max"] = paced_figures
+                issued["end_to_end_paced"] = paced_pdfs
+    one, two = out["instances_1"], out["instances_2"]
+    out["scale_out_2_vs_1"] = round(two["signatures_per_s"] / one["signatures_per_s"], 2)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "pyhanko": version("pyHanko"),
+        "hsm": "SoftHSM2, RSA-2048",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _pdf_stats(records: list[Any]) -> dict[str, Any]:
+    sizes = [len(r.pdf) / 1024 for r in records]
+    return {
+        "count": len(records),
+        "kb_min": round(min(sizes), 1),
+        "kb_median": round(statistics.median(sizes), 1),
+        "kb_max": round(max(sizes), 1),
+        "pages": "3-5",
+    }
+
+
+_PHASES: dict[str, float] = {}
+
+
+def _progress(what: str) -> None:
+    """Say which phase starts; remember when, for `phase_seconds`."""
+    _PHASES[what] = time.perf_counter()
+    print(f"bench: {what}…", file=sys.stderr, flush=True)
+
+
+def _phase_seconds(end: float) -> dict[str, float]:
+    marks = [*_PHASES.items(), ("end", end)]
+    return {name: round(marks[n + 1][1] - at, 1) for n, (name, at) in enumerate(marks[:-1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the under-a-minute run")
+    parser.add_argument("--output", type=Path, help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    sizes, mode = (QUICK, "quick") if args.quick else (FULL, "full")
+    doc = asyncio.run(bench(sizes, mode))
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    print(table(doc), file=sys.stderr)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n", "utf-8")
+    return 0 if doc["valid"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The daemon's own signing path, in-process: SigningPool workers on both cores."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from typing import Any
+
+from bench import procs
+from bench.environment import BenchEnv, Sample
+from daemon.hsm import SigningPool, SignJob
+from daemon.stages import ORDER
+
+
+async def _record(pool: SigningPool, env: BenchEnv, sample: Sample) -> list[bytes]:
+    pdf, versions = sample.pdf, []
+    for stage in ORDER:
+        result = await pool.sign(SignJob(pdf, stage, env.key(sample.school, stage)))
+        pdf = result.pdf
+        versions.append(pdf)
+    return versions
+
+
+async def measure(
+    env: BenchEnv, records: list[Sample], workers: int
+) -> tuple[dict[str, Any], list[bytes]]:
+    """Sign every record through three stages, all records at once; figures and issued PDFs."""
+    settings = env.dev.settings
+    pool = SigningPool(settings.hsm.model_copy(update={"workers": workers}), settings.signing)
+    await pool.start()
+    try:
+        # Warm up every worker on every key, so templates are built before the clock runs.
+        warm = [records[n % len(records)] for n in range(4 * workers)]
+        await asyncio.gather(*(_record(pool, env, s) for s in warm))
+        before = procs.TreeSample.of(os.getpid())
+        busy, wall = procs.machine_busy_s(), time.perf_counter()
+        versions = await asyncio.gather(*(_record(pool, env, s) for s in records))
+        wall = time.perf_counter() - wall
+        busy = procs.machine_busy_s() - busy
+        cpu = procs.cpu_between(before, procs.TreeSample.of(os.getpid()))
+    finally:
+        await pool.close()
+    for sample, signed in zip(records, versions, strict=True):
+        chain = [sample.pdf, *signed]
+        if not all(later.startswith(earlier) for earlier, later in itertools.pairwise(chain)):
+            raise AssertionError("A version does not extend the one before it.")
+    signatures = 3 * len(records)
+    figures = {
+        "workers": workers,
+        "records": len(records),
+        "signatures": signatures,
+        "elapsed_s": round(wall, 3),
+        "signatures_per_s": round(signatures / wall, 1),
+        "ms_per_signature": round(1000 * wall / signatures, 2),
+        "cpu_s_per_signature": round(cpu / signatures, 5),
+        "machine_cpu_s_per_signature": round(busy / signatures, 5),
+    }
+    return figures, [v[-1] for v in versions]
