@@ -25,10 +25,12 @@ from typing import Any, TypeVar
 
 import pkcs11
 from asn1crypto import x509
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pyhanko.sign.pkcs11 import PKCS11Signer
+from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
 
+from daemon.cms import SignedDataTemplate
 from daemon.errors import (
     CertificateInvalid,
     ConfigError,
@@ -37,6 +39,7 @@ from daemon.errors import (
     Unauthorized,
     UnknownSigner,
 )
+from daemon.metrics import HSM_ERRORS, HSM_SESSIONS_IN_USE
 from daemon.pades import prepare_and_sign
 from daemon.settings import HsmSettings, SigningSettings
 from daemon.stages import Stage
@@ -144,6 +147,11 @@ class SigningPool:
         der = await self._call(_certificate_in_worker, key.key_label)
         return x509.Certificate.load(der)
 
+    async def sign_cms(self, key: KeyRef, data: bytes, signing_time: datetime) -> bytes:
+        """A CAdES detached signature (DER) over `data`; same time, same bytes (RSA PKCS#1 v1.5)."""
+        authorize(key, self._hsm.token_label)
+        return await self._call(_cms_in_worker, _CmsRequest(data, key.key_label, signing_time))
+
     def _spawn(self) -> ProcessPoolExecutor:
         config = _WorkerConfig(
             module=str(self._hsm.module),
@@ -167,13 +175,19 @@ class SigningPool:
             try:
                 # submit itself raises BrokenProcessPool once a worker has died.
                 call = loop.run_in_executor(executor, fn, *args)
-                return await asyncio.wait_for(call, self._hsm.op_timeout_s)
+                with HSM_SESSIONS_IN_USE.track_inprogress():
+                    return await asyncio.wait_for(call, self._hsm.op_timeout_s)
+            except HsmUnavailable:
+                HSM_ERRORS.labels("token").inc()
+                raise
             except TimeoutError as exc:
+                HSM_ERRORS.labels("timeout").inc()
                 self._replace(executor, kill=True)
                 raise HsmUnavailable(
                     f"The HSM did not answer within {self._hsm.op_timeout_s}s."
                 ) from exc
             except BrokenProcessPool as exc:
+                HSM_ERRORS.labels("worker_died").inc()
                 self._replace(executor, kill=False)
                 raise HsmUnavailable("A signing worker process died.") from exc
 
@@ -210,6 +224,13 @@ class _SignRequest:
     stage: Stage
     key_label: str
     bytes_reserved: int
+
+
+@dataclass(frozen=True)
+class _CmsRequest:
+    data: bytes = field(repr=False)
+    key_label: str
+    signing_time: datetime
 
 
 class _TimedSigner(PKCS11Signer):
@@ -250,6 +271,7 @@ class _Worker:
         self.session: Any = None
         self.chain: list[x509.Certificate] = []
         self.signers: dict[str, _TimedSigner] = {}
+        self.keys: dict[str, _FastKey] = {}
 
     def run(self, op: Callable[[Any], T]) -> T:
         """`op(session)`, reopening the session once if it was lost."""
@@ -287,6 +309,7 @@ class _Worker:
     def _reset(self) -> None:
         session, self.session = self.session, None
         self.signers.clear()
+        self.keys.clear()
         try:
             if session is not None:
                 session.close()
@@ -315,6 +338,31 @@ class _Worker:
         signer = _TimedSigner(session, key_label=label, signing_cert=certs[0], ca_chain=self.chain)
         self.signers[label] = signer
         return signer
+
+    def key(self, session: Any, label: str) -> _FastKey:
+        """The PDF signing key: its handle, certificate and CMS template, built once."""
+        cached = self.keys.get(label)
+        if cached is None:
+            signer = self.signer(session, label)
+            private = session.get_key(ObjectClass.PRIVATE_KEY, label=label)
+            template = SignedDataTemplate.for_signer(signer.signing_cert, self.chain)
+            cached = self.keys[label] = _FastKey(private, signer.signing_cert, template)
+        return cached
+
+
+@dataclass
+class _FastKey:
+    private: Any
+    cert: x509.Certificate
+    template: SignedDataTemplate
+    hsm_seconds: float = 0.0
+
+    def raw_sign(self, data: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            return bytes(self.private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS))
+        finally:
+            self.hsm_seconds += time.perf_counter() - started
 
 
 _worker: _Worker | None = None
@@ -356,15 +404,16 @@ def _sign_in_worker(request: _SignRequest) -> SignResult:
     worker = _current()
 
     def sign(session: Any) -> SignResult:
-        signer = worker.signer(session, request.key_label)
-        cert: x509.Certificate = signer.signing_cert
+        key = worker.key(session, request.key_label)
+        cert = key.cert
         now = datetime.now(UTC)
         check_certificate(cert, now)
-        signer.hsm_seconds = 0.0
+        key.hsm_seconds = 0.0
         pdf = prepare_and_sign(
             request.pdf,
             request.stage,
-            signer,
+            key.template,
+            key.raw_sign,
             bytes_reserved=request.bytes_reserved,
             signing_time=now,
         )
@@ -374,7 +423,27 @@ def _sign_in_worker(request: _SignRequest) -> SignResult:
             cert_serial=format(cert.serial_number, "x"),
             signer_subject=str(cert.subject.native.get("common_name", "")),
             signed_at=now,
-            hsm_seconds=signer.hsm_seconds,
+            hsm_seconds=key.hsm_seconds,
         )
+
+    return worker.run(sign)
+
+
+def _cms_in_worker(request: _CmsRequest) -> bytes:
+    worker = _current()
+
+    def sign(session: Any) -> bytes:
+        signer = worker.signer(session, request.key_label)
+        check_certificate(signer.signing_cert, datetime.now(UTC))
+        # use_cades adds signing-certificate-v2; content-type and message-digest are
+        # always there; the signing time is the caller's, so a rebuild is identical.
+        signed = signer.async_sign_general_data(
+            request.data,
+            "sha256",
+            detached=True,
+            use_cades=True,
+            signed_attr_settings=PdfCMSSignedAttributes(signing_time=request.signing_time),
+        )
+        return bytes(asyncio.run(signed).dump())
 
     return worker.run(sign)

@@ -1,0 +1,229 @@
+"""Submission: send a built package to the ministry, follow its receipt until final.
+
+Restart-safe by construction: every step is a state of the package stored with its
+records' status events (`built` → `submitting` → `submitted` + receipt → `accepted`
+or `rejected`), the Idempotency-Key is the package id, and `follow` starts from
+whatever state it finds. A package half-submitted before a crash is sent again with
+the same key and gets the same receipt: never a second submission. Only one
+instance follows a package at a time (a session advisory lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+from daemon import packages
+from daemon.backoff import retry_delay_ms
+from daemon.database import Database
+from daemon.errors import MinistryRefused, MinistryUnavailable
+from daemon.messages import Reason
+from daemon.metrics import MINISTRY_ATTEMPTS, MINISTRY_LATENCY, PACKAGES_FINISHED
+from daemon.packages import Package, PackageState
+from daemon.pipeline import now
+from daemon.settings import MinistrySettings
+from daemon.stages import State
+
+log = logging.getLogger(__name__)
+
+REASON_MESSAGE_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The ministry's answer about one package."""
+
+    receipt_id: str
+    status: Literal["received", "accepted", "rejected"]
+    errors: list[Any] = field(default_factory=list)
+    accepted_records: int = 0
+
+
+class MinistryApi(Protocol):
+    async def submit(self, path: Path, package_id: UUID) -> Receipt:
+        """POST the package; raise MinistryUnavailable (retry) or MinistryRefused (don't)."""
+        ...
+
+    async def receipt(self, receipt_id: str) -> Receipt: ...
+
+
+@dataclass(frozen=True)
+class Submitter:
+    db: Database
+    ministry: MinistryApi
+    settings: MinistrySettings
+
+    async def follow(self, package: Package) -> Package:
+        """Take the package as far as it goes: submitted, then accepted or rejected.
+
+        Raises MinistryUnavailable when the ministry stayed unreachable for every
+        attempt; the package keeps its state and a later `follow` resumes it.
+        """
+        async with self._exclusive(package.package_id) as mine:
+            if not mine:
+                log.info("Package %s is followed by another instance.", package.package_id)
+                return package
+            async with self.db.connection() as conn:
+                package = await packages.get(conn, package.package_id)
+            if package.state in (PackageState.BUILT, PackageState.SUBMITTING):
+                package = await self._submit(package)
+            if package.state is PackageState.SUBMITTED:
+                package = await self._poll(package)
+            return package
+
+    async def _submit(self, package: Package) -> Package:
+        if package.state is PackageState.BUILT:
+            async with self.db.transaction() as conn:
+                package = await packages.move(
+                    conn, package, PackageState.SUBMITTING, came_from=(PackageState.BUILT,)
+                )
+        assert package.path is not None
+        for attempt in range(1, self.settings.max_attempts + 1):
+            started = time.perf_counter()
+            try:
+                receipt = await self.ministry.submit(Path(package.path), package.package_id)
+            except MinistryUnavailable as exc:
+                await self._attempt(package, "submit", "retry", started, detail=exc.message)
+                await asyncio.sleep(self._delay_s(attempt, exc.retry_after_s, poll=False))
+                continue
+            except MinistryRefused as exc:
+                await self._attempt(package, "submit", "refused", started, exc.status, exc.message)
+                if exc.status in (401, 403):
+                    raise  # our credentials, not the package: keep it for a later run
+                return await self._finish(package, PackageState.REJECTED, [exc.message], 0)
+            return await self._received(package, receipt, started)
+        raise MinistryUnavailable(
+            f"Package {package.package_id} not received after {self.settings.max_attempts} "
+            "attempts; it will be resumed."
+        )
+
+    async def _received(self, package: Package, receipt: Receipt, started: float) -> Package:
+        async with self.db.transaction() as conn:
+            await packages.record_attempt(
+                conn,
+                package.package_id,
+                "submit",
+                "received",
+                http_status=202,
+                receipt_id=receipt.receipt_id,
+                latency_s=_observe("submit", "received", started),
+            )
+            package = await packages.move(
+                conn,
+                package,
+                PackageState.SUBMITTED,
+                {"receipt_id": receipt.receipt_id},
+                came_from=(PackageState.SUBMITTING,),
+            )
+            await packages.tell_records(conn, package, State.SUBMITTED, now())
+        log.info("Package %s received: receipt %s.", package.package_id, receipt.receipt_id)
+        return package
+
+    async def _poll(self, package: Package) -> Package:
+        assert package.receipt_id is not None
+        for poll in range(1, self.settings.max_polls + 1):
+            await asyncio.sleep(self._delay_s(poll, None, poll=True))
+            started = time.perf_counter()
+            try:
+                receipt = await self.ministry.receipt(package.receipt_id)
+            except MinistryUnavailable as exc:
+                await self._attempt(package, "poll", "retry", started, detail=exc.message)
+                if exc.retry_after_s:
+                    await asyncio.sleep(min(exc.retry_after_s, self.settings.max_retry_after_s))
+                continue
+            if receipt.status == "received":
+                await self._attempt(package, "poll", "pending", started, 200)
+                continue
+            await self._attempt(package, "poll", receipt.status, started, 200)
+            state = PackageState.ACCEPTED if receipt.status == "accepted" else PackageState.REJECTED
+            return await self._finish(package, state, receipt.errors, receipt.accepted_records)
+        raise MinistryUnavailable(
+            f"Receipt {package.receipt_id} still not final after {self.settings.max_polls} polls."
+        )
+
+    async def _finish(
+        self, package: Package, state: PackageState, errors: list[Any], accepted: int
+    ) -> Package:
+        rejected = state is PackageState.REJECTED
+        async with self.db.transaction() as conn:
+            package = await packages.move(
+                conn,
+                package,
+                state,
+                {"accepted_records": accepted, "errors": json.dumps(errors, ensure_ascii=False)},
+                came_from=(PackageState.SUBMITTING, PackageState.SUBMITTED),
+            )
+            if rejected:
+                await packages.release_records(conn, package)
+                reason = Reason(code="ministry_rejected", message=_summary(errors))
+                await packages.tell_records(
+                    conn, package, State.REJECTED_BY_MINISTRY, now(), reason
+                )
+            else:
+                await packages.tell_records(conn, package, State.ACCEPTED_BY_MINISTRY, now())
+        PACKAGES_FINISHED.labels(package.school_id, state.value).inc()
+        log.info("Package %s %s by the ministry.", package.package_id, state.value)
+        return package
+
+    async def _attempt(
+        self,
+        package: Package,
+        kind: str,
+        outcome: str,
+        started: float,
+        http_status: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        latency = _observe(kind, outcome, started)
+        async with self.db.transaction() as conn:
+            await packages.record_attempt(
+                conn,
+                package.package_id,
+                kind,
+                outcome,
+                http_status=http_status,
+                receipt_id=package.receipt_id,
+                detail=detail,
+                latency_s=latency,
+            )
+
+    def _delay_s(self, attempt: int, retry_after_s: float | None, *, poll: bool) -> float:
+        """Capped exponential backoff; a Retry-After (capped too) wins when longer."""
+        s = self.settings
+        base, cap = (s.poll_base_ms, s.poll_cap_ms) if poll else (s.retry_base_ms, s.retry_cap_ms)
+        backoff_s = retry_delay_ms(attempt, base, cap) / 1000
+        if retry_after_s is None:
+            return backoff_s
+        return max(backoff_s, min(retry_after_s, s.max_retry_after_s))
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, package_id: UUID) -> AsyncIterator[bool]:
+        async with self.db.connection() as conn:
+            key = f"submit:{package_id}"
+            mine = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)
+            try:
+                yield bool(mine)
+            finally:
+                if mine:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+
+
+def _observe(kind: str, outcome: str, started: float) -> float:
+    latency = time.perf_counter() - started
+    MINISTRY_ATTEMPTS.labels(kind, outcome).inc()
+    MINISTRY_LATENCY.labels(kind).observe(latency)
+    return latency
+
+
+def _summary(errors: list[Any]) -> str:
+    parts = [e.get("message", str(e)) if isinstance(e, dict) else str(e) for e in errors]
+    text = "; ".join(parts) or "The ministry rejected the package."
+    return text[:REASON_MESSAGE_CHARS]

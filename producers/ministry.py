@@ -1,0 +1,135 @@
+"""The ministry package API, client side: one HTTP request per call, errors translated.
+
+`submit` streams the container from its file (no whole-file read) with the package
+id as Idempotency-Key; `receipt` reads a receipt. What a retry may fix (connection
+refused or dropped, timeout, 408, 429, 5xx) becomes MinistryUnavailable, with the
+server's Retry-After when it gave one; any other refusal becomes MinistryRefused.
+Retrying is the caller's business (daemon.submission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+from pydantic import SecretStr
+
+from daemon.asice import MIMETYPE
+from daemon.errors import MinistryRefused, MinistryUnavailable
+from daemon.settings import MinistrySettings
+from daemon.submission import Receipt
+
+_RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
+_STATUSES = ("received", "accepted", "rejected")
+
+
+def retry_after_s(header: str | None, at: datetime) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not header:
+        return None
+    value = header.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - at).total_seconds())
+
+
+class MinistryClient:
+    def __init__(self, session: aiohttp.ClientSession, settings: MinistrySettings) -> None:
+        self._session = session
+        self._base = settings.url.rstrip("/")
+        self._settings = settings
+        self._token: SecretStr | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
+        )
+
+    async def submit(self, path: Path, package_id: UUID) -> Receipt:
+        headers = {
+            "Content-Type": MIMETYPE,
+            "Idempotency-Key": str(package_id),
+            **self._auth(),
+        }
+        try:
+            handle = await asyncio.to_thread(path.open, "rb")
+        except OSError as exc:
+            raise MinistryUnavailable(f"Cannot read package file {path}: {exc.strerror}.") from exc
+        try:
+            body = await self._request("POST", "/v1/packages", headers=headers, data=handle)
+        finally:
+            await asyncio.to_thread(handle.close)
+        return _receipt(body)
+
+    async def receipt(self, receipt_id: str) -> Receipt:
+        body = await self._request("GET", f"/v1/packages/{receipt_id}", headers=self._auth())
+        return _receipt({"receipt_id": receipt_id, **body})
+
+    def _auth(self) -> dict[str, str]:
+        # Read on first use: a daemon that never submits needs no token.
+        if self._token is None:
+            self._token = self._settings.resolved_token()
+        return {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = self._base + path
+        try:
+            async with self._session.request(
+                method, url, timeout=self._timeout, **kwargs
+            ) as response:
+                text = await response.text()
+                if response.status in (200, 202):
+                    return _json(text, response.status)
+                wait = retry_after_s(response.headers.get("Retry-After"), datetime.now(UTC))
+                message = f"{method} {path} answered {response.status}: {_error_text(text)}"
+                if response.status in _RETRYABLE:
+                    raise MinistryUnavailable(message, wait)
+                raise MinistryRefused(message, response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise MinistryUnavailable(
+                f"{method} {path} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+
+def _json(text: str, status: int) -> dict[str, Any]:
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise MinistryUnavailable(f"The ministry answered {status} with non-JSON.") from exc
+    if not isinstance(body, dict):
+        raise MinistryUnavailable(f"The ministry answered {status} with a non-object.")
+    return body
+
+
+def _receipt(body: dict[str, Any]) -> Receipt:
+    status = body.get("status")
+    receipt_id = body.get("receipt_id")
+    if status not in _STATUSES or not isinstance(receipt_id, str) or not receipt_id:
+        raise MinistryUnavailable(f"The ministry's answer is not a receipt: {body!r:.200}.")
+    errors = body.get("errors") or []
+    return Receipt(
+        receipt_id=receipt_id,
+        status=status,
+        errors=list(errors) if isinstance(errors, list) else [errors],
+        accepted_records=int(body.get("accepted_records") or 0),
+    )
+
+
+def _error_text(text: str) -> str:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:200] or "no body"
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])[:500]
+    return text[:200]
