@@ -49,6 +49,70 @@ STATUS_PUBLISHED = Counter(
     "Status events published, by transport and state.",
     ["transport", "state"],
 )
+STATUS_PUBLISH_DELAY = Histogram(
+    "hocba_status_publish_delay_seconds",
+    "Time from a status event being stored (outbox) to its publication, by transport.",
+    ["transport"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "hocba_outbox_oldest_event_age_seconds",
+    "Age of the oldest status event not yet published, by transport (0 when none).",
+    ["transport"],
+)
+QUEUE_MESSAGES = Gauge(
+    "hocba_queue_messages",
+    "Messages ready in a sign, retry or dead-letter queue, as the broker reports them.",
+    ["queue"],
+)
+QUEUE_CONSUMERS = Gauge(
+    "hocba_queue_consumers",
+    "Consumers attached to a queue, all instances together, as the broker reports them.",
+    ["queue"],
+)
+DEPENDENCY_UP = Gauge(
+    "hocba_dependency_up",
+    "1 if the last background check of a dependency (broker, consuming, database, hsm) passed.",
+    ["dependency"],
+)
+HSM_SESSIONS = Gauge("hocba_hsm_sessions", "HSM worker sessions this instance runs.")
+HSM_SESSIONS_IN_USE = Gauge(
+    "hocba_hsm_sessions_in_use", "HSM worker sessions busy with an operation right now."
+)
+HSM_ERRORS = Counter(
+    "hocba_hsm_errors",
+    "HSM operations that failed, by kind (timeout, worker_died, token).",
+    ["kind"],
+)
+RECORDS = Gauge(
+    "hocba_records",
+    "Records by school, academic year, submission round and state (the two latest years).",
+    ["school", "academic_year", "round", "state"],
+)
+RECORDS_ISSUED = Gauge(
+    "hocba_records_issued",
+    "Records carrying all three signatures, whatever happened to them since.",
+    ["school", "academic_year", "round"],
+)
+DEADLINE = Gauge(
+    "hocba_deadline_timestamp_seconds",
+    "Unix time of the ministry deadline of an academic year's submission round.",
+    ["academic_year", "round"],
+)
+CERTS_EXPIRING = Gauge(
+    "hocba_signer_certificates_expiring",
+    "Active signer certificates of a school that expire within 30 days (or have expired).",
+    ["school"],
+)
+CERT_SOONEST_EXPIRY = Gauge(
+    "hocba_signer_certificate_soonest_expiry_timestamp_seconds",
+    "Unix time at which the first active signer certificate of a school expires.",
+    ["school"],
+)
+MONITOR_REFRESH = Gauge(
+    "hocba_monitor_last_refresh_timestamp_seconds",
+    "Unix time the background gauges (records, queues, certificates) were last refreshed.",
+)
 BUILD = Info("hocba_build", "Version of the running hocba-signer.")
 
 
@@ -58,3 +122,41 @@ def set_build_info() -> None:
     except metadata.PackageNotFoundError:
         version = "unknown"
     BUILD.info({"version": version})
+
+
+# --- packages and the ministry -------------------------------------------------
+
+_MINISTRY_BUCKETS_S = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+PACKAGES_BUILT = Counter(
+    "hocba_packages_built",
+    "ASiC-E packages built and sealed, by submission round.",
+    ["round"],
+)
+PACKAGE_BUILD_DURATION = Histogram(
+    "hocba_package_build_duration_seconds",
+    "Time to write and seal one package (reading PDFs, CAdES in the HSM, fsync).",
+    buckets=_MINISTRY_BUCKETS_S,
+)
+MINISTRY_ATTEMPTS = Counter(
+    "hocba_ministry_requests",
+    "Requests to the ministry API, by kind (submit, poll) and outcome "
+    "(received, accepted, rejected, pending, retry, refused).",
+    ["kind", "outcome"],
+)
+MINISTRY_LATENCY = Histogram(
+    "hocba_ministry_request_duration_seconds",
+    "Time for one request to the ministry API, by kind (submit, poll).",
+    ["kind"],
+    buckets=_MINISTRY_BUCKETS_S,
+)
+PACKAGES_FINISHED = Counter(
+    "hocba_packages_finished",
+    "Packages the ministry accepted or rejected, by school and outcome.",
+    ["school", "outcome"],
+)
+RECORDS_WAITING = Gauge(
+    "hocba_records_waiting_for_package",
+    "Issued records in no live package yet, by academic year and submission round.",
+    ["academic_year", "round"],
+)
