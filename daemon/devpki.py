@@ -46,8 +46,10 @@ class SignerSpec:
     signer_id: str
     stage: Stage
     display_name: str
-    # For tests and rehearsals: issue a certificate that expired yesterday.
+    # For tests and rehearsals: issue a certificate that expired yesterday, or one
+    # that only becomes valid tomorrow.
     expired: bool = False
+    not_yet_valid: bool = False
 
     @property
     def key_label(self) -> str:
@@ -337,6 +339,8 @@ def _signer_cert(
     now = datetime.now(UTC)
     start = now - (SIGNER_VALIDITY if spec.expired else timedelta(hours=1))
     end = now - timedelta(days=1) if spec.expired else now + SIGNER_VALIDITY
+    if spec.not_yet_valid:
+        start, end = now + timedelta(days=1), now + SIGNER_VALIDITY
     usage = x509.KeyUsage(
         digital_signature=True, content_commitment=True, key_encipherment=False,
         data_encipherment=False, key_agreement=False, key_cert_sign=False,

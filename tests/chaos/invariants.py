@@ -1,0 +1,209 @@
+"""The proofs at the end of a chaos run, from the database, the stored PDFs, the status
+streams and the dead-letter queue. Each check returns (holds, counts text)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+
+from daemon import pades
+from daemon.stages import FIELD_NAMES
+from daemon.store import FileStore
+from tests.chaos.driver import Driver, MqttRecorder
+
+
+@dataclass
+class Check:
+    name: str
+    holds: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.name}: {self.detail} — {'holds' if self.holds else 'VIOLATED'}"
+
+
+async def dead_letters(amqp_url: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    taken = []
+    async with await aio_pika.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue("hocba.sign.dead")
+        while (message := await queue.get(fail=False)) is not None:
+            await message.ack()
+            taken.append(message)
+    return taken
+
+
+def _validate(path: str, roots: list[Path]) -> tuple[int, list[str], bool]:
+    reports = pades.validate_pdf(Path(path).read_bytes(), pades.load_certificates(roots))
+    fields = [r.field_name for r in reports]
+    return len(reports), fields, all(r.bottom_line for r in reports)
+
+
+async def verify(
+    dsn: str,
+    amqp_url: str,
+    store_path: Path,
+    roots: list[Path],
+    driver: Driver,
+    mqtt: MqttRecorder,
+) -> list[Check]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await _verify(conn, amqp_url, store_path, roots, driver, mqtt)
+    finally:
+        await conn.close()
+
+
+async def _verify(
+    conn: asyncpg.Connection,
+    amqp_url: str,
+    store_path: Path,
+    roots: list[Path],
+    driver: Driver,
+    mqtt: MqttRecorder,
+) -> list[Check]:
+    checks: list[Check] = []
+    good_ids = {rid for t in driver.records.values() for rid in t.requests}
+    bad_ids = set(driver.bad)
+
+    # 1. Every request has exactly one outcome (one request row, one distinct event).
+    rows = await conn.fetch("SELECT request_id::text AS rid, state, reason_code FROM requests")
+    stored = {r["rid"]: r for r in rows}
+    outcomes = await conn.fetch(
+        """SELECT payload->>'request_id' AS rid, count(DISTINCT event_id) AS n
+           FROM outbox WHERE payload->>'request_id' IS NOT NULL GROUP BY 1"""
+    )
+    distinct = {r["rid"]: r["n"] for r in outcomes}
+    missing = [rid for rid in good_ids if rid not in stored]
+    several = [rid for rid, n in distinct.items() if n > 1]
+    no_event = [rid for rid in good_ids | bad_ids if distinct.get(rid, 0) == 0]
+    checks.append(
+        Check(
+            "every request has exactly one outcome",
+            not missing and not several and not no_event,
+            f"{len(good_ids)} requests + {len(bad_ids)} bad inputs; without a stored outcome "
+            f"{len(missing)}, without a status event {len(no_event)}, with several {len(several)}",
+        )
+    )
+
+    # 2. Every legitimate record was issued (nothing lost, nothing refused by a fault).
+    finals = driver.finals()
+    checks.append(
+        Check(
+            "every record issued",
+            finals.get("issued", 0) == len(driver.records),
+            f"{finals.get('issued', 0)}/{len(driver.records)} issued; others {dict(finals)}",
+        )
+    )
+
+    # 3. No stage signed twice: one signature row per stage, as many as the record says.
+    twice = await conn.fetchval(
+        """SELECT count(*) FROM (SELECT r.record_id FROM records r
+           JOIN signatures s USING (school_id, record_id)
+           GROUP BY r.school_id, r.record_id, r.signatures
+           HAVING count(*) <> r.signatures OR count(DISTINCT s.stage) <> count(*)) x"""
+    )
+    sig_rows = await conn.fetchval("SELECT count(*) FROM signatures")
+    checks.append(
+        Check(
+            "no stage signed twice (database)",
+            twice == 0,
+            f"{sig_rows} signatures; records with a stage twice or a count mismatch: {twice}",
+        )
+    )
+
+    # 4. Every issued PDF: exactly three valid signatures, in the legal order.
+    issued = await conn.fetch("SELECT current_sha256 FROM records WHERE state = 'issued'")
+    store = FileStore(store_path)
+    paths = [str(store.path(r["current_sha256"])) for r in issued]
+    results = await asyncio.to_thread(_validate_all, paths, roots)
+    bad_pdfs = [
+        p
+        for p, (n, fields, ok) in zip(paths, results, strict=True)
+        if n != 3 or tuple(fields) != FIELD_NAMES or not ok
+    ]
+    checks.append(
+        Check(
+            "every issued PDF has exactly three valid signatures in order",
+            not bad_pdfs and len(issued) == finals.get("issued", 0),
+            f"{len(issued) - len(bad_pdfs)}/{len(issued)} PDFs valid (GVCN, HieuTruong, DauTruong)",
+        )
+    )
+
+    # 5. No status event missing on AMQP or MQTT, compared with the outbox.
+    outbox = await conn.fetch(
+        "SELECT DISTINCT event_id::text AS id, amqp_published_at IS NULL AS a, "
+        "mqtt_published_at IS NULL AS m FROM outbox"
+    )
+    ids = {r["id"] for r in outbox}
+    unpublished = sum(1 for r in outbox if r["a"] or r["m"])
+    lost_amqp = ids - set(driver.amqp_events)
+    lost_mqtt = ids - set(mqtt.events)
+    checks.append(
+        Check(
+            "no status event missing on AMQP",
+            not lost_amqp and not unpublished,
+            f"{len(ids)} events in the outbox, {len(ids) - len(lost_amqp)} received on AMQP "
+            f"({driver.amqp_deliveries} deliveries), {unpublished} rows unpublished",
+        )
+    )
+    checks.append(
+        Check(
+            "no status event missing on MQTT",
+            not lost_mqtt,
+            f"{len(ids)} events in the outbox, {len(ids) - len(lost_mqtt)} received on MQTT "
+            f"({mqtt.reconnects} recorder reconnects)",
+        )
+    )
+
+    # 6. The dead-letter queue holds the deliberately bad inputs, and only them.
+    letters = await dead_letters(amqp_url)
+    dead_ids = Counter(m.message_id for m in letters)
+    strays = {rid for rid in dead_ids if rid not in bad_ids}
+    absent = bad_ids - set(dead_ids)
+    reasons = Counter(
+        str((m.headers or {}).get("x-hocba-reason-code")) for m in letters if m.message_id in strays
+    )
+    refused_right = sum(1 for b in driver.bad.values() if b.outcome is not None)
+    checks.append(
+        Check(
+            "dead-letter queue holds only the deliberately bad inputs",
+            not strays and not absent,
+            f"{len(letters)} letters for {len(bad_ids)} bad inputs ({refused_right} refused); "
+            f"strays {len(strays)} {dict(reasons)}, bad inputs not dead-lettered {len(absent)}",
+        )
+    )
+
+    # 7. Each school only its own keys: every signature's certificate is its signer's.
+    foreign = await conn.fetchval(
+        """SELECT count(*) FROM signatures s JOIN signers g USING (school_id, signer_id)
+           WHERE g.cert_serial <> s.cert_serial
+              OR NOT starts_with(g.key_label, s.school_id || '/')"""
+    )
+    checks.append(
+        Check(
+            "every signature made with its own school's key",
+            foreign == 0,
+            f"{sig_rows} signatures, {foreign} with a key or certificate not their school's",
+        )
+    )
+    return checks
+
+
+def _validate_all(paths: Iterable[str], roots: list[Path]) -> list[tuple[int, list[str], bool]]:
+    paths = list(paths)
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_validate, paths, [roots] * len(paths), chunksize=8))
+
+
+def summary(checks: list[Check]) -> str:
+    return json.dumps({c.name: c.holds for c in checks})
