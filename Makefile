@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format typecheck system-deps services clean
+.PHONY: demo test unit integration lint format typecheck system-deps services clean bench bench-quick chaos soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,31 @@ unit: $(STAMP)
 integration: $(STAMP) system-deps services
 	$(BIN)/pytest tests/integration
 
+## Throughput: HSM raw vs plain pyHanko vs the signing path vs the daemon (1 and 2
+## instances) on the real services; one JSON document on stdout, a table on stderr.
+bench: $(STAMP) system-deps services
+	$(BIN)/python -m bench.run
+
+## The same in under a minute (fewer records, no paced run).
+bench-quick: $(STAMP) system-deps services
+	$(BIN)/python -m bench.run --quick
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+## Fault injection against private PostgreSQL, RabbitMQ, Mosquitto and p11-kit instances
+## it starts itself (root: it mounts a tmpfs for the store); never the shared services.
+CHAOS_SIZE ?= small
+chaos: $(STAMP) system-deps
+	$(BIN)/python -m tests.chaos --size $(CHAOS_SIZE)
+
+## A steady load for SOAK_MINUTES (default 10) on a private cluster: memory, backlog, p99.
+SOAK_MINUTES ?= 10
+SOAK_RATE ?= 4
+soak: $(STAMP) system-deps
+	$(BIN)/python -m tests.chaos.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -20,15 +20,20 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 from yarl import URL
 
+from consumers.package_requests import PackageRequestConsumer
 from consumers.sign_requests import SignRequestConsumer
-from daemon import http, metrics, topology
+from daemon import http, metrics, monitor, systemd_notify, topology
 from daemon.database import Database
 from daemon.documents import DocumentSource
 from daemon.errors import BrokerUnavailable
 from daemon.hsm import SigningPool
+from daemon.package_runner import PackageRunner
+from daemon.packaging import Packager
 from daemon.pipeline import Pipeline
 from daemon.settings import Settings
 from daemon.store import FileStore
+from daemon.submission import Submitter
+from producers.ministry import MinistryClient
 from producers.status import StatusRelay
 from producers.transports import AmqpStatus, MqttStatus
 
@@ -45,6 +50,8 @@ class Running:
     consumer: SignRequestConsumer
     relay: StatusRelay
     http_port: int
+    monitor: monitor.Monitor
+    packages: PackageRunner
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -57,6 +64,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
 async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Running]:
     metrics.set_build_info()
     async with contextlib.AsyncExitStack() as stack:
+        _start_watchdog(stack)
         db = Database(settings.database)
         await db.open()
         stack.push_async_callback(db.close)
@@ -66,10 +74,10 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
         stack.push_async_callback(pool.close)
 
         client = await stack.enter_async_context(aiohttp.ClientSession())
-        documents = DocumentSource(
-            client, settings.signing.max_document_bytes, settings.signing.fetch_timeout_s
-        )
+        documents = DocumentSource(client, settings.signing)
         pipeline = Pipeline(db, pool, FileStore(settings.store.path), documents)
+        package_runner = _package_runner(settings, db, pool, client)
+        stack.push_async_callback(package_runner.close)
 
         connection = await _connect(settings)
         stack.push_async_callback(connection.close)
@@ -88,7 +96,7 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
 
         consumer = SignRequestConsumer(topo, pipeline, settings.amqp, settings.instance)
         watchdog_task = asyncio.create_task(
-            _watch_consumer(connection, topo, consumer, stop), name="consumer-watchdog"
+            _watch_consumer(connection, consumer, stop), name="consumer-watchdog"
         )
         stack.push_async_callback(_finish, watchdog_task, None)
 
@@ -98,14 +106,40 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
             "database": db.ping,
             "hsm": pool.ping,
         }
+        metrics.HSM_SESSIONS.set(settings.hsm.workers)
+        queues = monitor.AmqpQueues(connection, monitor.queue_names(settings.amqp))
+        watcher = monitor.Monitor(db, queues, checks, settings.packaging.deadlines)
+        watcher_stop = asyncio.Event()
+        watcher_task = asyncio.create_task(watcher.run(watcher_stop), name="monitor")
+        stack.push_async_callback(_finish, watcher_task, watcher_stop)
+
         runner = await http.serve(http.build(checks), settings.http.host, settings.http.port)
         stack.push_async_callback(runner.cleanup)
         port = runner.addresses[0][1] if runner.addresses else settings.http.port
 
         await consumer.start()
         stack.push_async_callback(consumer.stop, settings.shutdown_timeout_s)
+        package_consumer = PackageRequestConsumer(topo, package_runner, settings.amqp)
+        await package_consumer.start()
+        stack.push_async_callback(package_consumer.stop)
+        schedule_stop = asyncio.Event()
+        schedule_task = asyncio.create_task(
+            package_runner.run_schedule(schedule_stop), name="packaging-schedule"
+        )
+        stack.push_async_callback(_finish, schedule_task, schedule_stop)
         log.info("Ready: consuming, HTTP on %s:%s.", settings.http.host, port)
-        yield Running(db, consumer, relay, port)
+        systemd_notify.notify(f"{systemd_notify.READY}\nSTATUS=Consuming; HTTP on port {port}.")
+        stack.callback(systemd_notify.notify, systemd_notify.STOPPING)
+        yield Running(db, consumer, relay, port, watcher, package_runner)
+
+
+def _package_runner(
+    settings: Settings, db: Database, pool: SigningPool, client: aiohttp.ClientSession
+) -> PackageRunner:
+    store = FileStore(settings.store.path)
+    packager = Packager(db, pool, store, settings.packaging.path)
+    submitter = Submitter(db, MinistryClient(client, settings.ministry), settings.ministry)
+    return PackageRunner(db, packager, submitter, settings.packaging)
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -113,6 +147,16 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+
+
+def _start_watchdog(stack: contextlib.AsyncExitStack) -> None:
+    """Ping systemd's watchdog from start to the very end, shutdown included."""
+    interval_s = systemd_notify.watchdog_interval_s()
+    if interval_s is None:
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(systemd_notify.watchdog(stop, interval_s), name="systemd-watchdog")
+    stack.push_async_callback(_finish, task, stop)
 
 
 async def _connect(settings: Settings) -> AbstractRobustConnection:
@@ -134,31 +178,35 @@ async def _broker_check(connection: AbstractRobustConnection) -> None:
 
 
 async def _consuming_check(consumer: SignRequestConsumer) -> None:
-    if not consumer.consuming:
+    if not await consumer.consuming():
         raise BrokerUnavailable("not consuming")
 
 
 async def _watch_consumer(
     connection: AbstractRobustConnection,
-    topo: topology.Topology,
     consumer: SignRequestConsumer,
     stop: asyncio.Event,
 ) -> None:
-    """Repair a consumer the broker forgot (e.g. after a restart the channel came back
-    without it); the robust connection restores most, this catches the rest."""
+    """Repair a consumer the broker cancelled (e.g. the queue's leader moved); the robust
+    connection restores consumers after a reconnect, this catches what it cannot."""
+    suspect = False
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), WATCHDOG_S)
-        if stop.is_set() or not connection.connected.is_set() or not consumer.consuming:
+        if stop.is_set() or not connection.connected.is_set() or await consumer.consuming():
+            suspect = False
             continue
+        if not suspect:
+            # A connection that just came back may still be restoring its consumers:
+            # only a consumer missing on two checks in a row is repaired.
+            suspect = True
+            continue
+        suspect = False
         try:
-            underlay = await topo.sign_queue.channel.get_underlay_channel()
-            declared = await underlay.queue_declare(topology.SIGN_QUEUE, passive=True)
-            if declared.consumer_count == 0:
-                log.warning("The sign queue has no consumer; consuming again.")
-                await consumer.repair()
+            log.warning("This instance no longer consumes the sign queue; consuming again.")
+            await consumer.repair()
         except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError):
-            log.info("Consumer check skipped: the broker connection is recovering.")
+            log.info("Consumer repair deferred: the broker connection is recovering.")
 
 
 async def _finish(task: asyncio.Task[None], stop: asyncio.Event | None) -> None:

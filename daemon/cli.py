@@ -113,9 +113,51 @@ async def _verify(args: argparse.Namespace) -> int:
 
     settings = _settings(args) if args.config or not args.trust_root else None
     roots = args.trust_root or (settings.signing.trust_roots if settings else [])
+    if verify.is_package(args.file):
+        package = await asyncio.to_thread(verify.package_report, args.file, roots)
+        print(verify.render_package(package, as_json=args.json))
+        return 0 if package["valid"] else 1
     report = await asyncio.to_thread(verify.report, args.file.read_bytes(), roots)
     print(verify.render(report, as_json=args.json))
     return 0 if report["valid"] else 1
+
+
+async def _package(args: argparse.Namespace) -> int:
+    from daemon import package_cli
+
+    result = await package_cli.package(
+        _settings(args), args.school, args.year, args.round, submit=args.submit
+    )
+    _print(result, args.json)
+    state = result.get("state")
+    return 0 if state in (None, "built", "accepted") else 1
+
+
+async def _mock_ministry(args: argparse.Namespace) -> int:
+    from daemon import app, ministry_sim, package_cli
+
+    settings = _settings(args) if args.config or not args.token_file else None
+    roots = args.trust_root or (settings.signing.trust_roots if settings else [])
+    options = package_cli.SimulatorOptions(
+        host=args.host,
+        port=args.port,
+        store_dir=args.dir,
+        trust_roots=roots,
+        token=package_cli.simulator_token(args.token_file, settings),
+        faults=ministry_sim.Faults(
+            latency_ms=args.latency_ms,
+            error_rate=args.error_rate,
+            throttle_rate=args.throttle_rate,
+            retry_after_s=args.retry_after_s,
+            drop_rate=args.drop_rate,
+            accept_delay_s=args.accept_delay_s,
+            seed=args.seed,
+        ),
+    )
+    stop = asyncio.Event()
+    app.install_signal_handlers(stop)
+    await package_cli.mock_ministry(options, stop)
+    return 0
 
 
 def _print(value: dict[str, Any], as_json: bool) -> None:
@@ -179,7 +221,17 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_demo)
 
-    cmd = sub.add_parser("verify", help="validate a signed PDF")
+    cmd = sub.add_parser("package", help="package a school's issued records of a round")
+    cmd.add_argument("--school", required=True)
+    cmd.add_argument("--year", required=True, help="academic year, e.g. 2025-2026")
+    cmd.add_argument("--round", type=int, choices=[1, 2], required=True)
+    cmd.add_argument("--submit", action="store_true", help="submit and follow to the verdict")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_package)
+
+    _mock_ministry_parser(sub)
+
+    cmd = sub.add_parser("verify", help="validate a signed PDF or an .asice package")
     cmd.add_argument("file", type=Path)
     cmd.add_argument(
         "--trust-root",
@@ -190,6 +242,23 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_verify)
     return parser
+
+
+def _mock_ministry_parser(sub: Any) -> None:
+    cmd = sub.add_parser("mock-ministry", help="run the ministry API simulator")
+    cmd.add_argument("--host", default="127.0.0.1")
+    cmd.add_argument("--port", type=int, default=9480)
+    cmd.add_argument("--dir", type=Path, default=Path("var/ministry"), help="where packages go")
+    cmd.add_argument("--token-file", type=Path, help="accepted bearer token")
+    cmd.add_argument("--trust-root", type=Path, action="append", help="trusted root certificate")
+    cmd.add_argument("--latency-ms", type=int, default=0)
+    cmd.add_argument("--error-rate", type=float, default=0.0, help="share answered 503")
+    cmd.add_argument("--throttle-rate", type=float, default=0.0, help="share answered 429")
+    cmd.add_argument("--retry-after-s", type=int, default=1)
+    cmd.add_argument("--drop-rate", type=float, default=0.0, help="share of POSTs dropped")
+    cmd.add_argument("--accept-delay-s", type=float, default=0.0)
+    cmd.add_argument("--seed", type=int)
+    cmd.set_defaults(handler=_mock_ministry)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """`hocba-signer demo`: the whole flow on one machine, as a school system would drive it.
 
-Provision the dev environment, start the daemon, publish N records per school, take
-each to the next stage only when the previous status event has arrived, write the
-issued PDFs to `output_dir/<school_id>/<record_id>.pdf`, validate every signature,
-and summarise in one JSON line.
+Provision the dev environment, start the ministry simulator and the daemon, publish
+N records per school, take each to the next stage only when the previous status event
+has arrived, write the issued PDFs to `output_dir/<school_id>/<record_id>.pdf`, then
+package each school's round as `output_dir/<school_id>/<year>-round<R>.asice`, submit
+it to the simulator and follow it until accepted; validate every signature, and
+summarise in one JSON line.
 """
 
 from __future__ import annotations
@@ -23,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+from pydantic import SecretStr
 
-from daemon import app, devenv, pades, topology
+from daemon import app, devenv, ministry_sim, pades, topology
 from daemon.messages import RecordInfo
+from daemon.package_runner import PackageRunner
+from daemon.packages import Package, PackageState
+from daemon.settings import Settings
 from daemon.stages import ORDER, Stage, State
 from daemon.store import FileStore
 from producers.school_system import sample_pdf, sample_record, sign_request
@@ -60,10 +66,16 @@ async def run(
     env = await devenv.init(base, schools)
     output_dir = await asyncio.to_thread(output_dir.resolve)
     stop = asyncio.Event()
-    async with app.started(env.settings, stop):
-        driver = Driver(env, output_dir)
-        await driver.drive(records, timeout_s)
-        stop.set()
+    token = SecretStr(await asyncio.to_thread(devenv.ministry_token, env.base))
+    async with ministry_sim.running(
+        token, env.settings.signing.trust_roots, output_dir / "ministry"
+    ) as url:
+        settings = _with_ministry(env.settings, url, token, output_dir)
+        async with app.started(settings, stop) as running:
+            driver = Driver(env, output_dir)
+            await driver.drive(records, timeout_s)
+            finals = await _package_all(running.packages, env.schools, driver.rounds)
+            stop.set()
     progress = driver.progress
     roots = env.settings.signing.trust_roots
     valid = await asyncio.to_thread(_validate_all, driver.issued, roots)
@@ -73,10 +85,38 @@ async def run(
         "rejected": progress.rejected,
         "reasons": progress.reasons,
         "valid_signatures": valid,
+        "packages": len(finals),
+        "accepted_by_ministry": sum(
+            p.record_count for p in finals if p.state is PackageState.ACCEPTED
+        ),
         "schools": len(env.schools),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "output_dir": str(output_dir),
     }
+
+
+def _with_ministry(settings: Settings, url: str, token: SecretStr, output_dir: Path) -> Settings:
+    """The dev settings, pointed at the in-process simulator; packages under output_dir."""
+    return settings.model_copy(
+        update={
+            "ministry": settings.ministry.model_copy(
+                update={"url": url, "token": token, "poll_base_ms": 200, "poll_cap_ms": 1000}
+            ),
+            "packaging": settings.packaging.model_copy(
+                update={"path": output_dir, "schedule_interval_s": None}
+            ),
+        }
+    )
+
+
+async def _package_all(
+    runner: PackageRunner, schools: tuple[str, ...], rounds: set[tuple[str, int]]
+) -> list[Package]:
+    """Package and submit each school's rounds; the packages once the ministry decided."""
+    for school in schools:
+        for year, round_ in sorted(rounds):
+            await runner.package(school, year, round_, submit=True)
+    return await runner.settled()
 
 
 class Driver:
@@ -88,6 +128,7 @@ class Driver:
         self.store = FileStore(env.settings.store.path)
         self.issued: list[Path] = []
         self.progress = Progress(total=0)
+        self.rounds: set[tuple[str, int]] = set()
         # Each record waits for the outcome of the one request last published for it.
         self._waiting: dict[tuple[str, str], tuple[RecordInfo, str]] = {}
         self._requests: aio_pika.abc.AbstractExchange | None = None
@@ -108,6 +149,7 @@ class Driver:
             for school in self.env.schools:
                 for n in range(per_school):
                     info = sample_record(rng, school, run_tag, n)
+                    self.rounds.add((info.academic_year, info.submission_round))
                     pdf = sample_pdf(info, f"Trường Tiểu học {school}")
                     await self._publish(school, info, ORDER[0], _sha256(pdf), pdf)
             with contextlib.suppress(TimeoutError):

@@ -181,6 +181,14 @@ def _ensure_consent_key(base: Path, school_id: str) -> tuple[Alg, bytes]:
     return signer.alg, raw
 
 
+def ministry_token(base: Path) -> str:
+    """The dev bearer token shared by the daemon and the simulator (created if absent)."""
+    path = base / "ministry-token"
+    if not path.exists():
+        _write_private(path, secrets.token_urlsafe(32))
+    return path.read_text("utf-8").strip()
+
+
 def _secret_file(path: Path) -> str:
     if not path.exists():
         _write_private(path, "".join(secrets.choice("0123456789") for _ in range(8)))

@@ -13,7 +13,9 @@
     │   ├── AlreadyIssued         already_issued
     │   ├── CertificateInvalid    certificate_invalid
     │   ├── DocumentUnavailable   document_unavailable
-    │   └── RequestIdReused       request_id_reused
+    │   ├── RequestIdReused       request_id_reused
+    │   ├── PackageInvalid        package_invalid (a container fails its checks)
+    │   └── MinistryRefused       ministry_refused (the ministry answered 4xx: never resend)
     ├── TransientError            retry with capped backoff, then dead-letter
     │   ├── HsmUnavailable        hsm_unavailable
     │   ├── DatabaseUnavailable   database_unavailable
@@ -21,6 +23,7 @@
     │   ├── DocumentFetchFailed   document_unavailable (after the last retry)
     │   ├── StoreUnavailable      store_unavailable
     │   ├── ConcurrentUpdate      concurrent_update (another instance won a race)
+    │   ├── MinistryUnavailable   ministry_unavailable (down, 5xx, 429, timeout, dropped)
     │   └── InternalError         internal_error (an unexpected exception: a bug)
     └── ConfigError               the configuration cannot work; stop at start-up
 
@@ -121,6 +124,22 @@ class RequestIdReused(PermanentError):
     code = "request_id_reused"
 
 
+class PackageInvalid(PermanentError):
+    """Raised when an ASiC-E container breaks its format, digests or signatures."""
+
+    code = "package_invalid"
+
+
+class MinistryRefused(PermanentError):
+    """Raised when the ministry refuses a submission in a way resending cannot fix."""
+
+    code = "ministry_refused"
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class TransientError(HocbaError):
     """Raised when a dependency failed in a way that a later retry may fix."""
 
@@ -165,6 +184,16 @@ class ConcurrentUpdate(TransientError):
     """Raised when another instance changed the record between load and store."""
 
     final_code = "concurrent_update"
+
+
+class MinistryUnavailable(TransientError):
+    """Raised when the ministry endpoint is down, slow, rate-limiting or drops the line."""
+
+    final_code = "ministry_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class ConfigError(HocbaError):

@@ -109,6 +109,10 @@ def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
         raise InvalidMessage(f"Body is not JSON: {exc.msg}.", body) from exc
     except UnicodeDecodeError as exc:
         raise InvalidMessage("Body is not UTF-8 JSON.", body) from exc
+    except (ValueError, RecursionError) as exc:
+        # Hostile JSON that parses only in theory: an integer beyond Python's digit
+        # limit (ValueError), or arrays nested past the recursion limit.
+        raise InvalidMessage(f"Body is not acceptable JSON: {type(exc).__name__}.", body) from exc
     try:
         request = SignRequest.model_validate(raw)
     except ValidationError as exc:
@@ -129,3 +133,30 @@ def _summarise(exc: ValidationError) -> str:
     more = exc.error_count() - len(parts)
     tail = f" (+{more} more)" if more > 0 else ""
     return "Invalid sign request: " + "; ".join(parts) + tail + "."
+
+
+class PackageRequest(_Frozen):
+    """`hocba.package_request.v1`: package (and by default submit) a school's round."""
+
+    type: Literal["hocba.package_request.v1"]
+    request_id: UUID
+    school_id: SchoolId
+    academic_year: Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{4}$")]
+    submission_round: Literal[1, 2]
+    submit: bool = True
+    requested_at: datetime
+
+
+def decode_package_request(body: bytes, routing_key: str) -> PackageRequest:
+    """Decode a package request; the routing key must be `package.<its school_id>`."""
+    try:
+        request = PackageRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidMessage(
+            _summarise(exc).replace("sign request", "package request"), body
+        ) from exc
+    if routing_key != f"package.{request.school_id}":
+        raise InvalidMessage(
+            f"Routing key {routing_key!r} does not match school_id {request.school_id}.", body
+        )
+    return request

@@ -43,7 +43,7 @@ def _read(path: Path) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class DatabaseSettings(_Section):
@@ -112,6 +112,11 @@ class SigningSettings(_Section):
     bytes_reserved: int = Field(default=16_384, ge=4096)
     max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     fetch_timeout_s: float = Field(default=20.0, gt=0)
+    # Documents sent by reference are fetched only from these hosts (the school
+    # systems' document servers); none by default, so no request can make the daemon
+    # reach into the network it runs in. Plain http only where explicitly allowed.
+    fetch_allowed_hosts: list[str] = Field(default_factory=list)
+    fetch_allow_http: bool = False
 
 
 class StoreSettings(_Section):
@@ -123,11 +128,54 @@ class HttpSettings(_Section):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class MinistrySettings(_Section):
+    """The ministry's package API, and how patiently we talk to it."""
+
+    url: str = "http://127.0.0.1:9480"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    retry_base_ms: int = Field(default=1000, ge=1)
+    retry_cap_ms: int = Field(default=60_000, ge=1)
+    # Attempts per submission run; a package still not through waits for the next run.
+    max_attempts: int = Field(default=20, ge=1)
+    # A Retry-After longer than this is cut to it, so one answer cannot park us for a day.
+    max_retry_after_s: float = Field(default=600.0, gt=0)
+    poll_base_ms: int = Field(default=2000, ge=1)
+    poll_cap_ms: int = Field(default=60_000, ge=1)
+    max_polls: int = Field(default=200, ge=1)
+
+    def resolved_token(self) -> SecretStr:
+        token = read_secret(self.token, self.token_file, "ministry-token")
+        if token is None:
+            raise ConfigError("No ministry token: set ministry.token_file or the credential.")
+        return token
+
+
+class PackagingSettings(_Section):
+    """Where packages are written, and when the schedule builds and submits them."""
+
+    path: Path = Path("var/packages")
+    # Day and month of each round's deadline (round 1: completed the grade; 2: supplementary).
+    deadlines: dict[int, str] = Field(default_factory=lambda: {1: "06-30", 2: "08-25"})
+    lead_days: int = Field(default=7, ge=0, le=120)
+    # After the deadline, late records are still packaged for this many days.
+    grace_days: int = Field(default=30, ge=0, le=120)
+    # None turns the schedule off; unfinished packages are then resumed by command only.
+    schedule_interval_s: float | None = Field(default=3600.0, gt=0)
+    submit: bool = True
+
+
 class Settings(BaseSettings):
     """The whole configuration, loaded once in `main` and passed down."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HOCBA_", env_nested_delimiter="__", extra="forbid", frozen=True
+        hide_input_in_errors=True,
+        env_prefix="HOCBA_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
     )
 
     instance: str = "hocba-signer"
@@ -140,6 +188,8 @@ class Settings(BaseSettings):
     signing: SigningSettings = SigningSettings()
     store: StoreSettings = StoreSettings()
     http: HttpSettings = HttpSettings()
+    ministry: MinistrySettings = MinistrySettings()
+    packaging: PackagingSettings = PackagingSettings()
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

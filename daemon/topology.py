@@ -5,6 +5,8 @@
         --expired--> hocba.sign.return (fanout) --> hocba.sign
     hocba.dead (topic) --sign.#--> hocba.sign.dead (quorum)
     hocba.status (topic): status.<school_id>.<state>
+    hocba.requests --package.#--> hocba.package (quorum) --x-dead-letter--> hocba.dead
+    hocba.dead --package.#--> hocba.package.dead (quorum)
 
 The consumer dead-letters refusals itself (publishing to hocba.dead with the reason in
 headers); the queue's own dead-lettering catches what exceeds the delivery limit, such
@@ -28,6 +30,8 @@ RETRY = "hocba.retry"
 RETURN = "hocba.sign.return"
 SIGN_QUEUE = "hocba.sign"
 DEAD_QUEUE = "hocba.sign.dead"
+PACKAGE_QUEUE = "hocba.package"
+PACKAGE_DEAD_QUEUE = "hocba.package.dead"
 RETRY_HEADER = "hocba-retry-ms"
 
 _QUORUM_DLX = {
@@ -44,6 +48,7 @@ class Topology:
     dead: AbstractExchange
     retry: AbstractExchange
     sign_queue: AbstractQueue
+    package_queue: AbstractQueue | None = None
 
 
 async def declare(channel: AbstractChannel, settings: AmqpSettings) -> Topology:
@@ -78,4 +83,28 @@ async def declare(channel: AbstractChannel, settings: AmqpSettings) -> Topology:
             arguments={**_QUORUM_DLX, "x-dead-letter-exchange": RETURN, "x-message-ttl": delay_ms},
         )
         await queue.bind(retry, arguments={"x-match": "all", RETRY_HEADER: str(delay_ms)})
-    return Topology(requests, status, dead, retry, sign_queue)
+    package_queue = await _declare_package_queues(channel, requests, dead, settings)
+    return Topology(requests, status, dead, retry, sign_queue, package_queue)
+
+
+async def _declare_package_queues(
+    channel: AbstractChannel,
+    requests: AbstractExchange,
+    dead: AbstractExchange,
+    settings: AmqpSettings,
+) -> AbstractQueue:
+    dead_queue = await channel.declare_queue(
+        PACKAGE_DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_queue.bind(dead, routing_key="package.#")
+    queue = await channel.declare_queue(
+        PACKAGE_QUEUE,
+        durable=True,
+        arguments={
+            **_QUORUM_DLX,
+            "x-dead-letter-exchange": DEAD,
+            "x-delivery-limit": settings.delivery_limit,
+        },
+    )
+    await queue.bind(requests, routing_key="package.#")
+    return queue

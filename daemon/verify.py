@@ -1,4 +1,4 @@
-"""`hocba-signer verify`: a validation report of a signed PDF, for people and machines."""
+"""`hocba-signer verify`: a report on a signed PDF or a package, for people and machines."""
 
 from __future__ import annotations
 
@@ -63,3 +63,57 @@ def _row(sig: pades.SignatureReport) -> dict[str, Any]:
         "coverage": sig.coverage,
         "bottom_line": sig.bottom_line,
     }
+
+
+def is_package(path: Path) -> bool:
+    """A ZIP (an .asice container) rather than a PDF."""
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def package_report(path: Path, trust_roots: list[Path]) -> dict[str, Any]:
+    """Container, manifest, CAdES signature and every PDF inside; problems by code."""
+    from daemon import package_check
+
+    checked = package_check.check_package(path, pades.load_certificates(trust_roots))
+    cades = checked.cades
+    return {
+        "valid": checked.valid,
+        "package": checked.index,
+        "seal": None
+        if cades is None
+        else {
+            "signer": cades.signer,
+            "cert_serial": cades.cert_serial,
+            "signing_time": cades.signing_time.isoformat() if cades.signing_time else None,
+            "intact": cades.intact,
+            "valid": cades.valid,
+            "trusted": cades.trusted,
+        },
+        "pdfs_checked": checked.pdfs_checked,
+        "problems": [dataclasses.asdict(p) for p in checked.problems],
+    }
+
+
+def render_package(value: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    index = value["package"]
+    lines = [
+        f"{'VALID' if value['valid'] else 'INVALID'}: package of school "
+        f"{index.get('school_id', '?')}, {index.get('academic_year', '?')} round "
+        f"{index.get('submission_round', '?')}, {index.get('records', 0)} records, "
+        f"{value['pdfs_checked']} PDFs checked"
+    ]
+    seal = value["seal"]
+    if seal:
+        lines.append(
+            f"  seal: {seal['signer']} (serial {seal['cert_serial']}) at {seal['signing_time']}; "
+            f"intact={_yes(seal['intact'])}, trusted={_yes(seal['trusted'])}"
+        )
+    lines += [f"  {p['code']}: {p['message']}" for p in value["problems"]]
+    return "\n".join(lines)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"

@@ -73,6 +73,12 @@ def settings(dev_env: devenv.DevEnv, run_id: str) -> Settings:
             ),
             "mqtt": base.mqtt.model_copy(update={"topic_prefix": f"hocba-test-{run_id}"}),
             "http": base.http.model_copy(update={"port": 0}),
+            # The tests' own document server runs on loopback over plain http.
+            "signing": base.signing.model_copy(
+                update={"fetch_allowed_hosts": ["127.0.0.1"], "fetch_allow_http": True}
+            ),
+            # Packaging runs by command in tests; tests/integration/test_packages.py drives it.
+            "packaging": base.packaging.model_copy(update={"schedule_interval_s": None}),
         }
     )
 

@@ -7,7 +7,7 @@ import contextlib
 import json
 import subprocess
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aio_pika
@@ -55,6 +55,14 @@ class StatusEvents:
                 self.by_request[str(event["request_id"])].append(event)
                 self.routing_keys[event["event_id"]] = message.routing_key or ""
                 self._arrived.notify_all()
+
+    async def wait_until(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 60
+    ) -> list[dict[str, Any]]:
+        """Every event without a request_id (package events), once `predicate` holds on them."""
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(lambda: predicate(self.by_request["None"]))
+            return list(self.by_request["None"])
 
     async def wait(self, request_id: str, count: int = 1, timeout_s: float = 60) -> list[dict]:
         """The first `count` events of this request, waiting for them to arrive."""
