@@ -58,21 +58,7 @@ async def declare(channel: AbstractChannel, settings: AmqpSettings) -> Topology:
     retry = await channel.declare_exchange(RETRY, aio_pika.ExchangeType.HEADERS, durable=True)
     back = await channel.declare_exchange(RETURN, aio_pika.ExchangeType.FANOUT, durable=True)
 
-    dead_queue = await channel.declare_queue(
-        DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
-    )
-    await dead_queue.bind(dead, routing_key="sign.#")
-
-    sign_queue = await channel.declare_queue(
-        SIGN_QUEUE,
-        durable=True,
-        arguments={
-            **_QUORUM_DLX,
-            "x-dead-letter-exchange": DEAD,
-            "x-delivery-limit": settings.delivery_limit,
-        },
-    )
-    await sign_queue.bind(requests, routing_key="sign.#")
+    sign_queue = await _declare_work_queue(channel, "sign", requests, dead, settings)
     await sign_queue.bind(back)
 
     delays = retry_delays_ms(settings.max_attempts, settings.retry_base_ms, settings.retry_cap_ms)
@@ -83,22 +69,24 @@ async def declare(channel: AbstractChannel, settings: AmqpSettings) -> Topology:
             arguments={**_QUORUM_DLX, "x-dead-letter-exchange": RETURN, "x-message-ttl": delay_ms},
         )
         await queue.bind(retry, arguments={"x-match": "all", RETRY_HEADER: str(delay_ms)})
-    package_queue = await _declare_package_queues(channel, requests, dead, settings)
+    package_queue = await _declare_work_queue(channel, "package", requests, dead, settings)
     return Topology(requests, status, dead, retry, sign_queue, package_queue)
 
 
-async def _declare_package_queues(
+async def _declare_work_queue(
     channel: AbstractChannel,
+    kind: str,
     requests: AbstractExchange,
     dead: AbstractExchange,
     settings: AmqpSettings,
 ) -> AbstractQueue:
+    """`hocba.<kind>`, bound to `<kind>.#`, and its dead-letter queue `hocba.<kind>.dead`."""
     dead_queue = await channel.declare_queue(
-        PACKAGE_DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+        f"hocba.{kind}.dead", durable=True, arguments={"x-queue-type": "quorum"}
     )
-    await dead_queue.bind(dead, routing_key="package.#")
+    await dead_queue.bind(dead, routing_key=f"{kind}.#")
     queue = await channel.declare_queue(
-        PACKAGE_QUEUE,
+        f"hocba.{kind}",
         durable=True,
         arguments={
             **_QUORUM_DLX,
@@ -106,5 +94,5 @@ async def _declare_package_queues(
             "x-delivery-limit": settings.delivery_limit,
         },
     )
-    await queue.bind(requests, routing_key="package.#")
+    await queue.bind(requests, routing_key=f"{kind}.#")
     return queue
