@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 import logging
 import secrets
+import uuid
 from collections.abc import Iterator
 
 import aiohttp
