@@ -151,6 +151,7 @@ async def _mock_ministry(args: argparse.Namespace) -> int:
             retry_after_s=args.retry_after_s,
             drop_rate=args.drop_rate,
             accept_delay_s=args.accept_delay_s,
+            forget_receipts=args.forget_receipts,
             seed=args.seed,
         ),
     )
@@ -257,6 +258,13 @@ def _mock_ministry_parser(sub: Any) -> None:
     cmd.add_argument("--retry-after-s", type=int, default=1)
     cmd.add_argument("--drop-rate", type=float, default=0.0, help="share of POSTs dropped")
     cmd.add_argument("--accept-delay-s", type=float, default=0.0)
+    cmd.add_argument(
+        "--forget-receipts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="forget the first N receipts polled (404), as a ministry losing them",
+    )
     cmd.add_argument("--seed", type=int)
     cmd.set_defaults(handler=_mock_ministry)
 

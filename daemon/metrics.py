@@ -141,7 +141,7 @@ PACKAGE_BUILD_DURATION = Histogram(
 MINISTRY_ATTEMPTS = Counter(
     "hocba_ministry_requests",
     "Requests to the ministry API, by kind (submit, poll) and outcome "
-    "(received, accepted, rejected, pending, retry, refused).",
+    "(received, accepted, rejected, pending, lost, retry, refused).",
     ["kind", "outcome"],
 )
 MINISTRY_LATENCY = Histogram(
@@ -152,7 +152,8 @@ MINISTRY_LATENCY = Histogram(
 )
 PACKAGES_FINISHED = Counter(
     "hocba_packages_finished",
-    "Packages the ministry accepted or rejected, by school and outcome.",
+    "Packages the ministry accepted or rejected, or given up on as its receipt kept "
+    "being lost (attention), by school and outcome.",
     ["school", "outcome"],
 )
 RECORDS_WAITING = Gauge(

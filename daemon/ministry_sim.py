@@ -8,9 +8,15 @@ against the trust roots, three valid PAdES signatures per PDF, records.json), an
 GET /v1/packages/<receipt_id> reports `received` until the check is done and the
 acceptance delay has passed, then `accepted` or `rejected` with the problems found.
 
+Receipts are kept as `store_dir/<receipt_id>.receipt.json` (written atomically when
+the package is stored and again when its check ends) and reloaded at start, so a
+restarted simulator answers a known key with the same receipt and still knows old
+receipts; a package whose check had not ended is checked again.
+
 Faults, for tests and rehearsals of 30 June: latency, 5xx at a rate, 429 with
 Retry-After at a rate, connections dropped after the package was stored (the
-answer is lost, the receipt is not), and slow acceptance.
+answer is lost, the receipt is not), slow acceptance, and receipts forgotten (the
+first N receipts polled are deleted and answered 404, as by a ministry that lost them).
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from asn1crypto import x509
@@ -49,6 +58,8 @@ class Faults:
     retry_after_s: int = 1
     drop_rate: float = 0.0
     accept_delay_s: float = 0.0
+    # The first N receipts polled are forgotten (deleted) and answered 404.
+    forget_receipts: int = 0
     seed: int | None = None
 
 
@@ -58,9 +69,40 @@ class Received:
     key: str
     body_sha256: str
     path: Path
-    at: float
-    report: PackageReport | None = None
+    at: float  # wall-clock time it was received (time.time()), kept across restarts
+    status: str = "received"  # received until checked, then accepted or rejected
+    errors: list[Any] = field(default_factory=list)
+    accepted_records: int = 0
+    report: PackageReport | None = None  # only for a check made by this process
     checked: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "receipt_id": self.receipt_id,
+            "idempotency_key": self.key,
+            "status": self.status,
+            "errors": self.errors,
+            "accepted_records": self.accepted_records,
+            "path": str(self.path),
+            "sha256": self.body_sha256,
+            "received_at": self.at,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Received:
+        return cls(
+            receipt_id=data["receipt_id"],
+            key=data["idempotency_key"],
+            body_sha256=data["sha256"],
+            path=Path(data["path"]),
+            at=float(data["received_at"]),
+            status=data["status"],
+            errors=list(data.get("errors") or []),
+            accepted_records=int(data.get("accepted_records") or 0),
+        )
+
+
+RECEIPT_SUFFIX = ".receipt.json"
 
 
 class MinistrySimulator:
@@ -78,16 +120,60 @@ class MinistrySimulator:
         self.by_key: dict[str, Received] = {}
         self.by_receipt: dict[str, Received] = {}
         self.posts = 0
+        self.forgotten = 0
         self.changed = asyncio.Condition()
         self._rng = random.Random(faults.seed)
         self._checks: set[asyncio.Task[None]] = set()
+        # Receipt files are written and deleted under it: a check ending cannot
+        # write back a receipt that was just forgotten.
+        self._files = asyncio.Lock()
+        self._load()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/packages", self.post)
         app.router.add_get("/v1/packages/{receipt_id}", self.get)
+        app.on_startup.append(self._check_unchecked)
         app.on_cleanup.append(self._cancel_checks)
         return app
+
+    def _load(self) -> None:
+        """The receipts a previous run stored (a damaged file is skipped, and logged)."""
+        if not self.store_dir.is_dir():
+            return
+        for file in sorted(self.store_dir.glob(f"*{RECEIPT_SUFFIX}")):
+            try:
+                received = Received.from_json(json.loads(file.read_text("utf-8")))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("Skipping unreadable receipt file %s: %s", file.name, exc)
+                continue
+            if received.status != "received":
+                received.checked.set()
+            self.by_key[received.key] = received
+            self.by_receipt[received.receipt_id] = received
+        if self.by_receipt:
+            log.info("Reloaded %d receipts from %s.", len(self.by_receipt), self.store_dir)
+
+    async def _check_unchecked(self, _: web.Application) -> None:
+        for received in self.by_receipt.values():
+            if received.status == "received":
+                self._start_check(received)
+
+    async def forget(self, receipt_id: str) -> None:
+        """Lose a receipt and its package, as a ministry might: the key becomes unknown."""
+        async with self._files:
+            received = self.by_receipt.pop(receipt_id, None)
+            if received is None:
+                return
+            if self.by_key.get(received.key) is received:
+                del self.by_key[received.key]
+            for file in (
+                self.store_dir / f"{receipt_id}{RECEIPT_SUFFIX}",
+                received.path,
+                received.path.with_suffix(".json"),
+            ):
+                await asyncio.to_thread(file.unlink, missing_ok=True)
+        log.info("Forgot receipt %s (key %s).", receipt_id, received.key)
 
     async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 120) -> None:
         """For tests: wait (without polling) until `predicate()` holds."""
@@ -123,18 +209,19 @@ class MinistrySimulator:
         if refused is not None:
             return refused
         received = self.by_receipt.get(request.match_info["receipt_id"])
+        if received is not None and self.forgotten < self.faults.forget_receipts:
+            self.forgotten += 1
+            await self.forget(received.receipt_id)
+            received = None
         if received is None:
             return _error(404, "No such receipt.")
-        loop = asyncio.get_running_loop()
-        report = received.report
-        if report is None or loop.time() - received.at < self.faults.accept_delay_s:
+        if received.status == "received" or time.time() - received.at < self.faults.accept_delay_s:
             return web.json_response({"status": "received", "errors": [], "accepted_records": 0})
-        status = "accepted" if report.valid else "rejected"
         return web.json_response(
             {
-                "status": status,
-                "errors": [asdict(p) for p in report.problems],
-                "accepted_records": report.index.get("records", 0) if report.valid else 0,
+                "status": received.status,
+                "errors": received.errors,
+                "accepted_records": received.accepted_records,
             }
         )
 
@@ -176,31 +263,51 @@ class MinistrySimulator:
             return known, sha256
         receipt_id = secrets.token_hex(12)
         path = self.store_dir / f"{receipt_id}.asice"
-        await asyncio.to_thread(tmp.rename, path)
-        received = Received(receipt_id, key, sha256, path, asyncio.get_running_loop().time())
+        received = Received(receipt_id, key, sha256, path, time.time())
+        # Known before the next await, so a concurrent POST of the key gets this receipt.
         self.by_key[key] = received
         self.by_receipt[receipt_id] = received
-        task = asyncio.create_task(self._check(received), name=f"check-{receipt_id}")
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
+        await asyncio.to_thread(tmp.rename, path)
+        async with self._files:
+            await self._persist(received)  # durable before it is answered
+        self._start_check(received)
         log.info("Received package under key %s: receipt %s.", key, receipt_id)
         return received, sha256
+
+    def _start_check(self, received: Received) -> None:
+        task = asyncio.create_task(self._check(received), name=f"check-{received.receipt_id}")
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _persist(self, received: Received) -> None:
+        """Write the receipt's file atomically (temporary file, fsync, rename)."""
+        final = self.store_dir / f"{received.receipt_id}{RECEIPT_SUFFIX}"
+        text = json.dumps(received.to_json(), ensure_ascii=False, indent=2)
+        await asyncio.to_thread(_write_atomically, final, text)
 
     async def _check(self, received: Received) -> None:
         report = await asyncio.to_thread(
             package_check.check_package, received.path, self.trust_roots
         )
-        received.report = report
-        summary = {
-            "receipt_id": received.receipt_id,
-            "idempotency_key": received.key,
-            "sha256": received.body_sha256,
-            "valid": report.valid,
-            "problems": [asdict(p) for p in report.problems],
-            "index": report.index,
-        }
-        text = json.dumps(summary, ensure_ascii=False, indent=2)
-        await asyncio.to_thread(received.path.with_suffix(".json").write_text, text, "utf-8")
+        async with self._files:
+            if self.by_receipt.get(received.receipt_id) is not received:
+                return  # forgotten meanwhile
+            received.report = report
+            received.status = "accepted" if report.valid else "rejected"
+            received.errors = [asdict(p) for p in report.problems]
+            received.accepted_records = report.index.get("records", 0) if report.valid else 0
+            await self._persist(received)
+            summary = {
+                "receipt_id": received.receipt_id,
+                "idempotency_key": received.key,
+                "sha256": received.body_sha256,
+                "valid": report.valid,
+                "problems": [asdict(p) for p in report.problems],
+                "index": report.index,
+            }
+            text = json.dumps(summary, ensure_ascii=False, indent=2)
+            summary_path = received.path.with_suffix(".json")
+            await asyncio.to_thread(summary_path.write_text, text, "utf-8")
         received.checked.set()
         log.info(
             "Checked receipt %s: %s.",
@@ -214,6 +321,15 @@ class MinistrySimulator:
         for task in list(self._checks):
             task.cancel()
         await asyncio.gather(*self._checks, return_exceptions=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def _error(status: int, message: str) -> web.Response:

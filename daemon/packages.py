@@ -30,6 +30,8 @@ class PackageState(StrEnum):
     SUBMITTED = "submitted"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
+    # Given up on: the ministry kept losing its receipt. Not resumed; for an operator.
+    ATTENTION = "attention"
 
 
 FINAL = (PackageState.ACCEPTED, PackageState.REJECTED)
@@ -255,10 +257,22 @@ async def record_attempt(
         )
 
 
+async def lost_receipts(conn: asyncpg.Connection, package_id: UUID) -> int:
+    """How many times polling found the package's receipt unknown (404) at the ministry."""
+    count = await conn.fetchval(
+        """SELECT count(*) FROM submission_attempts
+           WHERE package_id = $1 AND kind = 'poll' AND outcome = 'lost'""",
+        package_id,
+    )
+    return int(count)
+
+
 async def unfinished(conn: asyncpg.Connection) -> list[Package]:
-    """Every package not yet accepted or rejected, oldest first (resumed at start-up)."""
+    """Every package not yet accepted, rejected or given up on, oldest first (resumed at
+    start-up)."""
     rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM packages WHERE state NOT IN ('accepted', 'rejected')
+        f"""SELECT {_COLUMNS} FROM packages
+            WHERE state NOT IN ('accepted', 'rejected', 'attention')
             ORDER BY created_at"""
     )
     return [_package(r) for r in rows]

@@ -145,6 +145,9 @@ class MinistrySettings(_Section):
     poll_base_ms: int = Field(default=2000, ge=1)
     poll_cap_ms: int = Field(default=60_000, ge=1)
     max_polls: int = Field(default=200, ge=1)
+    # A receipt the ministry answers 404 for is resent under the same Idempotency-Key;
+    # after this many such resends the package stops in `attention`.
+    max_receipt_resends: int = Field(default=3, ge=0)
 
     def resolved_token(self) -> SecretStr:
         token = read_secret(self.token, self.token_file, "ministry-token")

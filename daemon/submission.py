@@ -4,8 +4,11 @@ Restart-safe by construction: every step is a state of the package stored with i
 records' status events (`built` → `submitting` → `submitted` + receipt → `accepted`
 or `rejected`), the Idempotency-Key is the package id, and `follow` starts from
 whatever state it finds. A package half-submitted before a crash is sent again with
-the same key and gets the same receipt: never a second submission. Only one
-instance follows a package at a time (a session advisory lock).
+the same key and gets the same receipt: never a second submission. A receipt the
+ministry answers 404 for sends the package back to `submitting` under the same key
+(same receipt if the ministry still has it, a new one if it lost it); after
+`max_receipt_resends` such losses it stops in `attention`, no longer resumed. Only
+one instance follows a package at a time (a session advisory lock).
 """
 
 from __future__ import annotations
@@ -73,11 +76,14 @@ class Submitter:
                 return package
             async with self.db.connection() as conn:
                 package = await packages.get(conn, package.package_id)
-            if package.state in (PackageState.BUILT, PackageState.SUBMITTING):
-                package = await self._submit(package)
-            if package.state is PackageState.SUBMITTED:
-                package = await self._poll(package)
-            return package
+            while True:
+                if package.state in (PackageState.BUILT, PackageState.SUBMITTING):
+                    package = await self._submit(package)
+                if package.state is PackageState.SUBMITTED:
+                    package = await self._poll(package)
+                # Back in `submitting` when the ministry lost the receipt: resend (bounded).
+                if package.state is not PackageState.SUBMITTING:
+                    return package
 
     async def _submit(self, package: Package) -> Package:
         if package.state is PackageState.BUILT:
@@ -106,6 +112,9 @@ class Submitter:
         )
 
     async def _received(self, package: Package, receipt: Receipt, started: float) -> Package:
+        # A resend after a lost receipt keeps the old receipt id until answered: its
+        # records were told `submitted` already (the new receipt is in the attempts).
+        resent = package.receipt_id is not None
         async with self.db.transaction() as conn:
             await packages.record_attempt(
                 conn,
@@ -123,7 +132,8 @@ class Submitter:
                 {"receipt_id": receipt.receipt_id},
                 came_from=(PackageState.SUBMITTING,),
             )
-            await packages.tell_records(conn, package, State.SUBMITTED, now())
+            if not resent:
+                await packages.tell_records(conn, package, State.SUBMITTED, now())
         log.info("Package %s received: receipt %s.", package.package_id, receipt.receipt_id)
         return package
 
@@ -139,6 +149,10 @@ class Submitter:
                 if exc.retry_after_s:
                     await asyncio.sleep(min(exc.retry_after_s, self.settings.max_retry_after_s))
                 continue
+            except MinistryRefused as exc:
+                if exc.status != 404:
+                    raise
+                return await self._lost(package, started, exc.message)
             if receipt.status == "received":
                 await self._attempt(package, "poll", "pending", started, 200)
                 continue
@@ -148,6 +162,58 @@ class Submitter:
         raise MinistryUnavailable(
             f"Receipt {package.receipt_id} still not final after {self.settings.max_polls} polls."
         )
+
+    async def _lost(self, package: Package, started: float, detail: str) -> Package:
+        """The ministry does not know the receipt: resend under the same key, or give up.
+
+        The same Idempotency-Key gets the same receipt if the ministry still has the
+        package, a new one if it lost it; either way never a second package. After
+        `max_receipt_resends` such resends the package stops in `attention`.
+        """
+        latency = _observe("poll", "lost", started)
+        async with self.db.transaction() as conn:
+            await packages.record_attempt(
+                conn,
+                package.package_id,
+                "poll",
+                "lost",
+                http_status=404,
+                receipt_id=package.receipt_id,
+                detail=detail,
+                latency_s=latency,
+            )
+            lost = await packages.lost_receipts(conn, package.package_id)
+            if lost > self.settings.max_receipt_resends:
+                package = await packages.move(
+                    conn,
+                    package,
+                    PackageState.ATTENTION,
+                    {"errors": json.dumps([f"Receipt lost {lost} times: {detail}"])},
+                    came_from=(PackageState.SUBMITTED,),
+                )
+            else:
+                package = await packages.move(
+                    conn, package, PackageState.SUBMITTING, came_from=(PackageState.SUBMITTED,)
+                )
+        if package.state is PackageState.ATTENTION:
+            PACKAGES_FINISHED.labels(package.school_id, package.state.value).inc()
+            log.error(
+                "Package %s: the ministry lost receipt %s again (%d times); given up, "
+                "the package needs attention.",
+                package.package_id,
+                package.receipt_id,
+                lost,
+            )
+        else:
+            log.warning(
+                "Package %s: the ministry does not know receipt %s; resending under the "
+                "same key (%d of %d).",
+                package.package_id,
+                package.receipt_id,
+                lost,
+                self.settings.max_receipt_resends,
+            )
+        return package
 
     async def _finish(
         self, package: Package, state: PackageState, errors: list[Any], accepted: int

@@ -7,7 +7,9 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from daemon import asice, package_check, pades
+from prometheus_client import REGISTRY
+
+from daemon import asice, package_check, packages, pades
 from daemon.app import Running
 from daemon.packages import PackageState
 from daemon.settings import Settings
@@ -235,6 +237,99 @@ async def test_a_crash_mid_submission_is_resumed_without_a_duplicate(
         lambda evs: all(s == TOLD for s in states_of(evs, ids).values())
     )
     assert all(s == TOLD for s in states_of(events, ids).values())
+
+
+async def test_a_receipt_the_ministry_lost_is_resent_under_the_same_key(
+    daemon: Running,
+    school_system: SchoolSystem,
+    status: StatusEvents,
+    ministry,
+    packaging,
+) -> None:
+    # Given a ministry that loses the first receipt it is asked about (404)
+    year = fresh_year()
+    infos = await issue(school_system, status, SCHOOL, year, 2)
+    sim: Ministry = await ministry(forget_receipts=1)
+    pkg: Packaging = packaging(sim)
+    built = await pkg.runner.package(SCHOOL, year, 1, submit=False)
+    assert built is not None
+
+    # When the package is followed
+    final = await pkg.submitter.follow(built)
+
+    # Then it went back to submitting, was resent under its key, and was accepted once
+    assert final.state is PackageState.ACCEPTED
+    async with daemon.db.connection() as conn:
+        attempts = await conn.fetch(
+            "SELECT kind, outcome, http_status, receipt_id FROM submission_attempts "
+            "WHERE package_id = $1 ORDER BY id",
+            built.package_id,
+        )
+    lost = [a for a in attempts if a["outcome"] == "lost"]
+    assert len(lost) == 1 and lost[0]["http_status"] == 404
+    submits = [a for a in attempts if a["kind"] == "submit"]
+    assert [a["outcome"] for a in submits] == ["received", "received"]
+    assert submits[0]["receipt_id"] != final.receipt_id == submits[1]["receipt_id"]
+    assert lost[0]["receipt_id"] == submits[0]["receipt_id"]
+    assert [r.receipt_id for r in sim.sim.by_key.values()] == [final.receipt_id]
+    assert [p.stem for p in sim.sim.store_dir.glob("*.asice")] == [final.receipt_id]
+    # And the records were told each state once
+    ids = {i.record_id for i in infos}
+    events = await status.wait_until(
+        lambda evs: all(s == TOLD for s in states_of(evs, ids).values())
+    )
+    assert all(s == TOLD for s in states_of(events, ids).values())
+
+
+async def test_a_receipt_lost_again_and_again_stops_the_package_for_attention(
+    daemon: Running,
+    school_system: SchoolSystem,
+    status: StatusEvents,
+    ministry,
+    packaging,
+) -> None:
+    # Given a ministry that loses every receipt, and two resends allowed
+    year = fresh_year()
+    await issue(school_system, status, SCHOOL, year, 1)
+    sim: Ministry = await ministry(forget_receipts=1000)
+    pkg: Packaging = packaging(sim, max_receipt_resends=2)
+    built = await pkg.runner.package(SCHOOL, year, 1, submit=False)
+    assert built is not None
+    gave_up = REGISTRY.get_sample_value(
+        "hocba_packages_finished_total", {"school": SCHOOL, "outcome": "attention"}
+    )
+
+    # When the package is followed
+    final = await pkg.submitter.follow(built)
+
+    # Then it stops in attention after three losses (two resends), counted
+    assert final.state is PackageState.ATTENTION
+    async with daemon.db.connection() as conn:
+        counts = await conn.fetch(
+            "SELECT kind, outcome, count(*) AS n FROM submission_attempts "
+            "WHERE package_id = $1 GROUP BY 1, 2",
+            built.package_id,
+        )
+        records = await conn.fetch(
+            "SELECT r.state, p.active FROM package_records p JOIN records r "
+            "USING (school_id, record_id) WHERE p.package_id = $1",
+            built.package_id,
+        )
+        unfinished = await packages.unfinished(conn)
+    assert {(c["kind"], c["outcome"]): c["n"] for c in counts} == {
+        ("submit", "received"): 3,
+        ("poll", "lost"): 3,
+    }
+    assert (
+        REGISTRY.get_sample_value(
+            "hocba_packages_finished_total", {"school": SCHOOL, "outcome": "attention"}
+        )
+        == (gave_up or 0) + 1
+    )
+    # And its records stay in it (the ministry may have it), and it is not resumed
+    assert [(r["state"], r["active"]) for r in records] == [("submitted", True)]
+    assert built.package_id not in {p.package_id for p in unfinished}
+    assert (await pkg.submitter.follow(final)).state is PackageState.ATTENTION
 
 
 async def test_records_issued_after_submission_go_into_a_follow_up_package(
