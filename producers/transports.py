@@ -21,6 +21,8 @@ from producers.status import Pending
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 30.0
+# aiomqtt warns above 10 pending publishes; stay within that.
+MQTT_IN_FLIGHT = 10
 
 
 class AmqpStatus:
@@ -75,7 +77,11 @@ class MqttStatus:
     async def publish(self, events: list[Pending]) -> None:
         try:
             client = await self._connected()
-            await asyncio.gather(*(self._publish_one(client, pending) for pending in events))
+            # A handful in flight at a time: enough to hide the round trip, few enough
+            # that a package's hundreds of events do not pile up in the client.
+            for start in range(0, len(events), MQTT_IN_FLIGHT):
+                chunk = events[start : start + MQTT_IN_FLIGHT]
+                await asyncio.gather(*(self._publish_one(client, p) for p in chunk))
         except aiomqtt.MqttError as exc:
             await self.close()
             raise BrokerUnavailable(f"MQTT broker unavailable: {type(exc).__name__}.") from exc
