@@ -16,7 +16,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # The school system's own client libraries complain loudly while brokers restart.
-    for name in ("aiormq", "aio_pika", "aiomqtt"):
+    # The ministry gate's server logs the uploads cut short by a killed instance.
+    for name in ("aiormq", "aio_pika", "aiomqtt", "aiohttp.server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     return asyncio.run(run(args.size, args.keep))
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -67,6 +68,7 @@ class Driver:
         self.amqp_deliveries = 0
         self.resends = 0
         self.publish_failures = 0
+        self.package_requests: list[str] = []
         # (when, seconds from the last publish of a request to its status event)
         self.latencies: list[tuple[float, float]] = []
         self._by_request: dict[str, tuple[str, str]] = {}
@@ -185,6 +187,22 @@ class Driver:
                 self.publish_failures += 1
                 await self._disconnect()
                 await asyncio.sleep(1)
+
+    async def request_package(self, school: str, year: str, round_: int) -> str:
+        """Ask for the round's package of a school (`hocba.package_request.v1`), to submit."""
+        rid = str(uuid.uuid4())
+        body = {
+            "type": "hocba.package_request.v1",
+            "request_id": rid,
+            "school_id": school,
+            "academic_year": year,
+            "submission_round": round_,
+            "submit": True,
+            "requested_at": datetime.now(UTC).isoformat(),
+        }
+        await self._publish(Request(rid, f"package.{school}", json.dumps(body).encode()))
+        self.package_requests.append(rid)
+        return rid
 
     async def resend_stale(self, older_than_s: float) -> None:
         now = time.monotonic()

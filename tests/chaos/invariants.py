@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -19,6 +20,9 @@ from daemon import pades
 from daemon.stages import FIELD_NAMES
 from daemon.store import FileStore
 from tests.chaos.driver import Driver, MqttRecorder
+from tests.chaos.ministry import MinistrySimulator
+
+PACKAGE_STATES = ("packaged", "submitted", "accepted_by_ministry")
 
 
 @dataclass
@@ -31,11 +35,13 @@ class Check:
         return f"{self.name}: {self.detail} — {'holds' if self.holds else 'VIOLATED'}"
 
 
-async def dead_letters(amqp_url: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+async def dead_letters(
+    amqp_url: str, queue_name: str = "hocba.sign.dead"
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
     taken = []
     async with await aio_pika.connect(amqp_url) as connection:
         channel = await connection.channel()
-        queue = await channel.get_queue("hocba.sign.dead")
+        queue = await channel.get_queue(queue_name)
         while (message := await queue.get(fail=False)) is not None:
             await message.ack()
             taken.append(message)
@@ -55,10 +61,13 @@ async def verify(
     roots: list[Path],
     driver: Driver,
     mqtt: MqttRecorder,
+    ministry: MinistrySimulator,
 ) -> list[Check]:
     conn = await asyncpg.connect(dsn)
     try:
-        return await _verify(conn, amqp_url, store_path, roots, driver, mqtt)
+        checks = await _verify(conn, amqp_url, store_path, roots, driver, mqtt)
+        checks += await _verify_packages(conn, amqp_url, driver, mqtt, ministry)
+        return checks
     finally:
         await conn.close()
 
@@ -122,7 +131,10 @@ async def _verify(
     )
 
     # 4. Every issued PDF: exactly three valid signatures, in the legal order.
-    issued = await conn.fetch("SELECT current_sha256 FROM records WHERE state = 'issued'")
+    # Issued: all three signatures (the state moves on to packaged, submitted, accepted).
+    issued = await conn.fetch(
+        "SELECT current_sha256 FROM records WHERE signatures = $1", len(FIELD_NAMES)
+    )
     store = FileStore(store_path)
     paths = [str(store.path(r["current_sha256"])) for r in issued]
     results = await asyncio.to_thread(_validate_all, paths, roots)
@@ -194,6 +206,146 @@ async def _verify(
             "every signature made with its own school's key",
             foreign == 0,
             f"{sig_rows} signatures, {foreign} with a key or certificate not their school's",
+        )
+    )
+    return checks
+
+
+async def _verify_packages(
+    conn: asyncpg.Connection,
+    amqp_url: str,
+    driver: Driver,
+    mqtt: MqttRecorder,
+    ministry: MinistrySimulator,
+) -> list[Check]:
+    checks: list[Check] = []
+    issued = {
+        (r[0], r[1])
+        for r in await conn.fetch(
+            "SELECT school_id, record_id FROM records WHERE signatures = $1", len(FIELD_NAMES)
+        )
+    }
+    packages = {
+        str(r["package_id"]): r
+        for r in await conn.fetch(
+            """SELECT package_id, school_id, state, receipt_id, record_count, accepted_records,
+                      sequence FROM packages"""
+        )
+    }
+    accepted = {pid for pid, r in packages.items() if r["state"] == "accepted"}
+    states = Counter(r["state"] for r in packages.values())
+
+    # 8. From the database: every package accepted, with one receipt; every issued record
+    # in exactly one accepted package.
+    attempts = await conn.fetch(
+        """SELECT package_id::text AS pid, kind, outcome, receipt_id FROM submission_attempts"""
+    )
+    received = Counter(
+        a["pid"] for a in attempts if a["kind"] == "submit" and a["outcome"] == "received"
+    )
+    receipts: dict[str, set[str]] = {}
+    for a in attempts:
+        if a["receipt_id"] is not None:
+            receipts.setdefault(a["pid"], set()).add(a["receipt_id"])
+    not_once = [pid for pid in packages if received[pid] != 1]
+    mixed = [
+        pid
+        for pid, r in packages.items()
+        if receipts.get(pid, set()) != ({r["receipt_id"]} if r["receipt_id"] else set())
+    ]
+    short = [
+        pid
+        for pid in accepted
+        if packages[pid]["accepted_records"] != packages[pid]["record_count"]
+    ]
+    in_accepted = Counter(
+        (r[0], r[1])
+        for r in await conn.fetch(
+            """SELECT p.school_id, p.record_id FROM package_records p
+               JOIN packages k USING (package_id) WHERE k.state = 'accepted'"""
+        )
+    )
+    twice = [k for k, n in in_accepted.items() if n > 1]
+    unpackaged = issued - set(in_accepted)
+    stray = set(in_accepted) - issued
+    follow_ups = sum(1 for r in packages.values() if r["sequence"] > 1)
+    checks.append(
+        Check(
+            "every package accepted exactly once (database)",
+            bool(packages)
+            and len(accepted) == len(packages)
+            and not (not_once or mixed or short or twice or unpackaged or stray),
+            f"{len(packages)} packages ({follow_ups} follow-ups) {dict(states)}, "
+            f"{len(attempts)} submission attempts; received not exactly once {len(not_once)}, "
+            f"several receipts {len(mixed)}, accepted short {len(short)}; {len(issued)} issued "
+            f"records: in two accepted packages {len(twice)}, in none {len(unpackaged)}, "
+            f"not issued {len(stray)}",
+        )
+    )
+
+    # 9. From the simulator's stored submissions: one receipt per package id, accepted, and
+    # every issued record in exactly one of them.
+    stored = await asyncio.to_thread(ministry.stored)
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for summary in stored:
+        by_key.setdefault(summary["idempotency_key"], []).append(summary)
+    several = [k for k, found in by_key.items() if len(found) != 1]
+    unknown = set(by_key) - set(packages)
+    never = set(packages) - set(by_key)
+    wrong = [
+        k
+        for k, found in by_key.items()
+        if k in packages and found[0]["receipt_id"] != packages[k]["receipt_id"]
+    ]
+    invalid = [s["receipt_id"] for s in stored if not s["valid"]]
+    at_ministry = Counter(
+        (s["index"].get("school_id"), rid) for s in stored if s["valid"] for rid in s["record_ids"]
+    )
+    twice_m = [k for k, n in at_ministry.items() if n > 1]
+    missing_m = issued - set(at_ministry)
+    stray_m = set(at_ministry) - issued
+    checks.append(
+        Check(
+            "every package accepted exactly once (ministry's stored submissions)",
+            bool(stored)
+            and not (several or unknown or never or wrong or invalid)
+            and not (twice_m or missing_m or stray_m),
+            f"{len(stored)} stored for {len(packages)} packages; keys with several receipts "
+            f"{len(several)}, unknown keys {len(unknown)}, packages never received {len(never)}, "
+            f"receipt not the database's {len(wrong)}, invalid {len(invalid)}; records in two "
+            f"{len(twice_m)}, issued records absent {len(missing_m)}, not issued {len(stray_m)}",
+        )
+    )
+
+    # 10. The package status events of every issued record, on both streams.
+    for stream, events in (("AMQP", driver.amqp_events), ("MQTT", mqtt.events)):
+        seen: dict[tuple[str, str], set[str]] = {}
+        for event in events.values():
+            key = (str(event.get("school_id")), str(event.get("record_id")))
+            seen.setdefault(key, set()).add(str(event.get("state")))
+        lacking = Counter(
+            state
+            for record in issued
+            for state in PACKAGE_STATES
+            if state not in seen.get(record, ())
+        )
+        checks.append(
+            Check(
+                f"packaged, submitted, accepted_by_ministry events for every record on {stream}",
+                bool(issued) and not lacking,
+                f"{len(issued)} issued records; missing {dict(lacking) or 'none'}",
+            )
+        )
+
+    # 11. No package request dead-lettered.
+    letters = await dead_letters(amqp_url, "hocba.package.dead")
+    reasons = Counter(str((m.headers or {}).get("x-hocba-reason-code")) for m in letters)
+    checks.append(
+        Check(
+            "no package request dead-lettered",
+            not letters,
+            f"{len(driver.package_requests)} package requests, {len(letters)} dead-lettered "
+            f"{dict(reasons)}",
         )
     )
     return checks

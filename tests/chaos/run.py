@@ -19,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from daemon.stages import Stage
 from producers.school_system import sample_pdf, sample_record, sign_request
 from tests.chaos import invariants
 from tests.chaos.driver import Driver, MqttRecorder
+from tests.chaos.ministry import GateFaults, MinistryGate, MinistrySimulator
 from tests.chaos.services import (
     Daemon,
     Mosquitto,
@@ -50,13 +52,20 @@ class Size:
     spread_s: float  # first stages are published over this long
     fault_rounds: int
     settle_timeout_s: float
+    ministry_fault_s: float  # how long the ministry fails while packages are submitted
 
 
 SIZES = {
-    "ci": Size(2, 20, 2, 60, 1, 240),
-    "small": Size(3, 50, 3, 100, 1, 300),
-    "full": Size(4, 300, 3, 600, 4, 1200),
+    "ci": Size(2, 20, 2, 60, 1, 240, 15),
+    "small": Size(3, 50, 3, 100, 1, 300, 25),
+    "full": Size(4, 300, 3, 600, 4, 1200, 40),
 }
+
+# The round the school system's records belong to (producers.school_system.sample_record).
+YEAR, ROUND = "2025-2026", 1
+MINISTRY_FAULTS = GateFaults(
+    error_rate=0.35, throttle_rate=0.2, retry_after_s=2, drop_rate=0.4, latency_ms=400
+)
 
 
 @dataclass
@@ -78,6 +87,10 @@ class Cluster:
     env: devenv.DevEnv
     daemons: list[Daemon]
     rng: random.Random
+    ministry: MinistrySimulator
+    gate: MinistryGate
+    size: Size
+    driver: Driver | None = None
     started: float = field(default_factory=time.monotonic)
     faults: list[Fault] = field(default_factory=list)
     held: set[str] = field(default_factory=set)  # daemons a fault is holding down
@@ -97,22 +110,26 @@ class Cluster:
         fault.detail = str(result) if result is not None else ""
         self.faults.append(fault)
 
-    async def kill_instance(self) -> None:
-        running = [d for d in self.daemons if d.running and d.name not in self.held]
-        if not running:
-            return
-        victim = self.rng.choice(running)
-        self.held.add(victim.name)
+    async def kill_instance(
+        self, victim: Daemon | None = None, name: str = "kill -9 daemon instance", why: str = ""
+    ) -> None:
+        if victim is None:
+            running = [d for d in self.daemons if d.running and d.name not in self.held]
+            if not running:
+                return
+            victim = self.rng.choice(running)
+        chosen = victim
+        self.held.add(chosen.name)
         try:
-            pid = victim.process.pid if victim.process else 0
+            pid = chosen.process.pid if chosen.process else 0
             await self.fault(
-                "kill -9 daemon instance",
-                lambda: (victim.kill(), f"{victim.name} (pid {pid})")[1],
-                victim.start,
+                name,
+                lambda: (chosen.kill(), f"{chosen.name} (pid {pid}){why}")[1],
+                chosen.start,
                 self.rng.uniform(0.5, 3),
             )
         finally:
-            self.held.discard(victim.name)
+            self.held.discard(chosen.name)
 
     async def rabbit_restart(self) -> None:
         await self.fault("RabbitMQ restart", self.rabbit.stop, self.rabbit.start, 2)
@@ -145,9 +162,44 @@ class Cluster:
         )
 
     async def ministry_faults(self) -> None:
-        # Hook: packaging and submission against `hocba-signer mock-ministry` with its
-        # failure modes (5xx, slow, 429) go here once the packaging work has landed.
-        self.faults.append(Fault("ministry simulator faults", self.now(), 0, "not yet wired"))
+        """The ministry failing, slow and rate-limiting while every school's package of the
+        round is requested and submitted; the instance submitting one is killed meanwhile."""
+        assert self.driver is not None
+        fault = Fault("ministry failing, slow, rate-limiting", round(self.now(), 1))
+        before = Counter(self.gate.counts)
+        self.gate.faults = MINISTRY_FAULTS
+        for school in self.env.schools:
+            await self.driver.request_package(school, YEAR, ROUND)
+        await self.kill_submitter(timeout_s=self.size.ministry_fault_s - 4)
+        await asyncio.sleep(max(fault.at_s + self.size.ministry_fault_s - self.now(), 0))
+        self.gate.faults = GateFaults()
+        fault.duration_s = round(self.now() - fault.at_s, 1)
+        counts = self.gate.counts - before
+        fault.detail = (
+            f"{MINISTRY_FAULTS.describe()}; {len(self.env.schools)} package requests; "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        )
+        self.faults.append(fault)
+
+    async def kill_submitter(self, timeout_s: float) -> None:
+        """kill -9 the instance following a package that is being submitted."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = await _packages_in(self.env.settings.database.dsn, ("submitting", "submitted"))
+            for package_id, state in sorted(found, key=lambda p: p[1]):
+                for daemon in self.daemons:
+                    if (
+                        daemon.running
+                        and daemon.name not in self.held
+                        and _logged(daemon.log, f"Created package {package_id}")
+                    ):
+                        why = f", following package {package_id[:8]} ({state})"
+                        await self.kill_instance(daemon, "kill -9 daemon during submission", why)
+                        return
+            await asyncio.sleep(0.3)
+        self.faults.append(
+            Fault("kill -9 daemon during submission", round(self.now(), 1), 0, "skipped: none seen")
+        )
 
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart an instance that exited on its own (e.g. started while PG was down)."""
@@ -168,6 +220,28 @@ class Cluster:
                     await asyncio.to_thread(daemon.start)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2)
+
+
+async def _packages_in(dsn: str, states: tuple[str, ...]) -> list[tuple[str, str]]:
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError):
+        return []
+    try:
+        rows = await conn.fetch(
+            "SELECT package_id::text, state FROM packages WHERE state = ANY($1::text[])",
+            list(states),
+        )
+    finally:
+        await conn.close()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _logged(log: Path, text: str) -> bool:
+    try:
+        return text in log.read_text("utf-8", errors="replace")
+    except OSError:
+        return False
 
 
 FAULT_CYCLE = (
@@ -297,12 +371,35 @@ async def start_cluster(base: Path, size: Size, rng: random.Random) -> Cluster:
     store.mount()
     p11kit = P11KitServer(base, env.settings.hsm.token_label, env.settings.hsm.env)
     await asyncio.to_thread(p11kit.start)
+    token_file = base / "dev" / "ministry-token"
+    devenv.ministry_token(token_file.parent)
+    ministry = MinistrySimulator(base, token_file, env.settings.signing.trust_roots[0], 2)
+    await asyncio.to_thread(ministry.start)
+    gate = MinistryGate(ministry.url, random.Random(rng.random()))
+    await gate.start()
     extra = daemon_env(mosquitto, p11kit, retry_cap_ms=3000, max_attempts=60)
+    extra |= {
+        "HOCBA_MINISTRY__URL": gate.url,
+        "HOCBA_MINISTRY__TOKEN_FILE": str(token_file),
+        "HOCBA_MINISTRY__CONNECT_TIMEOUT_S": "3",
+        "HOCBA_MINISTRY__REQUEST_TIMEOUT_S": "30",
+        "HOCBA_MINISTRY__RETRY_BASE_MS": "200",
+        "HOCBA_MINISTRY__RETRY_CAP_MS": "2000",
+        "HOCBA_MINISTRY__MAX_RETRY_AFTER_S": "3",
+        "HOCBA_MINISTRY__POLL_BASE_MS": "500",
+        "HOCBA_MINISTRY__POLL_CAP_MS": "2000",
+        "HOCBA_PACKAGING__PATH": str(base / "packages"),
+        # Outside the round's window (the schedule builds nothing by itself), but each
+        # tick resumes unfinished packages, e.g. those of a killed instance.
+        "HOCBA_PACKAGING__SCHEDULE_INTERVAL_S": "5",
+    }
     daemons = [
         Daemon(f"chaos-{n + 1}", env.config_path, extra, base / f"daemon-{n + 1}.log")
         for n in range(size.instances)
     ]
-    cluster = Cluster(base, pg, rabbit, mosquitto, p11kit, store, env, daemons, rng)
+    cluster = Cluster(
+        base, pg, rabbit, mosquitto, p11kit, store, env, daemons, rng, ministry, gate, size
+    )
     for daemon in daemons:
         daemon.start()
     await ready(daemons)
@@ -314,6 +411,7 @@ def stop_cluster(cluster: Cluster | None, base: Path, keep: bool) -> None:
         for daemon in cluster.daemons:
             daemon.kill()
         cluster.p11kit.stop()
+        cluster.ministry.stop()
         cluster.mosquitto.stop()
         cluster.rabbit.stop()
         cluster.pg.stop("immediate")
@@ -337,6 +435,8 @@ async def run(size_name: str, keep: bool = False) -> int:
         report(cluster, driver, checks, size_name)
         return 0 if all(c.holds for c in checks) else 1
     finally:
+        if cluster is not None:
+            await cluster.gate.stop()
         await asyncio.to_thread(stop_cluster, cluster, base, keep)
 
 
@@ -347,6 +447,7 @@ async def drive(cluster: Cluster, size: Size, seed: str):
         Driver(env, env.settings.amqp.url, seed) as driver,
         MqttRecorder(cluster.mosquitto.port, env.settings.mqtt.topic_prefix) as mqtt,
     ):
+        cluster.driver = driver
         supervisor = asyncio.create_task(cluster.supervise(stop))
         resender = asyncio.create_task(_resend(driver, stop))
         gap_s = max(size.spread_s / (len(FAULT_CYCLE) * size.fault_rounds) - 8, 2)
@@ -359,6 +460,8 @@ async def drive(cluster: Cluster, size: Size, seed: str):
             return driver.pending() == 0
 
         await wait_until(settled, size.settle_timeout_s)
+        print(f"records settled at {cluster.now():.0f}s; packaging", flush=True)
+        await package_all(cluster, driver, size.settle_timeout_s)
         await wait_until(lambda: outbox_drained(env.settings.database.dsn, driver, mqtt), 90)
         stop.set()
         await asyncio.gather(supervisor, resender)
@@ -371,8 +474,43 @@ async def drive(cluster: Cluster, size: Size, seed: str):
             env.settings.signing.trust_roots,
             driver,
             mqtt,
+            cluster.ministry,
         )
     return checks, driver
+
+
+async def package_all(cluster: Cluster, driver: Driver, timeout_s: float) -> None:
+    """Request every school's package of the round until each issued record is in a
+    package and every package is accepted or rejected (a rejected package's records
+    are requested again)."""
+    dsn = cluster.env.settings.database.dsn
+    asked_at = -1e9
+
+    async def done() -> bool:
+        nonlocal asked_at
+        try:
+            conn = await asyncpg.connect(dsn)
+        except (OSError, asyncpg.PostgresError):
+            return False
+        try:
+            waiting = await conn.fetch(
+                """SELECT DISTINCT school_id FROM records r WHERE signatures = 3
+                   AND NOT EXISTS (SELECT 1 FROM package_records p WHERE p.active
+                                   AND p.school_id = r.school_id AND p.record_id = r.record_id)"""
+            )
+            unfinished = await conn.fetchval(
+                "SELECT count(*) FROM packages WHERE state NOT IN ('accepted', 'rejected')"
+            )
+        finally:
+            await conn.close()
+        if waiting and time.monotonic() - asked_at > 30:
+            asked_at = time.monotonic()
+            for row in waiting:
+                await driver.request_package(row[0], YEAR, ROUND)
+        return not waiting and unfinished == 0
+
+    if not await wait_until(done, timeout_s):
+        print("packages still unfinished; the invariants will say which", flush=True)
 
 
 async def _resend(driver: Driver, stop: asyncio.Event) -> None:
@@ -388,6 +526,8 @@ def report(cluster: Cluster, driver: Driver, checks: list[invariants.Check], siz
     for fault in sorted(cluster.faults, key=lambda f: f.at_s):
         print(f"{fault.name:<42} {fault.at_s:>7.1f} {fault.duration_s:>7.1f}  {fault.detail}")
     restarts = sum(d.starts - 1 for d in cluster.daemons)
+    gate = ", ".join(f"{k} {v}" for k, v in sorted(cluster.gate.counts.items()))
+    print(f"\n{len(driver.package_requests)} package requests; ministry gate: {gate}", end="")
     print(
         f"\n{len(driver.records)} records, {sum(len(t.requests) for t in driver.records.values())} "
         f"sign requests, {len(driver.bad)} bad inputs, {restarts} daemon restarts "
