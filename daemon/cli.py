@@ -169,12 +169,20 @@ def _print(value: dict[str, Any], as_json: bool) -> None:
         print(f"{key}: {json.dumps(item, ensure_ascii=False)}")
 
 
+# Libraries that say too much: the AMQP ones log whole message bodies (student ids)
+# at DEBUG, fontTools narrates every font subset of the sample PDFs at INFO.
+_QUIET_LOGGERS = {"aiormq": logging.INFO, "aio_pika": logging.INFO, "fontTools": logging.WARNING}
+
+
 def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name, floor in _QUIET_LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(max(floor, logging.getLogger().level))
 
 
 def _parser() -> argparse.ArgumentParser:
