@@ -65,13 +65,7 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
     metrics.set_build_info()
     async with contextlib.AsyncExitStack() as stack:
         _start_watchdog(stack)
-        db = Database(settings.database)
-        await db.open()
-        stack.push_async_callback(db.close)
-
-        pool = SigningPool(settings.hsm, settings.signing)
-        await pool.start()
-        stack.push_async_callback(pool.close)
+        db, pool = await open_core(stack, settings)
 
         client = await stack.enter_async_context(aiohttp.ClientSession())
         documents = DocumentSource(client, settings.signing)
@@ -140,6 +134,19 @@ def _package_runner(
     packager = Packager(db, pool, store, settings.packaging.path)
     submitter = Submitter(db, MinistryClient(client, settings.ministry), settings.ministry)
     return PackageRunner(db, packager, submitter, settings.packaging)
+
+
+async def open_core(
+    stack: contextlib.AsyncExitStack, settings: Settings
+) -> tuple[Database, SigningPool]:
+    """The database pool and the HSM pool, which every entry point needs; `stack` closes them."""
+    db = Database(settings.database)
+    await db.open()
+    stack.push_async_callback(db.close)
+    pool = SigningPool(settings.hsm, settings.signing)
+    await pool.start()
+    stack.push_async_callback(pool.close)
+    return db, pool
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -12,10 +12,8 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from daemon import ministry_sim, packages, pades
-from daemon.database import Database
+from daemon import app, ministry_sim, packages, pades
 from daemon.errors import ConfigError
-from daemon.hsm import SigningPool
 from daemon.packages import Package
 from daemon.packaging import Packager
 from daemon.settings import Settings, read_secret
@@ -31,12 +29,7 @@ async def package(
 ) -> dict[str, Any]:
     """Build the round's package and, with `submit`, follow it to the ministry's verdict."""
     async with contextlib.AsyncExitStack() as stack:
-        db = Database(settings.database)
-        await db.open()
-        stack.push_async_callback(db.close)
-        pool = SigningPool(settings.hsm, settings.signing)
-        await pool.start()
-        stack.push_async_callback(pool.close)
+        db, pool = await app.open_core(stack, settings)
         store = FileStore(settings.store.path)
         built = await Packager(db, pool, store, settings.packaging.path).build(
             school_id, year, round_

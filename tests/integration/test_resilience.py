@@ -14,9 +14,7 @@ from aiohttp import web
 
 from consumers.sign_requests import SignRequestConsumer
 from daemon import app, devenv, pades, topology
-from daemon.database import Database
 from daemon.documents import DocumentSource
-from daemon.hsm import SigningPool
 from daemon.messages import SignRequest
 from daemon.pipeline import Outcome, Pipeline
 from daemon.settings import Settings
@@ -45,12 +43,7 @@ class CrashAfterStoring(Pipeline):
 @contextlib.asynccontextmanager
 async def crashing_instance(settings: Settings) -> AsyncIterator[asyncio.Event]:
     async with contextlib.AsyncExitStack() as stack:
-        db = Database(settings.database)
-        await db.open()
-        stack.push_async_callback(db.close)
-        pool = SigningPool(settings.hsm, settings.signing)
-        await pool.start()
-        stack.push_async_callback(pool.close)
+        db, pool = await app.open_core(stack, settings)
         http = await stack.enter_async_context(aiohttp.ClientSession())
         connection = await aio_pika.connect(settings.amqp.url)
         stack.push_async_callback(connection.close)
