@@ -62,5 +62,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+## Remove the venv, the dev environment and its database (records refer to .dev's files).
 clean:
 	rm -rf $(VENV) .dev var .pytest_cache .mypy_cache .ruff_cache
+	-psql -h 127.0.0.1 -U postgres -q -c 'DROP DATABASE IF EXISTS hocba WITH (FORCE)'
