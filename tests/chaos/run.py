@@ -355,7 +355,11 @@ async def outbox_drained(dsn: str, driver: Driver, mqtt: MqttRecorder) -> bool:
     return pending == 0 and ids <= set(driver.amqp_events) and ids <= set(mqtt.events)
 
 
-async def start_cluster(base: Path, size: Size, rng: random.Random) -> Cluster:
+async def start_cluster(
+    base: Path, size: Size, rng: random.Random, *, small_store: bool = True
+) -> Cluster:
+    """The private services and daemons; `small_store` puts the documents on a small
+    tmpfs that the disk-full fault can fill (a soak needs the room instead)."""
     tag = secrets.token_hex(3)
     pg, rabbit, mosquitto = Postgres(base), RabbitMQ(base, tag), Mosquitto(base)
     await asyncio.to_thread(pg.init)
@@ -368,7 +372,8 @@ async def start_cluster(base: Path, size: Size, rng: random.Random) -> Cluster:
     store = TmpfsStore(
         env.settings.store.path, size_mb=64 if size.records_per_school < 100 else 256
     )
-    store.mount()
+    if small_store:
+        store.mount()
     p11kit = P11KitServer(base, env.settings.hsm.token_label, env.settings.hsm.env)
     await asyncio.to_thread(p11kit.start)
     token_file = base / "dev" / "ministry-token"
