@@ -107,6 +107,8 @@ async def soak(minutes: float, rate: float, interval_s: float) -> int:
             print(line)
         return 0 if all(line.endswith("holds") for line in verdict) else 1
     finally:
+        if cluster is not None:
+            await cluster.gate.stop()
         await asyncio.to_thread(stop_cluster, cluster, base, False)
 
 
