@@ -64,6 +64,18 @@ class StatusEvents:
             await self._arrived.wait_for(lambda: predicate(self.by_request["None"]))
             return list(self.by_request["None"])
 
+    async def wait_for_state(
+        self, request_id: str, state: str, timeout_s: float = 60
+    ) -> dict[str, Any]:
+        """The first event of this request in `state` (a request_id may have earlier ones)."""
+
+        def found() -> bool:
+            return any(e["state"] == state for e in self.by_request[request_id])
+
+        async with asyncio.timeout(timeout_s), self._arrived:
+            await self._arrived.wait_for(found)
+            return next(e for e in self.by_request[request_id] if e["state"] == state)
+
     async def wait(self, request_id: str, count: int = 1, timeout_s: float = 60) -> list[dict]:
         """The first `count` events of this request, waiting for them to arrive."""
         async with asyncio.timeout(timeout_s), self._arrived:

@@ -133,7 +133,7 @@ async def test_no_secret_and_no_student_id_leaves_the_daemon(
                 )
             )
             for bad in refused:
-                assert (await status.wait(bad.request_id))[-1]["state"] == "rejected"
+                await status.wait_for_state(bad.request_id, "rejected")
         async with aiohttp.ClientSession() as http:
             base = f"http://127.0.0.1:{running.http_port}"
             readyz = await (await http.get(f"{base}/readyz")).text()
