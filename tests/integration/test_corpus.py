@@ -403,8 +403,9 @@ async def corpus_run(dev_env: devenv.DevEnv, settings: Settings) -> AsyncIterato
 
             results: dict[str, Result] = {}
             for name, published in sent.items():
-                events = await status.wait(published.request_id, timeout_s=120)
-                event = events[-1]
+                # Every case is refused; a replayed request_id also carries the
+                # original's event, so wait for the refusal itself.
+                event = await status.wait_for_state(published.request_id, "rejected", timeout_s=120)
                 body_record = _record_of(published.body)
                 results[name] = Result(published, event, body_record)
             for result in results.values():
