@@ -48,7 +48,6 @@ class Outcome:
     """What happened to a request; `rejected` ones are dead-lettered by the consumer."""
 
     event: StatusEvent
-    duplicate: bool = False
 
     @property
     def rejected(self) -> bool:
@@ -129,7 +128,7 @@ class Pipeline:
         stage = event.stage.value if event.stage else "unknown"
         REQUESTS.labels(stage, "duplicate", "").inc()
         log.info("Request %s was seen before; repeated its status.", event.request_id)
-        return Outcome(event, duplicate=True)
+        return Outcome(event)
 
     async def _sign(self, request: SignRequest) -> Outcome:
         async with self.db.connection() as conn:
