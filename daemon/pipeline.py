@@ -64,14 +64,20 @@ class Pipeline:
     async def handle(self, request: SignRequest) -> Outcome:
         started = time.perf_counter()
         async with self.db.connection() as conn:
-            prior = await records.prior_request(conn, request.request_id)
-        if prior is not None:
-            if prior.fingerprint != fingerprint(request):
+            found = await records.lookup(
+                conn,
+                request.request_id,
+                request.school_id,
+                request.signer_id,
+                request.record.record_id,
+            )
+        if found.prior is not None:
+            if found.prior.fingerprint != fingerprint(request):
                 error = RequestIdReused("request_id was used before for another request.")
                 return await self.refuse(error, request.school_id, request, remember=False)
-            return await self._repeat(prior.event)
+            return await self._repeat(found.prior.event)
         try:
-            outcome = await self._sign(request)
+            outcome = await self._sign(request, found)
         except PermanentError as exc:
             return await self.refuse(exc, request.school_id, request)
         SIGN_DURATION.labels(request.stage.value).observe(time.perf_counter() - started)
@@ -130,15 +136,11 @@ class Pipeline:
         log.info("Request %s was seen before; repeated its status.", event.request_id)
         return Outcome(event)
 
-    async def _sign(self, request: SignRequest) -> Outcome:
-        async with self.db.connection() as conn:
-            school = await records.school(conn, request.school_id)
-            if school is None:
-                raise UnknownSchool(f"School {request.school_id} is not registered.")
-            signer = rules.authorised_signer(
-                await records.signer(conn, request.school_id, request.signer_id), request
-            )
-            record = await records.record(conn, request.school_id, request.record.record_id)
+    async def _sign(self, request: SignRequest, found: records.Lookup) -> Outcome:
+        school, record = found.school, found.record
+        if school is None:
+            raise UnknownSchool(f"School {request.school_id} is not registered.")
+        signer = rules.authorised_signer(found.signer, request)
         rules.check_order(record, request)
         digest = _version_digest(request, record)
         subject = consent.Subject(
@@ -180,7 +182,7 @@ class Pipeline:
             size_after=len(result.pdf),
             fingerprint=fingerprint(request),
         )
-        async with self.db.transaction() as conn:
+        async with self.db.connection() as conn:
             await records.store_signature(conn, signature, event)
         REQUESTS.labels(request.stage.value, "signed", "").inc()
         log.info(
