@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,6 +29,27 @@ log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x68_6F_63_62_62  # any constant shared by all instances
 BATCH = 200
+
+
+def _pending_sql(transports: Iterable[str]) -> str:
+    """Rows any of these transports still has to publish, oldest first.
+
+    One statement text per set of transports, so each is planned on its own partial
+    indexes (a broker that is down does not make the others scan its backlog).
+    """
+    lacking = " OR ".join(f"{name}_published_at IS NULL" for name in transports)
+    return (
+        "SELECT id, payload, repeat, created_at, amqp_published_at, mqtt_published_at "
+        f"FROM outbox WHERE {lacking} ORDER BY id LIMIT $1"
+    )
+
+
+_MARK = """
+UPDATE outbox SET
+    amqp_published_at = CASE WHEN id = ANY($1::bigint[]) THEN now() ELSE amqp_published_at END,
+    mqtt_published_at = CASE WHEN id = ANY($2::bigint[]) THEN now() ELSE mqtt_published_at END
+WHERE id = ANY($1::bigint[]) OR id = ANY($2::bigint[])
+"""
 
 
 @dataclass(frozen=True)
@@ -87,34 +109,51 @@ class StatusRelay:
                     await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
 
     async def drain(self, conn: asyncpg.Connection) -> None:
-        """Publish everything pending, per transport, in stored order."""
+        """Publish everything pending, each transport in stored order, all at once.
+
+        One query reads what the transports still lack and one marks what they took,
+        so under load a pass relays many events in two round trips. A transport whose
+        broker is down drops out of the pass; the others go on without it.
+        """
+        healthy = list(self._transports)
+        while healthy:
+            rows = await conn.fetch(_pending_sql(t.name for t in healthy), BATCH)
+            if not rows:
+                break
+            taken = await asyncio.gather(*(self._publish(t, rows) for t in healthy))
+            marks = {t.name: ids for t, ids in zip(healthy, taken, strict=True) if ids}
+            if marks:
+                await conn.execute(_MARK, marks.get("amqp", []), marks.get("mqtt", []))
+            down = [t for t, ids in zip(healthy, taken, strict=True) if ids is None]
+            healthy = [t for t in healthy if t not in down]
+            if len(rows) < BATCH and not down:
+                break
         for transport in self._transports:
+            if transport in healthy:
+                OUTBOX_BACKLOG.labels(transport.name).set(0)
+                continue
             column = f"{transport.name}_published_at"
-            while True:
-                rows = await conn.fetch(
-                    f"SELECT id, payload, repeat, created_at FROM outbox WHERE {column} IS NULL "
-                    "ORDER BY id LIMIT $1",
-                    BATCH,
-                )
-                if not rows:
-                    break
-                events = [Pending(json.loads(row["payload"]), row["repeat"]) for row in rows]
-                try:
-                    await transport.publish(events)
-                except BrokerUnavailable as exc:
-                    log.warning("Status to %s delayed: %s", transport.name, exc.message)
-                    break
-                await conn.execute(
-                    f"UPDATE outbox SET {column} = now() WHERE id = ANY($1::bigint[])",
-                    [row["id"] for row in rows],
-                )
-                published_at = datetime.now(UTC)
-                for row, pending in zip(rows, events, strict=True):
-                    STATUS_PUBLISHED.labels(transport.name, pending.event["state"]).inc()
-                    delay_s = (published_at - row["created_at"]).total_seconds()
-                    STATUS_PUBLISH_DELAY.labels(transport.name).observe(max(delay_s, 0.0))
             backlog = await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {column} IS NULL")
             OUTBOX_BACKLOG.labels(transport.name).set(backlog)
+
+    async def _publish(self, transport: Transport, rows: list[asyncpg.Record]) -> list[int] | None:
+        """Publish the rows this transport lacks: the ids it took, None if it is down."""
+        column = f"{transport.name}_published_at"
+        mine = [row for row in rows if row[column] is None]
+        if not mine:
+            return []
+        events = [Pending(json.loads(row["payload"]), row["repeat"]) for row in mine]
+        try:
+            await transport.publish(events)
+        except BrokerUnavailable as exc:
+            log.warning("Status to %s delayed: %s", transport.name, exc.message)
+            return None
+        published_at = datetime.now(UTC)
+        for row, pending in zip(mine, events, strict=True):
+            STATUS_PUBLISHED.labels(transport.name, pending.event["state"]).inc()
+            delay_s = (published_at - row["created_at"]).total_seconds()
+            STATUS_PUBLISH_DELAY.labels(transport.name).observe(max(delay_s, 0.0))
+        return [row["id"] for row in mine]
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

@@ -8,12 +8,20 @@ import contextlib
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
-from daemon import app, pades
+import aio_pika
+
+from daemon import app, pades, records, topology
+from daemon.database import Database
+from daemon.messages import StatusEvent
 from daemon.settings import Settings
-from daemon.stages import Stage
+from daemon.stages import Stage, State
 from daemon.store import FileStore
+from producers import status as status_relay
+from producers.transports import AmqpStatus, MqttStatus
 from tests.integration.conftest import SchoolSystem
 from tests.services import StatusEvents, mqtt_collector
 
@@ -137,3 +145,63 @@ async def test_status_events_wait_out_an_mqtt_outage(
                     arrived = await mqtt.wait(topic, "signed_by_teacher", timeout_s=60)
                 assert arrived["event_id"] == event["event_id"]
             stop.set()
+
+
+async def test_an_mqtt_outage_holds_back_no_amqp_event_even_past_a_batch(
+    settings: Settings,
+) -> None:
+    # Given more events waiting than the relay reads in one batch, and MQTT gone
+    school = "relay-" + uuid.uuid4().hex[:8]
+    count = status_relay.BATCH + 50
+    dead_mqtt = settings.mqtt.model_copy(update={"port": _free_port()})
+    db = Database(settings.database)
+    await db.open()
+    try:
+        async with db.transaction() as conn:
+            for n in range(count):
+                await records.enqueue(conn, _event(school, n))
+        connection = await aio_pika.connect(settings.amqp.url)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(topology.STATUS)
+            queue = await channel.declare_queue("", exclusive=True)
+            await queue.bind(exchange, routing_key=f"status.{school}.#")
+            mqtt = MqttStatus(dead_mqtt)
+            relay = status_relay.StatusRelay(db, [AmqpStatus(exchange), mqtt])
+
+            # When the relay drains
+            async with db.connection() as conn:
+                await relay.drain(conn)
+            await mqtt.close()
+
+            # Then every event went to AMQP, and MQTT still owes every one
+            received = 0
+            while await queue.get(fail=False, no_ack=True) is not None:
+                received += 1
+            assert received == count
+        async with db.connection() as conn:
+            owed = await conn.fetch(
+                "SELECT amqp_published_at IS NULL AS amqp, mqtt_published_at IS NULL AS mqtt "
+                "FROM outbox WHERE school_id = $1",
+                school,
+            )
+            await conn.execute("DELETE FROM outbox WHERE school_id = $1", school)
+        assert len(owed) == count
+        assert all(row["mqtt"] and not row["amqp"] for row in owed)
+    finally:
+        await db.close()
+
+
+def _event(school: str, n: int) -> StatusEvent:
+    return StatusEvent(
+        event_id=uuid.uuid4(),
+        request_id=uuid.uuid4(),
+        school_id=school,
+        record_id=f"R{n:04d}",
+        state=State.SIGNED_BY_TEACHER,
+        stage=Stage.HOMEROOM_TEACHER,
+        document_sha256="0" * 64,
+        signatures=1,
+        reason=None,
+        at=datetime.now(UTC),
+    )
