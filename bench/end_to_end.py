@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -221,6 +222,12 @@ class Driver:
                 self._done.set()
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds of this process (the driver), all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _percentiles_ms(values: list[float]) -> dict[str, float]:
     if len(values) < 2:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
@@ -242,10 +249,12 @@ async def measure(
 ) -> tuple[dict[str, Any], list[bytes]]:
     """One run against already started instances; figures and the issued PDFs."""
     before = [procs.TreeSample.of(i.process.pid) for i in running]
-    busy = procs.machine_busy_s()
+    busy, services, own = procs.machine_busy_s(), procs.services_cpu_s(), _own_cpu_s()
     driver = Driver(env, records, run_tag)
     await driver.run(rate_per_s, timeout_s)
     busy = procs.machine_busy_s() - busy
+    services = {k: v - services[k] for k, v in procs.services_cpu_s().items()}
+    own = _own_cpu_s() - own
     after = [procs.TreeSample.of(i.process.pid) for i in running]
     wall = driver.last_event - driver.first_publish
     signatures = 3 * len(driver.issued)
@@ -267,6 +276,13 @@ async def measure(
         "record_latency_ms": _percentiles_ms(driver.record_latency_s),
         "cpu_s_per_signature": round(cpu / max(signatures, 1), 5),
         "machine_cpu_s_per_signature": round(busy / max(signatures, 1), 5),
+        # Where the machine's CPU went, per signature: the daemons, the services they
+        # use, and this driver (the school system's side: consents, requests).
+        "cpu_s_per_signature_by_process": {
+            "daemons": round(cpu / max(signatures, 1), 5),
+            **{k: round(v / max(signatures, 1), 5) for k, v in services.items()},
+            "driver": round(own / max(signatures, 1), 5),
+        },
         "peak_rss_mb_per_instance": [
             {
                 "main": round(a.peak_rss_mb[i.process.pid], 1),

@@ -83,3 +83,33 @@ def machine_busy_s() -> float:
     fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return (sum(fields[:8]) - idle) / TICKS
+
+
+# Who else spends the machine's CPU during a run, by executable name.
+_SERVICES = {
+    "beam.smp": "rabbitmq",
+    "erl_child_setup": "rabbitmq",
+    "epmd": "rabbitmq",
+    "postgres": "postgresql",
+    "mosquitto": "mosquitto",
+}
+
+
+def services_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of the broker, database and MQTT processes, by service.
+
+    Processes that ended since the last reading are not counted (PostgreSQL backends
+    live as long as their connections, which outlive a run here).
+    """
+    totals = dict.fromkeys(sorted(set(_SERVICES.values())), 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        service = _SERVICES.get(comm)
+        if service is not None:
+            totals[service] += cpu_seconds(int(entry.name))
+    return totals
