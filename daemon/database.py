@@ -38,8 +38,23 @@ async def translated() -> AsyncIterator[None]:
         raise DatabaseUnavailable(f"Database unavailable: {type(exc).__name__}.") from exc
 
 
+async def _stateless(conn: asyncpg.Connection) -> None:
+    """What the pool runs when a connection comes back: nothing on the wire.
+
+    asyncpg's default sends RESET ALL, UNLISTEN *, CLOSE ALL and releases advisory
+    locks on every release: a round trip per check-out, which under load cost the
+    daemon as much CPU as storing a signature. Pool connections never carry session
+    state here (locks and LISTEN live on `Database.session()` connections), and
+    asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
 class Database:
-    """A connection pool; `transaction()` hands out one connection inside a transaction."""
+    """A connection pool; `transaction()` hands out one connection inside a transaction.
+
+    Session state (advisory locks held across statements, LISTEN) goes on a
+    `session()` connection of its own, never on a pooled one.
+    """
 
     def __init__(self, settings: DatabaseSettings) -> None:
         self._settings = settings
@@ -54,6 +69,7 @@ class Database:
                 min_size=self._settings.pool_min,
                 max_size=self._settings.pool_max,
                 command_timeout=self._settings.command_timeout_s,
+                reset=_stateless,
             )
 
     async def close(self) -> None:
@@ -75,6 +91,16 @@ class Database:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with translated(), self.pool.acquire() as conn, conn.transaction():
             yield conn
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection outside the pool, for session state; closing it ends that state."""
+        async with translated():
+            conn = await connect_once(self._settings)
+            try:
+                yield conn
+            finally:
+                await conn.close(timeout=self._settings.command_timeout_s)
 
     async def ping(self) -> None:
         async with self.connection() as conn:

@@ -272,7 +272,7 @@ class Submitter:
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, package_id: UUID) -> AsyncIterator[bool]:
-        async with self.db.connection() as conn:
+        async with self.db.session() as conn:
             key = f"submit:{package_id}"
             mine = await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)
             try:

@@ -92,7 +92,7 @@ class StatusRelay:
             await _wait(stop, self._sweep_s)
 
     async def _lead(self, stop: asyncio.Event) -> None:
-        async with self._db.connection() as conn:
+        async with self._db.session() as conn:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LEADER_LOCK):
                 return
             try:
