@@ -60,6 +60,9 @@ class Faults:
     accept_delay_s: float = 0.0
     # The first N receipts polled are forgotten (deleted) and answered 404.
     forget_receipts: int = 0
+    # The first N requests past the token check are answered 503, whatever the rates:
+    # a test that must see faults bite cannot depend on the dice.
+    fail_first: int = 0
     seed: int | None = None
 
 
@@ -121,6 +124,7 @@ class MinistrySimulator:
         self.by_receipt: dict[str, Received] = {}
         self.posts = 0
         self.forgotten = 0
+        self.faults_injected = 0
         self.changed = asyncio.Condition()
         self._rng = random.Random(faults.seed)
         self._checks: set[asyncio.Task[None]] = set()
@@ -233,6 +237,9 @@ class MinistrySimulator:
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             return _error(401, "Missing or wrong bearer token.")
+        if self.faults_injected < self.faults.fail_first:
+            self.faults_injected += 1
+            return _error(503, "Simulated outage (one of the first requests).")
         if self._roll(self.faults.error_rate):
             return _error(503, "Simulated outage.")
         if self._roll(self.faults.throttle_rate):
@@ -242,7 +249,10 @@ class MinistrySimulator:
         return None
 
     def _roll(self, rate: float) -> bool:
-        return rate > 0 and self._rng.random() < rate
+        if rate > 0 and self._rng.random() < rate:
+            self.faults_injected += 1
+            return True
+        return False
 
     async def _store(self, request: web.Request, key: str) -> tuple[Received, str]:
         """Stream the body to a file, hashing it; the known receipt if the key is known."""
