@@ -8,10 +8,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.errors import HocbaError
-from daemon.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
 
 log = logging.getLogger("hocba_signer")
 
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    # Imported here, like every command's module: the HSM worker processes re-import
+    # this entry point (multiprocessing's spawn), and should stay small.
+    from daemon.settings import load_settings
+
     return load_settings(args.config)
 
 

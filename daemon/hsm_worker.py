@@ -1,0 +1,301 @@
+"""The HSM worker processes' side of the signing pool: one login, one session each.
+
+Everything here runs in a worker process (daemon/hsm.py spawns them), so this module
+imports only what signing needs: python-pkcs11, asn1crypto, the CMS template and the
+PDF writer; pyHanko's CMS signer is loaded only when a package is sealed. A worker
+stays a few tens of MB instead of carrying the daemon's whole import graph.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pkcs11
+from asn1crypto import x509
+from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11
+
+from daemon.cms import SignedDataTemplate
+from daemon.errors import (
+    CertificateInvalid,
+    ConfigError,
+    HocbaError,
+    HsmUnavailable,
+    UnknownSigner,
+)
+from daemon.pades import prepare_and_sign
+from daemon.stages import Stage
+
+# Certificate objects with this label are the chain embedded in every signature.
+CHAIN_CERT_LABEL = "ca/issuing"
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SignResult:
+    pdf: bytes = field(repr=False)
+    sha256: str
+    cert_serial: str
+    signer_subject: str
+    signed_at: datetime
+    hsm_seconds: float
+
+
+def check_certificate(cert: x509.Certificate, now: datetime) -> None:
+    """Refuse a certificate outside its validity period or not meant for signing."""
+    serial = format(cert.serial_number, "x")
+    if now < cert.not_valid_before:
+        raise CertificateInvalid(
+            f"Certificate {serial} is not valid before {cert.not_valid_before:%Y-%m-%d}."
+        )
+    if now > cert.not_valid_after:
+        raise CertificateInvalid(
+            f"Certificate {serial} expired on {cert.not_valid_after:%Y-%m-%d}."
+        )
+    usage = cert.key_usage_value
+    allowed = set(usage.native) if usage is not None else set()
+    if not allowed & {"digital_signature", "non_repudiation"}:
+        raise CertificateInvalid(
+            f"Certificate {serial} allows neither digitalSignature nor nonRepudiation."
+        )
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    module: str
+    token_label: str
+    pin: str = field(repr=False)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PdfJob:
+    pdf: bytes = field(repr=False)
+    stage: Stage
+    key_label: str
+    bytes_reserved: int
+
+
+@dataclass(frozen=True)
+class CmsJob:
+    data: bytes = field(repr=False)
+    key_label: str
+    signing_time: datetime
+
+
+# Errors after which the session (or the connection under it) is gone, and a fresh
+# library initialisation and login may help; p11-kit reports a lost server as these.
+_SESSION_ERRORS: tuple[type[p11.PKCS11Error], ...] = (
+    p11.SessionHandleInvalid,
+    p11.SessionClosed,
+    p11.DeviceRemoved,
+    p11.DeviceError,
+    p11.TokenNotPresent,
+    p11.GeneralError,
+    p11.NoSuchToken,
+    p11.UserNotLoggedIn,
+    p11.FunctionFailed,
+)
+_PIN_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked)
+
+
+class _Worker:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.lib: Any = None
+        self.session: Any = None
+        self.chain: list[x509.Certificate] = []
+        self.certs: dict[str, x509.Certificate] = {}
+        self.keys: dict[str, _FastKey] = {}
+
+    def run(self, op: Callable[[Any], T]) -> T:
+        """`op(session)`, reopening the session once if it was lost."""
+        for attempt in range(2):
+            try:
+                if self.session is None:
+                    self._open()
+                return op(self.session)
+            except _SESSION_ERRORS as exc:
+                log.warning("HSM session lost (%s); reopening it.", type(exc).__name__)
+                self._reset()
+                if attempt:
+                    raise HsmUnavailable(f"HSM session lost: {type(exc).__name__}.") from exc
+            except _PIN_ERRORS as exc:
+                raise ConfigError(f"The HSM refused the PIN: {type(exc).__name__}.") from exc
+            except p11.PKCS11Error as exc:
+                raise HsmUnavailable(f"HSM error: {type(exc).__name__}.") from exc
+        raise AssertionError("unreachable")
+
+    def _open(self) -> None:
+        if self.lib is None:
+            self.lib = pkcs11.lib(self.config.module)
+        elif not self.lib.initialized:
+            self.lib.initialize()
+        token = self.lib.get_token(token_label=self.config.token_label)
+        try:
+            self.session = token.open(user_pin=self.config.pin)
+        except p11.UserAlreadyLoggedIn:
+            self.session = token.open()
+        query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: CHAIN_CERT_LABEL}
+        self.chain = [
+            x509.Certificate.load(obj[Attribute.VALUE]) for obj in self.session.get_objects(query)
+        ]
+
+    def _reset(self) -> None:
+        session, self.session = self.session, None
+        self.certs.clear()
+        self.keys.clear()
+        try:
+            if session is not None:
+                session.close()
+        except p11.PKCS11Error:
+            pass  # the session is already gone, which is why we are here
+        try:
+            # A lost p11-kit connection is only re-established by C_Initialize.
+            self.lib.reinitialize()
+        except p11.PKCS11Error:
+            pass  # still down: the next _open fails and reports it
+
+    def certificate(self, session: Any, label: str) -> x509.Certificate:
+        """The certificate of the key labelled `label`, checking both are there, once."""
+        cached = self.certs.get(label)
+        if cached is not None:
+            return cached
+        query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}
+        certs = [x509.Certificate.load(o[Attribute.VALUE]) for o in session.get_objects(query)]
+        keys = list(
+            session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label})
+        )
+        if len(certs) != 1 or len(keys) != 1:
+            raise UnknownSigner(
+                f"The token holds {len(keys)} keys and {len(certs)} certificates "
+                f"labelled {label}; exactly one of each is needed."
+            )
+        self.certs[label] = certs[0]
+        return certs[0]
+
+    def key(self, session: Any, label: str) -> _FastKey:
+        """The PDF signing key: its handle, certificate and CMS template, built once."""
+        cached = self.keys.get(label)
+        if cached is None:
+            cert = self.certificate(session, label)
+            private = session.get_key(ObjectClass.PRIVATE_KEY, label=label)
+            template = SignedDataTemplate.for_signer(cert, self.chain)
+            cached = self.keys[label] = _FastKey(private, cert, template)
+        return cached
+
+
+@dataclass
+class _FastKey:
+    private: Any
+    cert: x509.Certificate
+    template: SignedDataTemplate
+    hsm_seconds: float = 0.0
+
+    def raw_sign(self, data: bytes) -> bytes:
+        started = time.perf_counter()
+        try:
+            return bytes(self.private.sign(data, mechanism=Mechanism.SHA256_RSA_PKCS))
+        finally:
+            self.hsm_seconds += time.perf_counter() - started
+
+
+_worker: _Worker | None = None
+
+
+def init_worker(config: WorkerConfig) -> None:
+    global _worker
+    os.environ.update(config.env)
+    _worker = _Worker(config)
+    try:
+        _worker.run(lambda session: None)
+    except HocbaError:
+        pass  # reported by the first call, which retries the open
+
+
+def _current() -> _Worker:
+    if _worker is None:
+        raise HsmUnavailable("The signing worker was not initialised.")
+    return _worker
+
+
+def ping() -> None:
+    worker = _current()
+    query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: CHAIN_CERT_LABEL}
+    worker.run(lambda session: list(session.get_objects(query)))
+
+
+def certificate_der(label: str) -> bytes:
+    worker = _current()
+
+    def dump(session: Any) -> bytes:
+        cert: x509.Certificate = worker.certificate(session, label)
+        return cert.dump()
+
+    return worker.run(dump)
+
+
+def sign_pdf(request: PdfJob) -> SignResult:
+    worker = _current()
+
+    def sign(session: Any) -> SignResult:
+        key = worker.key(session, request.key_label)
+        cert = key.cert
+        now = datetime.now(UTC)
+        check_certificate(cert, now)
+        key.hsm_seconds = 0.0
+        pdf = prepare_and_sign(
+            request.pdf,
+            request.stage,
+            key.template,
+            key.raw_sign,
+            bytes_reserved=request.bytes_reserved,
+            signing_time=now,
+        )
+        return SignResult(
+            pdf=pdf,
+            sha256=hashlib.sha256(pdf).hexdigest(),
+            cert_serial=format(cert.serial_number, "x"),
+            signer_subject=str(cert.subject.native.get("common_name", "")),
+            signed_at=now,
+            hsm_seconds=key.hsm_seconds,
+        )
+
+    return worker.run(sign)
+
+
+def sign_cms(request: CmsJob) -> bytes:
+    worker = _current()
+
+    def sign(session: Any) -> bytes:
+        # pyHanko's CMS signer, only here: packages are sealed a few times a day.
+        from pyhanko.sign.pkcs11 import PKCS11Signer
+        from pyhanko.sign.signers.pdf_cms import PdfCMSSignedAttributes
+
+        cert = worker.certificate(session, request.key_label)
+        check_certificate(cert, datetime.now(UTC))
+        signer = PKCS11Signer(
+            session, key_label=request.key_label, signing_cert=cert, ca_chain=worker.chain
+        )
+        # use_cades adds signing-certificate-v2; content-type and message-digest are
+        # always there; the signing time is the caller's, so a rebuild is identical.
+        signed = signer.async_sign_general_data(
+            request.data,
+            "sha256",
+            detached=True,
+            use_cades=True,
+            signed_attr_settings=PdfCMSSignedAttributes(signing_time=request.signing_time),
+        )
+        return bytes(asyncio.run(signed).dump())
+
+    return worker.run(sign)
