@@ -259,6 +259,10 @@ async def measure(
     wall = driver.last_event - driver.first_publish
     signatures = 3 * len(driver.issued)
     cpu = sum(procs.cpu_between(b, a) for b, a in zip(before, after, strict=True))
+    main_cpu = sum(
+        a.cpu_s.get(i.process.pid, 0.0) - b.cpu_s.get(i.process.pid, 0.0)
+        for i, b, a in zip(running, before, after, strict=True)
+    )
     store = FileStore(env.dev.settings.store.path)
     issued = [await store.get(digest) for digest in driver.issued]
     figures: dict[str, Any] = {
@@ -279,7 +283,8 @@ async def measure(
         # Where the machine's CPU went, per signature: the daemons, the services they
         # use, and this driver (the school system's side: consents, requests).
         "cpu_s_per_signature_by_process": {
-            "daemons": round(cpu / max(signatures, 1), 5),
+            "daemons_main": round(main_cpu / max(signatures, 1), 5),
+            "daemons_hsm_workers": round((cpu - main_cpu) / max(signatures, 1), 5),
             **{k: round(v / max(signatures, 1), 5) for k, v in services.items()},
             "driver": round(own / max(signatures, 1), 5),
         },

@@ -83,12 +83,21 @@ class Handler(Protocol):
 
 class SignRequestConsumer:
     def __init__(
-        self, topo: Topology, pipeline: Handler, settings: AmqpSettings, instance: str
+        self,
+        topo: Topology,
+        pipeline: Handler,
+        settings: AmqpSettings,
+        instance: str,
+        concurrency: int = 16,
     ) -> None:
         self._topo = topo
         self._pipeline = pipeline
         self._settings = settings
         self._instance = instance
+        # Deliveries beyond this wait with only their AMQP body in memory: the HSM
+        # workers set the pace, and more requests decoded, fetched and waiting for a
+        # worker would only hold more PDFs.
+        self._working = asyncio.Semaphore(concurrency)
         self._tag: str | None = None
         self._handlers: set[asyncio.Task[Any]] = set()
 
@@ -144,8 +153,9 @@ class SignRequestConsumer:
         self._handlers.add(task)
         IN_FLIGHT.inc()
         try:
-            decision = await self._decide(message)
-            await self._settle(message, decision)
+            async with self._working:
+                decision = await self._decide(message)
+                await self._settle(message, decision)
         finally:
             IN_FLIGHT.dec()
             self._handlers.discard(task)

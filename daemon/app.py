@@ -88,7 +88,9 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
         relay_task = asyncio.create_task(relay.run(relay_stop), name="outbox-relay")
         stack.push_async_callback(_finish, relay_task, relay_stop)
 
-        consumer = SignRequestConsumer(topo, pipeline, settings.amqp, settings.instance)
+        consumer = SignRequestConsumer(
+            topo, pipeline, settings.amqp, settings.instance, concurrency=_handlers(settings)
+        )
         watchdog_task = asyncio.create_task(
             _watch_consumer(connection, consumer, stop), name="consumer-watchdog"
         )
@@ -223,3 +225,9 @@ async def _finish(task: asyncio.Task[None], stop: asyncio.Event | None) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _handlers(settings: Settings) -> int:
+    """Requests worked on at once: enough to keep every HSM worker busy while others
+    fetch, decide and store (4 per worker), never more than the prefetch."""
+    return min(settings.amqp.prefetch, max(8, 4 * settings.hsm.workers))
