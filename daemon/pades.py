@@ -2,19 +2,23 @@
 
 The first stage creates all three signature fields in one incremental update, so the
 seal's lock is in the document from the start, and certifies the document for form
-filling; the later stages only fill their field. This module knows nothing about the
-HSM: it signs with a CMS template (daemon/cms.py) and any raw-signing function, and
-blocks, so call it from a worker.
+filling; the later stages only fill their field, which daemon/incremental.py does
+without pyHanko. This module knows nothing about the HSM: it signs with a CMS
+template (daemon/cms.py) and any raw-signing function, and blocks, so call it from a
+worker. pyHanko's signing and validation modules are imported where they are used:
+importing this module, or filling a field, loads neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asn1crypto import pem, x509
 from pyhanko.pdf_utils import generic
@@ -22,27 +26,20 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.misc import PdfError
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.rw_common import PdfHandler
-from pyhanko.sign.fields import (
-    FieldMDPAction,
-    FieldMDPSpec,
-    MDPPerm,
-    SigFieldSpec,
-    SigSeedSubFilter,
-    append_signature_field,
-    enumerate_sig_fields,
-)
-from pyhanko.sign.signers import constants
-from pyhanko.sign.signers.cms_embedder import SigMDPSetup
-from pyhanko.sign.signers.pdf_byterange import SignatureObject
-from pyhanko.sign.validation import async_validate_pdf_signature
-from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
-from pyhanko.sign.validation.status import PdfSignatureStatus
-from pyhanko_certvalidator import ValidationContext
-from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
 
+from daemon import incremental
 from daemon.cms import RawSign, SignedDataTemplate
 from daemon.errors import ConfigError, NotAPdf
 from daemon.stages import FIELD_NAMES, Stage
+
+if TYPE_CHECKING:
+    from pyhanko.sign.fields import SigFieldSpec
+    from pyhanko.sign.signers.cms_embedder import SigMDPSetup
+    from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
+    from pyhanko.sign.validation.status import PdfSignatureStatus
+    from pyhanko_certvalidator import ValidationContext
+
+log = logging.getLogger(__name__)
 
 PDF_MAGIC = b"%PDF-"
 # What pyHanko's parser raises on hostile or broken input, found by fuzzing
@@ -80,6 +77,8 @@ class SignatureReport:
 
 
 def _field_specs() -> list[SigFieldSpec]:
+    from pyhanko.sign.fields import FieldMDPAction, FieldMDPSpec, MDPPerm, SigFieldSpec
+
     gvcn, hieu_truong, dau_truong = FIELD_NAMES
     # pyHanko reads lock settings from the field, not the signature: the seal's
     # field carries the FieldMDP lock and the DocMDP "no changes" upgrade.
@@ -109,6 +108,8 @@ def _reader(pdf: bytes) -> PdfFileReader:
 
 def _fields(reader: PdfFileReader) -> dict[str, bool]:
     """Signature field name -> filled, for every signature field in the document."""
+    from pyhanko.sign.fields import enumerate_sig_fields
+
     try:
         return {
             name: value is not None
@@ -179,6 +180,9 @@ class _UpdateWriter(IncrementalPdfFileWriter):
 
 def _mdp_setup(stage: Stage) -> SigMDPSetup:
     """What pyHanko's PdfSigner derives from our fields: certify first, lock at the seal."""
+    from pyhanko.sign.fields import FieldMDPAction, FieldMDPSpec, MDPPerm
+    from pyhanko.sign.signers.cms_embedder import SigMDPSetup
+
     if stage is Stage.HOMEROOM_TEACHER:
         return SigMDPSetup("sha256", certify=True, docmdp_perms=MDPPerm.FILL_FORMS)
     if stage is Stage.SCHOOL_SEAL:
@@ -198,17 +202,69 @@ def prepare_and_sign(
 ) -> bytes:
     """The PDF with one more PAdES B-B signature, for `stage`, as an incremental update.
 
-    pyHanko writes the update (fields, DocMDP/FieldMDP references, byte range) as its
-    PdfSigner would; the CMS comes from the signer's template, whose size is exact, so
-    nothing is estimated and the document is parsed once.
+    The update is what pyHanko's PdfSigner would write (fields, DocMDP/FieldMDP
+    references, byte range); the CMS comes from the signer's template, whose size is
+    exact, so nothing is estimated. The later stages fill their field with
+    daemon/incremental.py, reading only the objects they change; pyHanko writes the
+    first stage, whose input is any school's PDF, and any document that module
+    does not expect, refusing it if it must.
     """
-    reader = _reader(pdf)
-    field_ref = _field_to_fill(stage, reader)
-    reserved = 2 * template.size  # hex digits
-    if reserved > 2 * bytes_reserved:
+    if stage is not Stage.HOMEROOM_TEACHER:
+        try:
+            prepared = incremental.prepare_signature(
+                pdf,
+                stage.field_name,
+                contents_bytes=template.size,
+                signing_time=signing_time,
+                lock_fields=stage is Stage.SCHOOL_SEAL,
+            )
+        except incremental.Unsupported as exc:
+            log.debug("Signing stage %s with pyHanko: %s", stage.value, exc)
+        else:
+            _check_reserved(template, bytes_reserved)
+            return prepared.complete(_cms(template, prepared.document_digest, raw_sign))
+    return _prepare_and_sign_pyhanko(
+        pdf, stage, template, raw_sign, bytes_reserved=bytes_reserved, signing_time=signing_time
+    )
+
+
+def _check_reserved(template: SignedDataTemplate, bytes_reserved: int) -> None:
+    if template.size > bytes_reserved:
         raise ConfigError(
             f"A signature needs {template.size} bytes; signing.bytes_reserved is {bytes_reserved}."
         )
+
+
+def _cms(template: SignedDataTemplate, document_digest: bytes, raw_sign: RawSign) -> bytes:
+    """The CMS for this digest; a template error refuses the document.
+
+    The pyHanko path has always reported it so (its `except` covers the signing call),
+    and both paths must fail the same way.
+    """
+    try:
+        return template.sign(document_digest, raw_sign)
+    except _PARSE_ERRORS as exc:
+        raise NotAPdf(f"The document cannot be signed: {exc}") from exc
+
+
+def _prepare_and_sign_pyhanko(
+    pdf: bytes,
+    stage: Stage,
+    template: SignedDataTemplate,
+    raw_sign: RawSign,
+    *,
+    bytes_reserved: int,
+    signing_time: datetime,
+) -> bytes:
+    """`prepare_and_sign` with pyHanko reading the whole document and writing the update."""
+    from pyhanko.sign.fields import SigSeedSubFilter, append_signature_field
+    from pyhanko.sign.signers import constants
+    from pyhanko.sign.signers.pdf_byterange import SignatureObject
+
+    reader = _reader(pdf)
+    field_ref = _field_to_fill(stage, reader)
+    _check_reserved(template, bytes_reserved)
+    reserved = 2 * template.size  # hex digits
     try:
         writer = _UpdateWriter.from_reader(reader)
         writer.register_extension(constants.ESIC_EXTENSION_1)
@@ -248,6 +304,9 @@ def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
 
 def validation_context(trust_roots: list[x509.Certificate]) -> ValidationContext:
     """Trust only these roots, fetch nothing, and ask for no revocation data (B-B)."""
+    from pyhanko_certvalidator import ValidationContext
+    from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
+
     return ValidationContext(
         trust_roots=trust_roots,
         allow_fetching=False,
@@ -278,6 +337,8 @@ async def validate_pdf_async(
 
 
 async def _validate_one(sig: EmbeddedPdfSignature, context: ValidationContext) -> SignatureReport:
+    from pyhanko.sign.validation import async_validate_pdf_signature
+
     # pyHanko raises a variety of errors on malformed signatures (CMS parsing,
     # unsupported algorithms); each becomes a failed report, not a crash.
     try:
