@@ -99,7 +99,8 @@ class SigningPool:
     async def sign(self, job: SignJob) -> SignResult:
         authorize(job.key, self._hsm.token_label)
         request = worker.PdfJob(job.pdf, job.stage, job.key.key_label, self._bytes_reserved)
-        return await self._call(worker.sign_pdf, request)
+        signed = await self._call(worker.sign_pdf, request)
+        return signed.result(job.pdf)
 
     async def ping(self) -> None:
         """Raise HsmUnavailable unless a worker's session answers."""

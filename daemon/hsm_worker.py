@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 import pkcs11
@@ -29,6 +30,7 @@ from daemon.errors import (
     ConfigError,
     HocbaError,
     HsmUnavailable,
+    InternalError,
     UnknownSigner,
 )
 from daemon.pades import prepare_and_sign
@@ -49,6 +51,33 @@ class SignResult:
     signer_subject: str
     signed_at: datetime
     hsm_seconds: float
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What a worker sends back: only the bytes the signature appended.
+
+    A PAdES signature is an incremental update, so the signed PDF is the input plus
+    these bytes; the caller, which still holds the input, joins them. Half the
+    pickling and pipe traffic of sending the whole PDF back.
+    """
+
+    update: bytes = field(repr=False)
+    sha256: str
+    cert_serial: str
+    signer_subject: str
+    signed_at: datetime
+    hsm_seconds: float
+
+    def result(self, original: bytes) -> SignResult:
+        return SignResult(
+            original + self.update,
+            self.sha256,
+            self.cert_serial,
+            self.signer_subject,
+            self.signed_at,
+            self.hsm_seconds,
+        )
 
 
 def check_certificate(cert: x509.Certificate, now: datetime) -> None:
@@ -202,6 +231,14 @@ class _FastKey:
     template: SignedDataTemplate
     hsm_seconds: float = 0.0
 
+    @cached_property
+    def serial(self) -> str:
+        return format(self.cert.serial_number, "x")
+
+    @cached_property
+    def subject(self) -> str:
+        return str(self.cert.subject.native.get("common_name", ""))
+
     def raw_sign(self, data: bytes) -> bytes:
         started = time.perf_counter()
         try:
@@ -245,14 +282,13 @@ def certificate_der(label: str) -> bytes:
     return worker.run(dump)
 
 
-def sign_pdf(request: PdfJob) -> SignResult:
+def sign_pdf(request: PdfJob) -> Signed:
     worker = _current()
 
-    def sign(session: Any) -> SignResult:
+    def sign(session: Any) -> Signed:
         key = worker.key(session, request.key_label)
-        cert = key.cert
         now = datetime.now(UTC)
-        check_certificate(cert, now)
+        check_certificate(key.cert, now)
         key.hsm_seconds = 0.0
         pdf = prepare_and_sign(
             request.pdf,
@@ -262,11 +298,13 @@ def sign_pdf(request: PdfJob) -> SignResult:
             bytes_reserved=request.bytes_reserved,
             signing_time=now,
         )
-        return SignResult(
-            pdf=pdf,
+        if not pdf.startswith(request.pdf):
+            raise InternalError("The signed PDF does not extend the version it signed.")
+        return Signed(
+            update=pdf[len(request.pdf) :],
             sha256=hashlib.sha256(pdf).hexdigest(),
-            cert_serial=format(cert.serial_number, "x"),
-            signer_subject=str(cert.subject.native.get("common_name", "")),
+            cert_serial=key.serial,
+            signer_subject=key.subject,
             signed_at=now,
             hsm_seconds=key.hsm_seconds,
         )
