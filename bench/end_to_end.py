@@ -280,6 +280,8 @@ async def measure(
         "record_latency_ms": _percentiles_ms(driver.record_latency_s),
         "cpu_s_per_signature": round(cpu / max(signatures, 1), 5),
         "machine_cpu_s_per_signature": round(busy / max(signatures, 1), 5),
+        # 1.0 = every core busy for the whole run: CPU, not the HSM, is the limit.
+        "machine_cpu_utilisation": round(busy / ((os.cpu_count() or 1) * wall), 2),
         # Where the machine's CPU went, per signature: the daemons, the services they
         # use, and this driver (the school system's side: consents, requests).
         "cpu_s_per_signature_by_process": {
