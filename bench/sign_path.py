@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import statistics
 import time
 from typing import Any
 
@@ -13,14 +14,34 @@ from bench.environment import BenchEnv, Sample
 from daemon.hsm import SigningPool, SignJob
 from daemon.stages import ORDER
 
+Timings = dict[str, list[tuple[float, float]]]  # stage -> (worker s, HSM s) per signature
 
-async def _record(pool: SigningPool, env: BenchEnv, sample: Sample) -> list[bytes]:
+
+async def _record(
+    pool: SigningPool, env: BenchEnv, sample: Sample, timings: Timings | None = None
+) -> list[bytes]:
     pdf, versions = sample.pdf, []
     for stage in ORDER:
         result = await pool.sign(SignJob(pdf, stage, env.key(sample.school, stage)))
         pdf = result.pdf
         versions.append(pdf)
+        if timings is not None:
+            timings.setdefault(stage.value, []).append((result.worker_seconds, result.hsm_seconds))
     return versions
+
+
+def _per_stage(timings: Timings) -> dict[str, dict[str, float]]:
+    """Median milliseconds per signature in a worker, by stage: all, HSM, the rest."""
+    out = {}
+    for stage, pairs in timings.items():
+        worker = statistics.median(w for w, _ in pairs)
+        hsm = statistics.median(h for _, h in pairs)
+        out[stage] = {
+            "worker_ms": round(1000 * worker, 3),
+            "hsm_ms": round(1000 * hsm, 3),
+            "pdf_and_cms_ms": round(1000 * (worker - hsm), 3),
+        }
+    return out
 
 
 async def measure(
@@ -36,7 +57,8 @@ async def measure(
         await asyncio.gather(*(_record(pool, env, s) for s in warm))
         before = procs.TreeSample.of(os.getpid())
         busy, wall = procs.machine_busy_s(), time.perf_counter()
-        versions = await asyncio.gather(*(_record(pool, env, s) for s in records))
+        timings: Timings = {}
+        versions = await asyncio.gather(*(_record(pool, env, s, timings) for s in records))
         wall = time.perf_counter() - wall
         busy = procs.machine_busy_s() - busy
         after = procs.TreeSample.of(os.getpid())
@@ -61,5 +83,6 @@ async def measure(
         "cpu_s_per_signature_main": round(main_cpu / signatures, 5),
         "cpu_s_per_signature_hsm_workers": round((cpu - main_cpu) / signatures, 5),
         "machine_cpu_s_per_signature": round(busy / signatures, 5),
+        "median_ms_per_stage": _per_stage(timings),
     }
     return figures, [v[-1] for v in versions]
