@@ -140,7 +140,8 @@ class SigningPool:
                 # submit itself raises BrokenProcessPool once a worker has died.
                 call = loop.run_in_executor(executor, fn, *args)
                 with HSM_SESSIONS_IN_USE.track_inprogress():
-                    return await asyncio.wait_for(call, self._hsm.op_timeout_s)
+                    async with asyncio.timeout(self._hsm.op_timeout_s):
+                        return await call
             except HsmUnavailable:
                 HSM_ERRORS.labels("token").inc()
                 raise
