@@ -9,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from daemon.errors import HocbaError
 
@@ -139,6 +140,33 @@ async def _package(args: argparse.Namespace) -> int:
     return 0 if state in (None, "built", "accepted") else 1
 
 
+async def _package_list(args: argparse.Namespace) -> int:
+    from daemon import package_cli
+    from daemon.packages import PackageState
+
+    result = await package_cli.listing(_settings(args), PackageState(args.state), args.school)
+    _print(result, args.json)
+    return 0
+
+
+async def _package_resume(args: argparse.Namespace) -> int:
+    from daemon import package_cli
+
+    result = await package_cli.resume(
+        _settings(args), args.package_id, args.reason, follow=args.follow
+    )
+    _print(result, args.json)
+    return 1 if result["state"] in ("rejected", "attention") else 0
+
+
+async def _package_reject(args: argparse.Namespace) -> int:
+    from daemon import package_cli
+
+    result = await package_cli.reject(_settings(args), args.package_id, args.reason)
+    _print(result, args.json)
+    return 0
+
+
 async def _mock_ministry(args: argparse.Namespace) -> int:
     from daemon import app, ministry_sim, package_cli
 
@@ -243,6 +271,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--submit", action="store_true", help="submit and follow to the verdict")
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_package)
+    _operator_parsers(sub)
 
     _mock_ministry_parser(sub)
 
@@ -257,6 +286,37 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_verify)
     return parser
+
+
+def _operator_parsers(sub: Any) -> None:
+    """What an operator does with packages, beside `package` (whose options stay as they are)."""
+    cmd = sub.add_parser("package-list", help="list packages in a state (default: attention)")
+    cmd.add_argument(
+        "--state",
+        default="attention",
+        choices=["building", "built", "submitting", "submitted", "accepted", "rejected",
+                 "attention"],
+    )  # fmt: skip
+    cmd.add_argument("--school")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_package_list)
+
+    cmd = sub.add_parser(
+        "package-resume", help="send a package in attention to the ministry again (same key)"
+    )
+    cmd.add_argument("package_id", type=UUID, metavar="PACKAGE_ID")
+    cmd.add_argument("--reason", help="why, for the audit trail")
+    cmd.add_argument("--follow", action="store_true", help="submit and follow to the verdict")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_package_resume)
+
+    cmd = sub.add_parser(
+        "package-reject", help="give up a package in attention; its records are packaged again"
+    )
+    cmd.add_argument("package_id", type=UUID, metavar="PACKAGE_ID")
+    cmd.add_argument("--reason", required=True, help="why, told to the school system")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_package_reject)
 
 
 def _mock_ministry_parser(sub: Any) -> None:

@@ -1,4 +1,13 @@
-"""`hocba-signer package` and `hocba-signer mock-ministry`: packages from the command line."""
+"""`hocba-signer package`, the operator's `package-list`, `package-resume` and
+`package-reject`, and `hocba-signer mock-ministry`: packages from the command line.
+
+An operator acts only on a package in `attention` (the ministry kept losing its
+receipt): resuming sends it back to `submitting` under the same Idempotency-Key, its
+lost receipts counted from zero again; rejecting ends it as a ministry rejection does,
+its records released for the next package. Each action is a compare-and-set on the
+state, a `submission_attempts` row of kind `operator` and an audit trail entry, in one
+transaction.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +17,28 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import aiohttp
+import asyncpg
 from pydantic import SecretStr
 
 from daemon import app, ministry_sim, packages, pades
-from daemon.errors import ConfigError
-from daemon.packages import Package
+from daemon.database import Database
+from daemon.errors import ConfigError, PermanentError
+from daemon.messages import Reason
+from daemon.packages import Package, PackageState
 from daemon.packaging import Packager
+from daemon.pipeline import now
 from daemon.settings import Settings, read_secret
 from daemon.store import FileStore
-from daemon.submission import Submitter
+from daemon.submission import REASON_MESSAGE_CHARS, Submitter
 from producers.ministry import MinistryClient
 
 log = logging.getLogger(__name__)
+
+# The reason code of the `rejected_by_ministry` events of a package an operator rejected.
+OPERATOR_REJECTED = "rejected_by_operator"
 
 
 async def package(
@@ -42,6 +59,115 @@ async def package(
             built = await Submitter(db, ministry, settings.ministry).follow(built)
         async with db.connection() as conn:
             return describe(await packages.get(conn, built.package_id))
+
+
+async def listing(settings: Settings, state: PackageState, school_id: str | None) -> dict[str, Any]:
+    """The packages in `state` (of one school, if given), as `describe` shows them."""
+    async with contextlib.AsyncExitStack() as stack:
+        db = await _database(stack, settings)
+        async with db.connection() as conn:
+            found = await packages.in_state(conn, state, school_id)
+        return {"packages": [describe(p) for p in found]}
+
+
+async def resume(
+    settings: Settings, package_id: UUID, note: str | None, *, follow: bool
+) -> dict[str, Any]:
+    """Resume a package in `attention`; with `follow`, take it to the ministry's verdict."""
+    async with contextlib.AsyncExitStack() as stack:
+        db = await _database(stack, settings)
+        package = await resume_package(db, package_id, note)
+        if follow:
+            client = await stack.enter_async_context(aiohttp.ClientSession())
+            ministry = MinistryClient(client, settings.ministry)
+            package = await Submitter(db, ministry, settings.ministry).follow(package)
+        return describe(package)
+
+
+async def reject(settings: Settings, package_id: UUID, reason: str) -> dict[str, Any]:
+    """Reject a package in `attention`; its records go into the next package."""
+    async with contextlib.AsyncExitStack() as stack:
+        db = await _database(stack, settings)
+        return describe(await reject_package(db, package_id, reason))
+
+
+async def resume_package(db: Database, package_id: UUID, note: str | None) -> Package:
+    """Back to `submitting` (the same Idempotency-Key); lost receipts count from zero."""
+    async with db.transaction() as conn:
+        package = await _in_attention(conn, package_id, "resumed")
+        package = await packages.move(
+            conn, package, PackageState.SUBMITTING, came_from=(PackageState.ATTENTION,)
+        )
+        await _record(conn, package, "resumed", note)
+    log.warning(
+        "Package %s resumed by an operator: back to submitting under the same Idempotency-Key.",
+        package_id,
+    )
+    return package
+
+
+async def reject_package(db: Database, package_id: UUID, reason: str) -> Package:
+    """To `rejected` as a ministry rejection: records released, told `rejected_by_ministry`."""
+    reason = reason.strip()
+    if not reason:
+        raise PermanentError("Give the reason for rejecting the package (--reason).")
+    message = reason[:REASON_MESSAGE_CHARS]
+    async with db.transaction() as conn:
+        package = await _in_attention(conn, package_id, "rejected")
+        package = await packages.finish(
+            conn,
+            package,
+            PackageState.REJECTED,
+            [{"code": OPERATOR_REJECTED, "message": message}],
+            0,
+            now(),
+            reason=Reason(code=OPERATOR_REJECTED, message=message),
+            came_from=(PackageState.ATTENTION,),
+        )
+        await _record(conn, package, "rejected", message)
+    log.warning(
+        "Package %s rejected by an operator: its %d records may go into the next package.",
+        package_id,
+        package.record_count,
+    )
+    return package
+
+
+async def _in_attention(conn: asyncpg.Connection, package_id: UUID, done: str) -> Package:
+    try:
+        package = await packages.get(conn, package_id)
+    except KeyError:
+        raise PermanentError(f"No package {package_id}.") from None
+    if package.state is not PackageState.ATTENTION:
+        raise PermanentError(
+            f"Package {package_id} is {package.state.value}: only a package in attention "
+            f"can be {done}."
+        )
+    return package
+
+
+async def _record(
+    conn: asyncpg.Connection, package: Package, outcome: str, text: str | None
+) -> None:
+    """The operator's action in the submission history and the audit trail."""
+    await packages.record_attempt(
+        conn, package.package_id, "operator", outcome, receipt_id=package.receipt_id, detail=text
+    )
+    detail = {
+        "from": PackageState.ATTENTION.value,
+        "to": package.state.value,
+        "receipt_id": package.receipt_id,
+        "reason": text,
+    }
+    await packages.audit(conn, package, f"package_{outcome}_by_operator", detail)
+
+
+async def _database(stack: contextlib.AsyncExitStack, settings: Settings) -> Database:
+    """The database pool alone: operator commands need no HSM."""
+    db = Database(settings.database)
+    await db.open()
+    stack.push_async_callback(db.close)
+    return db
 
 
 def describe(package: Package) -> dict[str, Any]:

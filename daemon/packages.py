@@ -7,6 +7,7 @@ it comes from, so two instances racing on one package cannot both move it.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,8 @@ class PackageState(StrEnum):
     SUBMITTED = "submitted"
     ACCEPTED = "accepted"
     REJECTED = "rejected"
-    # Given up on: the ministry kept losing its receipt. Not resumed; for an operator.
+    # Given up on: the ministry kept losing its receipt. Not resumed until an operator
+    # says so (`package-resume`, back to submitting; or `package-reject`).
     ATTENTION = "attention"
 
 
@@ -183,6 +185,33 @@ async def move(
     return _package(row)
 
 
+async def finish(
+    conn: asyncpg.Connection,
+    package: Package,
+    state: PackageState,
+    errors: list[Any],
+    accepted_records: int,
+    at: datetime,
+    *,
+    reason: Reason | None = None,
+    came_from: tuple[PackageState, ...],
+) -> Package:
+    """Accept or reject the package and tell its records; a rejection releases them."""
+    package = await move(
+        conn,
+        package,
+        state,
+        {"accepted_records": accepted_records, "errors": json.dumps(errors, ensure_ascii=False)},
+        came_from=came_from,
+    )
+    if state is PackageState.REJECTED:
+        await release_records(conn, package)
+        await tell_records(conn, package, State.REJECTED_BY_MINISTRY, at, reason)
+    else:
+        await tell_records(conn, package, State.ACCEPTED_BY_MINISTRY, at)
+    return package
+
+
 async def tell_records(
     conn: asyncpg.Connection,
     package: Package,
@@ -258,13 +287,43 @@ async def record_attempt(
 
 
 async def lost_receipts(conn: asyncpg.Connection, package_id: UUID) -> int:
-    """How many times polling found the package's receipt unknown (404) at the ministry."""
+    """How many times polling found the package's receipt unknown (404) at the ministry,
+    since an operator last resumed it."""
     count = await conn.fetchval(
         """SELECT count(*) FROM submission_attempts
-           WHERE package_id = $1 AND kind = 'poll' AND outcome = 'lost'""",
+           WHERE package_id = $1 AND kind = 'poll' AND outcome = 'lost'
+                 AND id > coalesce((SELECT max(id) FROM submission_attempts
+                                    WHERE package_id = $1 AND kind = 'operator'
+                                          AND outcome = 'resumed'), 0)""",
         package_id,
     )
     return int(count)
+
+
+async def audit(
+    conn: asyncpg.Connection, package: Package, action: str, detail: dict[str, Any]
+) -> None:
+    """One audit trail entry about the package as a whole (not one of its records)."""
+    await conn.execute(
+        "INSERT INTO audit_log (school_id, action, detail) VALUES ($1, $2, $3)",
+        package.school_id,
+        action,
+        json.dumps({"package_id": str(package.package_id), **detail}, ensure_ascii=False),
+    )
+
+
+async def in_state(
+    conn: asyncpg.Connection, state: PackageState, school_id: str | None = None
+) -> list[Package]:
+    """The packages in `state` (of one school, if given), oldest first."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM packages
+            WHERE state = $1 AND ($2::text IS NULL OR school_id = $2)
+            ORDER BY created_at""",
+        state.value,
+        school_id,
+    )
+    return [_package(r) for r in rows]
 
 
 async def unfinished(conn: asyncpg.Connection) -> list[Package]:

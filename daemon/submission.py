@@ -7,8 +7,10 @@ whatever state it finds. A package half-submitted before a crash is sent again w
 the same key and gets the same receipt: never a second submission. A receipt the
 ministry answers 404 for sends the package back to `submitting` under the same key
 (same receipt if the ministry still has it, a new one if it lost it); after
-`max_receipt_resends` such losses it stops in `attention`, no longer resumed. Only
-one instance follows a package at a time (a session advisory lock).
+`max_receipt_resends` such losses it stops in `attention`, no longer resumed until an
+operator resumes it (`hocba-signer package-resume`: back to `submitting`, losses
+counted from zero) or rejects it (`package-reject`). Only one instance follows a
+package at a time (a session advisory lock).
 """
 
 from __future__ import annotations
@@ -168,7 +170,8 @@ class Submitter:
 
         The same Idempotency-Key gets the same receipt if the ministry still has the
         package, a new one if it lost it; either way never a second package. After
-        `max_receipt_resends` such resends the package stops in `attention`.
+        `max_receipt_resends` such resends (since an operator last resumed it) the
+        package stops in `attention`.
         """
         latency = _observe("poll", "lost", started)
         async with self.db.transaction() as conn:
@@ -219,22 +222,18 @@ class Submitter:
         self, package: Package, state: PackageState, errors: list[Any], accepted: int
     ) -> Package:
         rejected = state is PackageState.REJECTED
+        reason = Reason(code="ministry_rejected", message=_summary(errors)) if rejected else None
         async with self.db.transaction() as conn:
-            package = await packages.move(
+            package = await packages.finish(
                 conn,
                 package,
                 state,
-                {"accepted_records": accepted, "errors": json.dumps(errors, ensure_ascii=False)},
+                errors,
+                accepted,
+                now(),
+                reason=reason,
                 came_from=(PackageState.SUBMITTING, PackageState.SUBMITTED),
             )
-            if rejected:
-                await packages.release_records(conn, package)
-                reason = Reason(code="ministry_rejected", message=_summary(errors))
-                await packages.tell_records(
-                    conn, package, State.REJECTED_BY_MINISTRY, now(), reason
-                )
-            else:
-                await packages.tell_records(conn, package, State.ACCEPTED_BY_MINISTRY, now())
         PACKAGES_FINISHED.labels(package.school_id, state.value).inc()
         log.info("Package %s %s by the ministry.", package.package_id, state.value)
         return package
