@@ -2,16 +2,19 @@
 
 The first stage creates all three signature fields in one incremental update, so the
 seal's lock is in the document from the start, and certifies the document for form
-filling; the later stages only fill their field, which daemon/incremental.py does
-without pyHanko. This module knows nothing about the HSM: it signs with a CMS
-template (daemon/cms.py) and any raw-signing function, and blocks, so call it from a
-worker. pyHanko's signing and validation modules are imported where they are used:
-importing this module, or filling a field, loads neither.
+filling; the later stages only fill their field. daemon/certification.py and
+daemon/incremental.py write those updates without pyHanko; pyHanko writes what they
+do not expect. This module knows nothing about the HSM: it signs with a CMS template
+(daemon/cms.py) and any raw-signing function, and blocks, so call it from a worker.
+pyHanko is imported where it is used: importing this module, or signing on the fast
+paths, loads none of it, which keeps each HSM worker process tens of MB smaller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,18 +24,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asn1crypto import pem, x509
-from pyhanko.pdf_utils import generic
-from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
-from pyhanko.pdf_utils.misc import PdfError
-from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.pdf_utils.rw_common import PdfHandler
 
-from daemon import incremental
+from daemon.certification import prepare_certification
 from daemon.cms import RawSign, SignedDataTemplate
 from daemon.errors import ConfigError, NotAPdf
+from daemon.incremental import PreparedSignature, SignedPdf, prepare_signature
+from daemon.pdfsyntax import Unsupported
 from daemon.stages import FIELD_NAMES, Stage
 
 if TYPE_CHECKING:
+    from pyhanko.pdf_utils import generic
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.pdf_utils.rw_common import PdfHandler
     from pyhanko.sign.fields import SigFieldSpec
     from pyhanko.sign.signers.cms_embedder import SigMDPSetup
     from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
@@ -42,10 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PDF_MAGIC = b"%PDF-"
-# What pyHanko's parser raises on hostile or broken input, found by fuzzing
-# mutated PDFs: its own errors and a handful of built-in ones (even assertions).
-_PARSE_ERRORS = (
-    PdfError,
+_BUILTIN_PARSE_ERRORS = (
     ValueError,
     KeyError,
     TypeError,
@@ -54,6 +55,18 @@ _PARSE_ERRORS = (
     AssertionError,
     RecursionError,
 )
+
+
+def _parse_errors() -> tuple[type[Exception], ...]:
+    """What pyHanko's parser raises on hostile or broken input, found by fuzzing.
+
+    Its own errors and a handful of built-in ones (even assertions). A function, so
+    that pyHanko is imported only where it is used: a worker signing on the fast
+    paths never loads it.
+    """
+    from pyhanko.pdf_utils.misc import PdfError
+
+    return (PdfError, *_BUILTIN_PARSE_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -93,11 +106,13 @@ def _field_specs() -> list[SigFieldSpec]:
 def _reader(pdf: bytes) -> PdfFileReader:
     if not pdf.startswith(PDF_MAGIC):
         raise NotAPdf("The document does not start with %PDF-.")
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
     try:
         reader = PdfFileReader(BytesIO(pdf), strict=False)
         # Touching the page tree makes a broken trailer or catalogue fail here.
         pages = int(reader.root["/Pages"]["/Count"])
-    except _PARSE_ERRORS as exc:
+    except _parse_errors() as exc:
         raise NotAPdf(f"The document cannot be parsed as a PDF: {exc}") from exc
     if reader.encrypted:
         raise NotAPdf("The document is encrypted.")
@@ -115,7 +130,7 @@ def _fields(reader: PdfFileReader) -> dict[str, bool]:
             name: value is not None
             for name, value, _ in enumerate_sig_fields(reader, filled_status=None)
         }
-    except _PARSE_ERRORS as exc:
+    except _parse_errors() as exc:
         raise NotAPdf(f"The document's form cannot be read: {exc}") from exc
 
 
@@ -147,7 +162,7 @@ def _sig_fields(pdf: PdfHandler) -> dict[str, generic.IndirectObject]:
             if "/FT" in field and field["/FT"] == "/Sig" and "/T" in field:
                 fields[str(field["/T"])] = ref
         return fields
-    except _PARSE_ERRORS as exc:
+    except _parse_errors() as exc:
         raise NotAPdf(f"The document's form cannot be read: {exc}") from exc
 
 
@@ -166,16 +181,22 @@ def _field_to_fill(stage: Stage, reader: PdfFileReader) -> generic.IndirectObjec
     return ref
 
 
-class _UpdateWriter(IncrementalPdfFileWriter):
+@functools.cache
+def _update_writer() -> type[IncrementalPdfFileWriter]:
     """An incremental writer that leaves the document information dictionary alone.
 
     pyHanko rewrites /Info (ModDate, Producer) in every revision, which costs a
     parse and a write per signature and tells a reader nothing the signature's /M
-    does not; validators accept either.
+    does not; validators accept either. The class is made on first use, so that
+    importing this module does not import pyHanko.
     """
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
-    def _update_meta(self) -> None:
-        pass
+    class UpdateWriter(IncrementalPdfFileWriter):
+        def _update_meta(self) -> None:
+            pass
+
+    return UpdateWriter
 
 
 def _mdp_setup(stage: Stage) -> SigMDPSetup:
@@ -204,27 +225,57 @@ def prepare_and_sign(
 
     The update is what pyHanko's PdfSigner would write (fields, DocMDP/FieldMDP
     references, byte range); the CMS comes from the signer's template, whose size is
-    exact, so nothing is estimated. The later stages fill their field with
-    daemon/incremental.py, reading only the objects they change; pyHanko writes the
-    first stage, whose input is any school's PDF, and any document that module
-    does not expect, refusing it if it must.
+    exact, so nothing is estimated. daemon/certification.py writes the first stage
+    and daemon/incremental.py the later ones, reading only the objects they change;
+    pyHanko writes any document those modules do not expect, refusing it if it must.
     """
-    if stage is not Stage.HOMEROOM_TEACHER:
-        try:
-            prepared = incremental.prepare_signature(
-                pdf,
-                stage.field_name,
-                contents_bytes=template.size,
-                signing_time=signing_time,
-                lock_fields=stage is Stage.SCHOOL_SEAL,
-            )
-        except incremental.Unsupported as exc:
-            log.debug("Signing stage %s with pyHanko: %s", stage.value, exc)
-        else:
-            _check_reserved(template, bytes_reserved)
-            return prepared.complete(_cms(template, prepared.document_digest, raw_sign))
-    return _prepare_and_sign_pyhanko(
+    signed = prepare_and_sign_with_sha256(
         pdf, stage, template, raw_sign, bytes_reserved=bytes_reserved, signing_time=signing_time
+    )
+    return signed.pdf
+
+
+def prepare_and_sign_with_sha256(
+    pdf: bytes,
+    stage: Stage,
+    template: SignedDataTemplate,
+    raw_sign: RawSign,
+    *,
+    bytes_reserved: int,
+    signing_time: datetime,
+) -> SignedPdf:
+    """`prepare_and_sign`, with the SHA-256 of the signed PDF.
+
+    The fast paths have hashed all but the signature's last few kilobytes by then;
+    the pyHanko path hashes its output.
+    """
+    try:
+        prepared = _prepare_fast(pdf, stage, template.size, signing_time)
+    except Unsupported as exc:
+        log.debug("Signing stage %s with pyHanko: %s", stage.value, exc)
+    else:
+        _check_reserved(template, bytes_reserved)
+        return prepared.signed(_cms(template, prepared.document_digest, raw_sign))
+    signed = _prepare_and_sign_pyhanko(
+        pdf, stage, template, raw_sign, bytes_reserved=bytes_reserved, signing_time=signing_time
+    )
+    return SignedPdf(signed, hashlib.sha256(signed).digest())
+
+
+def _prepare_fast(
+    pdf: bytes, stage: Stage, contents_bytes: int, signing_time: datetime
+) -> PreparedSignature:
+    """The update as pyHanko would write it, by daemon/certification.py or incremental.py."""
+    if stage is Stage.HOMEROOM_TEACHER:
+        return prepare_certification(
+            pdf, FIELD_NAMES, contents_bytes=contents_bytes, signing_time=signing_time
+        )
+    return prepare_signature(
+        pdf,
+        stage.field_name,
+        contents_bytes=contents_bytes,
+        signing_time=signing_time,
+        lock_fields=stage is Stage.SCHOOL_SEAL,
     )
 
 
@@ -243,7 +294,7 @@ def _cms(template: SignedDataTemplate, document_digest: bytes, raw_sign: RawSign
     """
     try:
         return template.sign(document_digest, raw_sign)
-    except _PARSE_ERRORS as exc:
+    except _parse_errors() as exc:
         raise NotAPdf(f"The document cannot be signed: {exc}") from exc
 
 
@@ -266,7 +317,7 @@ def _prepare_and_sign_pyhanko(
     _check_reserved(template, bytes_reserved)
     reserved = 2 * template.size  # hex digits
     try:
-        writer = _UpdateWriter.from_reader(reader)
+        writer = _update_writer().from_reader(reader)
         writer.register_extension(constants.ESIC_EXTENSION_1)
         if field_ref is None:
             for spec in _field_specs():
@@ -282,7 +333,7 @@ def _prepare_and_sign_pyhanko(
         filling = signature.fill(writer, "sha256")
         prepared, output = next(filling)
         filling.send(template.sign(prepared.document_digest, raw_sign))
-    except _PARSE_ERRORS as exc:  # SigningError is a ValueError
+    except _parse_errors() as exc:  # SigningError is a ValueError
         raise NotAPdf(f"The document cannot be signed: {exc}") from exc
     assert isinstance(output, BytesIO)  # fill() without an output writes a new BytesIO
     return output.getvalue()
@@ -328,7 +379,7 @@ async def validate_pdf_async(
     reader = _reader(pdf)
     try:
         signatures = reader.embedded_signatures
-    except _PARSE_ERRORS as exc:
+    except _parse_errors() as exc:
         raise NotAPdf(f"The document's signatures cannot be read: {exc}") from exc
     if expected is not None and len(signatures) != expected:
         raise NotAPdf(f"Expected {expected} signatures, found {len(signatures)}.")
