@@ -9,7 +9,6 @@ stays a few tens of MB instead of carrying the daemon's whole import graph.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -33,7 +32,7 @@ from daemon.errors import (
     InternalError,
     UnknownSigner,
 )
-from daemon.pades import prepare_and_sign
+from daemon.pades import prepare_and_sign_with_sha256
 from daemon.stages import Stage
 
 # Certificate objects with this label are the chain embedded in every signature.
@@ -294,7 +293,7 @@ def sign_pdf(request: PdfJob) -> Signed:
         check_certificate(key.cert, now)
         key.hsm_seconds = 0.0
         started = time.perf_counter()
-        pdf = prepare_and_sign(
+        signed = prepare_and_sign_with_sha256(
             request.pdf,
             request.stage,
             key.template,
@@ -302,11 +301,12 @@ def sign_pdf(request: PdfJob) -> Signed:
             bytes_reserved=request.bytes_reserved,
             signing_time=now,
         )
+        pdf = signed.pdf
         if not pdf.startswith(request.pdf):
             raise InternalError("The signed PDF does not extend the version it signed.")
         return Signed(
             update=pdf[len(request.pdf) :],
-            sha256=hashlib.sha256(pdf).hexdigest(),
+            sha256=signed.sha256.hex(),
             cert_serial=key.serial,
             signer_subject=key.subject,
             signed_at=now,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
 import os
 import signal
@@ -43,7 +44,8 @@ async def test_sign_reports_signer_and_digest(
     assert result.cert_serial == provisioned.cert_serial
     assert result.signer_subject == "Giao vien 0001"
     assert 0 < result.hsm_seconds < 5
-    assert len(result.sha256) == 64
+    assert result.sha256 == hashlib.sha256(result.pdf).hexdigest()
+    assert result.pdf.startswith(homeroom_pdf)
     cert = await pool.certificate(key)
     assert format(cert.serial_number, "x") == provisioned.cert_serial
 
