@@ -18,7 +18,7 @@ from pathlib import Path
 
 from asn1crypto import x509
 
-from daemon import devenv, pades
+from daemon import devenv, validation
 from daemon.hsm import KeyRef
 from daemon.messages import RecordInfo
 from daemon.stages import Stage
@@ -40,7 +40,7 @@ class BenchEnv:
 
     @property
     def trust_roots(self) -> list[x509.Certificate]:
-        return pades.load_certificates(self.dev.settings.signing.trust_roots)
+        return validation.load_certificates(self.dev.settings.signing.trust_roots)
 
     def key(self, school: str, stage: Stage) -> KeyRef:
         signer = self.dev.signer_for(school, stage.value)

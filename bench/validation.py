@@ -7,7 +7,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from daemon import pades
+from daemon import validation
 
 EXPECTED_LEVELS = ["FORM_FILLING", "FORM_FILLING", "NONE"]
 
@@ -15,7 +15,7 @@ EXPECTED_LEVELS = ["FORM_FILLING", "FORM_FILLING", "NONE"]
 def _check(pdf: bytes, roots: list[Path]) -> str | None:
     """None if the issued PDF is a valid, locked three-signature record; else why not."""
     try:
-        reports = pades.validate_pdf(pdf, pades.load_certificates(roots), expected=3)
+        reports = validation.validate_pdf(pdf, validation.load_certificates(roots), expected=3)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     if not all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports):

@@ -27,7 +27,7 @@ from typing import Any
 import aio_pika
 from pydantic import SecretStr
 
-from daemon import app, devenv, ministry_sim, pades, topology
+from daemon import app, devenv, ministry_sim, topology, validation
 from daemon.messages import RecordInfo
 from daemon.package_runner import PackageRunner
 from daemon.packages import Package, PackageState
@@ -220,5 +220,5 @@ def _validate_all(paths: list[Path], roots: list[Path]) -> int:
 
 
 def _valid_signatures(path: Path, roots: list[Path]) -> int:
-    reports = pades.validate_pdf(path.read_bytes(), pades.load_certificates(roots))
+    reports = validation.validate_pdf(path.read_bytes(), validation.load_certificates(roots))
     return sum(1 for r in reports if r.bottom_line)

@@ -40,7 +40,7 @@ from aiohttp import web
 from asn1crypto import x509
 from pydantic import SecretStr
 
-from daemon import package_check, pades
+from daemon import package_check, validation
 from daemon.asice import MIMETYPE
 from daemon.package_check import PackageReport
 
@@ -359,7 +359,7 @@ async def running(
     token: SecretStr, trust_roots: list[Path], store_dir: Path, faults: Faults = Faults()
 ) -> AsyncIterator[str]:
     """A simulator on a free local port, for the demo; yields its base URL."""
-    roots = pades.load_certificates(trust_roots)
+    roots = validation.load_certificates(trust_roots)
     runner = await serve(MinistrySimulator(token, roots, store_dir, faults), "127.0.0.1", 0)
     try:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"

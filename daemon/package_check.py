@@ -22,7 +22,7 @@ from xml.etree import ElementTree
 from asn1crypto import cms, x509
 from pyhanko.sign.validation import async_validate_detached_cms
 
-from daemon import asice, pades
+from daemon import asice, validation
 from daemon.stages import FIELD_NAMES
 
 _REQUIRED_ATTRS = ("content_type", "message_digest", "signing_time", "signing_certificate_v2")
@@ -197,7 +197,9 @@ def _check_cades(
     try:
         status = asyncio.run(
             async_validate_detached_cms(
-                manifest, signed_data, signer_validation_context=pades.validation_context(roots)
+                manifest,
+                signed_data,
+                signer_validation_context=validation.validation_context(roots),
             )
         )
     except Exception as exc:  # pyHanko raises many types on malformed CMS
@@ -265,7 +267,7 @@ def _check_pdf(
 ) -> None:
     entry = f"records/{record_id}.pdf"
     try:
-        signatures = pades.validate_pdf(pdf, roots)
+        signatures = validation.validate_pdf(pdf, roots)
     except Exception as exc:  # a PDF hostile enough to break the validator is invalid
         report.add("pdf_invalid", f"{entry}: cannot be validated: {exc}.")
         return

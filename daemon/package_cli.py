@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 from pydantic import SecretStr
 
-from daemon import app, ministry_sim, packages, pades
+from daemon import app, ministry_sim, packages, validation
 from daemon.database import Database
 from daemon.errors import ConfigError, PermanentError
 from daemon.messages import Reason
@@ -207,7 +207,7 @@ def simulator_token(token_file: Path | None, settings: Settings | None) -> Secre
 
 
 async def mock_ministry(options: SimulatorOptions, stop: asyncio.Event) -> None:
-    roots = pades.load_certificates(options.trust_roots)
+    roots = validation.load_certificates(options.trust_roots)
     if not roots:
         raise ConfigError("The simulator needs at least one trust root (--trust-root).")
     sim = ministry_sim.MinistrySimulator(options.token, roots, options.store_dir, options.faults)

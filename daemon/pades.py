@@ -12,18 +12,12 @@ paths, loads none of it, which keeps each HSM worker process tens of MB smaller.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from io import BytesIO
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-from asn1crypto import pem, x509
 
 from daemon.certification import prepare_certification
 from daemon.cms import RawSign, SignedDataTemplate
@@ -39,9 +33,6 @@ if TYPE_CHECKING:
     from pyhanko.pdf_utils.rw_common import PdfHandler
     from pyhanko.sign.fields import SigFieldSpec
     from pyhanko.sign.signers.cms_embedder import SigMDPSetup
-    from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
-    from pyhanko.sign.validation.status import PdfSignatureStatus
-    from pyhanko_certvalidator import ValidationContext
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +48,7 @@ _BUILTIN_PARSE_ERRORS = (
 )
 
 
-def _parse_errors() -> tuple[type[Exception], ...]:
+def parse_errors() -> tuple[type[Exception], ...]:
     """What pyHanko's parser raises on hostile or broken input, found by fuzzing.
 
     Its own errors and a handful of built-in ones (even assertions). A function, so
@@ -67,26 +58,6 @@ def _parse_errors() -> tuple[type[Exception], ...]:
     from pyhanko.pdf_utils.misc import PdfError
 
     return (PdfError, *_BUILTIN_PARSE_ERRORS)
-
-
-@dataclass(frozen=True)
-class SignatureReport:
-    """What a verifier needs to know about one embedded signature."""
-
-    field_name: str
-    signer_subject: str
-    cert_serial: str
-    signing_time: datetime | None
-    intact: bool
-    valid: bool
-    trusted: bool
-    docmdp_level: str | None
-    modification_level: str | None
-    docmdp_ok: bool | None
-    coverage: str | None
-    bottom_line: bool
-    summary: str
-    error: str | None = None
 
 
 def _field_specs() -> list[SigFieldSpec]:
@@ -103,7 +74,7 @@ def _field_specs() -> list[SigFieldSpec]:
     return [SigFieldSpec(gvcn), SigFieldSpec(hieu_truong), seal]
 
 
-def _reader(pdf: bytes) -> PdfFileReader:
+def read_pdf(pdf: bytes) -> PdfFileReader:
     if not pdf.startswith(PDF_MAGIC):
         raise NotAPdf("The document does not start with %PDF-.")
     from pyhanko.pdf_utils.reader import PdfFileReader
@@ -112,7 +83,7 @@ def _reader(pdf: bytes) -> PdfFileReader:
         reader = PdfFileReader(BytesIO(pdf), strict=False)
         # Touching the page tree makes a broken trailer or catalogue fail here.
         pages = int(reader.root["/Pages"]["/Count"])
-    except _parse_errors() as exc:
+    except parse_errors() as exc:
         raise NotAPdf(f"The document cannot be parsed as a PDF: {exc}") from exc
     if reader.encrypted:
         raise NotAPdf("The document is encrypted.")
@@ -130,7 +101,7 @@ def _fields(reader: PdfFileReader) -> dict[str, bool]:
             name: value is not None
             for name, value, _ in enumerate_sig_fields(reader, filled_status=None)
         }
-    except _parse_errors() as exc:
+    except parse_errors() as exc:
         raise NotAPdf(f"The document's form cannot be read: {exc}") from exc
 
 
@@ -138,7 +109,7 @@ def inspect_pdf(pdf: bytes, max_bytes: int) -> None:
     """Accept a homeroom teacher's unsigned PDF, or raise NotAPdf saying why not."""
     if len(pdf) > max_bytes:
         raise NotAPdf(f"The document has {len(pdf)} bytes; the limit is {max_bytes}.")
-    reader = _reader(pdf)
+    reader = read_pdf(pdf)
     fields = _fields(reader)
     if any(fields.values()) or reader.embedded_signatures:
         raise NotAPdf("The document is already signed.")
@@ -162,7 +133,7 @@ def _sig_fields(pdf: PdfHandler) -> dict[str, generic.IndirectObject]:
             if "/FT" in field and field["/FT"] == "/Sig" and "/T" in field:
                 fields[str(field["/T"])] = ref
         return fields
-    except _parse_errors() as exc:
+    except parse_errors() as exc:
         raise NotAPdf(f"The document's form cannot be read: {exc}") from exc
 
 
@@ -294,7 +265,7 @@ def _cms(template: SignedDataTemplate, document_digest: bytes, raw_sign: RawSign
     """
     try:
         return template.sign(document_digest, raw_sign)
-    except _parse_errors() as exc:
+    except parse_errors() as exc:
         raise NotAPdf(f"The document cannot be signed: {exc}") from exc
 
 
@@ -312,7 +283,7 @@ def _prepare_and_sign_pyhanko(
     from pyhanko.sign.signers import constants
     from pyhanko.sign.signers.pdf_byterange import SignatureObject
 
-    reader = _reader(pdf)
+    reader = read_pdf(pdf)
     field_ref = _field_to_fill(stage, reader)
     _check_reserved(template, bytes_reserved)
     reserved = 2 * template.size  # hex digits
@@ -333,119 +304,7 @@ def _prepare_and_sign_pyhanko(
         filling = signature.fill(writer, "sha256")
         prepared, output = next(filling)
         filling.send(template.sign(prepared.document_digest, raw_sign))
-    except _parse_errors() as exc:  # SigningError is a ValueError
+    except parse_errors() as exc:  # SigningError is a ValueError
         raise NotAPdf(f"The document cannot be signed: {exc}") from exc
     assert isinstance(output, BytesIO)  # fill() without an output writes a new BytesIO
     return output.getvalue()
-
-
-def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
-    """Certificates from PEM or DER files, e.g. the configured trust roots."""
-    certs: list[x509.Certificate] = []
-    for path in paths:
-        data = path.read_bytes()
-        if pem.detect(data):
-            certs.extend(
-                x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)
-            )
-        else:
-            certs.append(x509.Certificate.load(data))
-    return certs
-
-
-def validation_context(trust_roots: list[x509.Certificate]) -> ValidationContext:
-    """Trust only these roots, fetch nothing, and ask for no revocation data (B-B)."""
-    from pyhanko_certvalidator import ValidationContext
-    from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
-
-    return ValidationContext(
-        trust_roots=trust_roots,
-        allow_fetching=False,
-        revinfo_policy=CertRevTrustPolicy(NO_REVOCATION),
-    )
-
-
-def validate_pdf(
-    pdf: bytes, trust_roots: list[x509.Certificate], *, expected: int | None = None
-) -> list[SignatureReport]:
-    """A report per embedded signature; blocks, so not for the event loop."""
-    return asyncio.run(validate_pdf_async(pdf, trust_roots, expected=expected))
-
-
-async def validate_pdf_async(
-    pdf: bytes, trust_roots: list[x509.Certificate], *, expected: int | None = None
-) -> list[SignatureReport]:
-    """Like `validate_pdf`, for callers already inside an event loop (CPU-bound)."""
-    reader = _reader(pdf)
-    try:
-        signatures = reader.embedded_signatures
-    except _parse_errors() as exc:
-        raise NotAPdf(f"The document's signatures cannot be read: {exc}") from exc
-    if expected is not None and len(signatures) != expected:
-        raise NotAPdf(f"Expected {expected} signatures, found {len(signatures)}.")
-    context = validation_context(trust_roots)
-    return [await _validate_one(sig, context) for sig in signatures]
-
-
-async def _validate_one(sig: EmbeddedPdfSignature, context: ValidationContext) -> SignatureReport:
-    from pyhanko.sign.validation import async_validate_pdf_signature
-
-    # pyHanko raises a variety of errors on malformed signatures (CMS parsing,
-    # unsupported algorithms); each becomes a failed report, not a crash.
-    try:
-        cert = sig.signer_cert
-    except Exception as exc:
-        return _failed(sig, None, f"{type(exc).__name__}: {exc}")
-    try:
-        status = await async_validate_pdf_signature(sig, signer_validation_context=context)
-    except Exception as exc:
-        return _failed(sig, cert, f"{type(exc).__name__}: {exc}")
-    return _report(sig, cert, status)
-
-
-def _report(
-    sig: EmbeddedPdfSignature, cert: x509.Certificate, status: PdfSignatureStatus
-) -> SignatureReport:
-    modification = status.modification_level
-    docmdp = sig.docmdp_level
-    return SignatureReport(
-        field_name=sig.field_name,
-        signer_subject=_common_name(cert),
-        cert_serial=format(cert.serial_number, "x"),
-        signing_time=status.signer_reported_dt,
-        intact=status.intact,
-        valid=status.valid,
-        trusted=status.trusted,
-        docmdp_level=docmdp.name if docmdp else None,
-        modification_level=modification.name if modification else None,
-        docmdp_ok=status.docmdp_ok,
-        coverage=status.coverage.name if status.coverage else None,
-        bottom_line=status.bottom_line,
-        summary=status.summary(),
-    )
-
-
-def _failed(
-    sig: EmbeddedPdfSignature, cert: x509.Certificate | None, error: str
-) -> SignatureReport:
-    return SignatureReport(
-        field_name=sig.field_name,
-        signer_subject=_common_name(cert) if cert else "",
-        cert_serial=format(cert.serial_number, "x") if cert else "",
-        signing_time=None,
-        intact=False,
-        valid=False,
-        trusted=False,
-        docmdp_level=None,
-        modification_level=None,
-        docmdp_ok=None,
-        coverage=None,
-        bottom_line=False,
-        summary="INVALID",
-        error=error,
-    )
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    name = cert.subject.native
-    return str(name.get("common_name") or cert.subject.human_friendly)

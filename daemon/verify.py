@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon import pades
+from daemon import validation
 from daemon.errors import NotAPdf
 from daemon.stages import FIELD_NAMES
 
@@ -15,7 +15,7 @@ from daemon.stages import FIELD_NAMES
 def report(pdf: bytes, trust_roots: list[Path]) -> dict[str, Any]:
     """Every signature: field, signer, time, intact/valid/trusted, what changed after it."""
     try:
-        signatures = pades.validate_pdf(pdf, pades.load_certificates(trust_roots))
+        signatures = validation.validate_pdf(pdf, validation.load_certificates(trust_roots))
     except NotAPdf as exc:
         return {"valid": False, "error": exc.message, "signatures": []}
     rows = [_row(s) for s in signatures]
@@ -48,7 +48,7 @@ def render(value: dict[str, Any], as_json: bool) -> str:
     return "\n".join(lines)
 
 
-def _row(sig: pades.SignatureReport) -> dict[str, Any]:
+def _row(sig: validation.SignatureReport) -> dict[str, Any]:
     data = dataclasses.asdict(sig)
     return {
         "field": data["field_name"],
@@ -75,7 +75,7 @@ def package_report(path: Path, trust_roots: list[Path]) -> dict[str, Any]:
     """Container, manifest, CAdES signature and every PDF inside; problems by code."""
     from daemon import package_check
 
-    checked = package_check.check_package(path, pades.load_certificates(trust_roots))
+    checked = package_check.check_package(path, validation.load_certificates(trust_roots))
     cades = checked.cades
     return {
         "valid": checked.valid,

@@ -26,9 +26,9 @@ from daemon.devpki import (
     provision,
 )
 from daemon.hsm import KeyRef, SigningPool
-from daemon.pades import load_certificates
 from daemon.settings import HsmSettings, SigningSettings
 from daemon.stages import Stage
+from daemon.validation import load_certificates
 
 __all__ = [
     "P11KitServer",

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 
-from daemon import pades
+from daemon import validation
 from daemon.stages import FIELD_NAMES
 from daemon.store import FileStore
 from tests.chaos.driver import Driver, MqttRecorder
@@ -49,7 +49,7 @@ async def dead_letters(
 
 
 def _validate(path: str, roots: list[Path]) -> tuple[int, list[str], bool]:
-    reports = pades.validate_pdf(Path(path).read_bytes(), pades.load_certificates(roots))
+    reports = validation.validate_pdf(Path(path).read_bytes(), validation.load_certificates(roots))
     fields = [r.field_name for r in reports]
     return len(reports), fields, all(r.bottom_line for r in reports)
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from daemon import ministry_sim, pades
+from daemon import ministry_sim, validation
 from daemon.app import Running
 from daemon.messages import RecordInfo
 from daemon.package_runner import PackageRunner
@@ -65,7 +65,7 @@ class Ministry:
 async def ministry(settings: Settings, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """A factory of simulators on free ports, with the given faults; all stopped after."""
     runners: list[Any] = []
-    roots = pades.load_certificates(settings.signing.trust_roots)
+    roots = validation.load_certificates(settings.signing.trust_roots)
 
     async def start(**faults: Any) -> Ministry:
         store = tmp_path / f"ministry-{len(runners)}"

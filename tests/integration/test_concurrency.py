@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import aio_pika
 
-from daemon import app, pades, records, topology
+from daemon import app, records, topology, validation
 from daemon.database import Database
 from daemon.messages import StatusEvent
 from daemon.settings import Settings
@@ -70,8 +70,8 @@ async def test_concurrent_duplicates_across_instances_sign_each_stage_once(
             assert refused["reason"]["code"] == "stage_out_of_order"
             signed_event = next(o for o in outcomes if o["state"] != "rejected")
             pdf = await FileStore(settings.store.path).get(signed_event["document_sha256"])
-            roots = pades.load_certificates(settings.signing.trust_roots)
-            reports = await asyncio.to_thread(pades.validate_pdf, pdf, roots)
+            roots = validation.load_certificates(settings.signing.trust_roots)
+            reports = await asyncio.to_thread(validation.validate_pdf, pdf, roots)
             assert [r.field_name for r in reports] == ["GVCN", "HieuTruong"]
         async with running[0].db.connection() as conn:
             per_record = await conn.fetch(

@@ -14,8 +14,8 @@ from pyhanko.pdf_utils.reader import PdfFileReader
 
 from daemon.cms import SignedDataTemplate, TemplateError
 from daemon.hsm import SigningPool
-from daemon.pades import validate_pdf_async
 from daemon.stages import ORDER
+from daemon.validation import validate_pdf_async
 from tests.hsm_fixtures import DevHsm
 from tests.integration.test_pades import SCHOOL, sign_through
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from daemon import asice, package_check, packages, pades
+from daemon import asice, package_check, packages, validation
 from daemon.app import Running
 from daemon.packages import PackageState
 from daemon.settings import Settings
@@ -94,7 +94,7 @@ async def test_openssl_accepts_the_seal_and_every_digest_matches(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "Verification successful" in done.stderr
-    roots = pades.load_certificates(settings.signing.trust_roots)
+    roots = validation.load_certificates(settings.signing.trust_roots)
     report = await asyncio.to_thread(package_check.check_package, Path(built.path), roots)
     assert report.valid, report.problems
     assert report.pdfs_checked == 2
@@ -191,7 +191,7 @@ async def test_a_tampered_manifest_breaks_the_seal(
         return data.replace(b"</asic:ASiCManifest>", b"</asic:ASiCManifest> ")
 
     await asyncio.to_thread(_replace_entry, Path(built.path), asice.MANIFEST, add_space)
-    roots = pades.load_certificates(settings.signing.trust_roots)
+    roots = validation.load_certificates(settings.signing.trust_roots)
     report = await asyncio.to_thread(package_check.check_package, Path(built.path), roots)
     assert [p.code for p in report.problems] == ["signature_invalid"]
     assert "the manifest was changed" in report.problems[0].message

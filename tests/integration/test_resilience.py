@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from consumers.sign_requests import SignRequestConsumer
-from daemon import app, devenv, pades, topology
+from daemon import app, devenv, topology, validation
 from daemon.documents import DocumentSource
 from daemon.messages import SignRequest
 from daemon.pipeline import Outcome, Pipeline
@@ -85,8 +85,8 @@ async def test_a_crash_between_signing_and_acknowledging_signs_once(
     assert {e["event_id"] for e in events} == {events[0]["event_id"]}
     assert count == 1
     pdf = await FileStore(settings.store.path).get(events[0]["document_sha256"])
-    roots = pades.load_certificates(settings.signing.trust_roots)
-    reports = await asyncio.to_thread(pades.validate_pdf, pdf, roots)
+    roots = validation.load_certificates(settings.signing.trust_roots)
+    reports = await asyncio.to_thread(validation.validate_pdf, pdf, roots)
     assert [r.field_name for r in reports] == ["GVCN"]
 
 

@@ -8,7 +8,7 @@ import json
 
 import aiohttp
 
-from daemon import pades, verify
+from daemon import validation, verify
 from daemon.app import Running
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage
@@ -87,8 +87,8 @@ async def test_a_change_after_the_seal_is_detected(
     tampered = await asyncio.to_thread(_append_annotation, issued)
 
     # Then the seal reports a modification beyond what it permits
-    roots = pades.load_certificates(settings.signing.trust_roots)
-    reports = await asyncio.to_thread(pades.validate_pdf, tampered, roots)
+    roots = validation.load_certificates(settings.signing.trust_roots)
+    reports = await asyncio.to_thread(validation.validate_pdf, tampered, roots)
     assert reports[-1].field_name == "DauTruong"
     assert not reports[-1].bottom_line
 

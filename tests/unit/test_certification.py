@@ -28,7 +28,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import BasePdfFileWriter, copy_into_new_writer
 
-from daemon import incremental, pades
+from daemon import incremental, pades, validation
 from daemon.certification import prepare_certification
 from daemon.pdfread import Unsupported
 from daemon.stages import FIELD_NAMES, ORDER, Stage
@@ -199,8 +199,8 @@ def test_signatures_validate_as_pyhanko_signed_ones(
     original: bytes, issued: list[bytes], pki: Pki
 ) -> None:
     by_pyhanko = sign(original, ORDER, pki, pades._prepare_and_sign_pyhanko)
-    reports = pades.validate_pdf(issued[-1], [pki.root], expected=3)
-    assert reports == pades.validate_pdf(by_pyhanko, [pki.root], expected=3)
+    reports = validation.validate_pdf(issued[-1], [pki.root], expected=3)
+    assert reports == validation.validate_pdf(by_pyhanko, [pki.root], expected=3)
     assert [r.field_name for r in reports] == list(FIELD_NAMES)
     assert all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports)
     assert [r.docmdp_level for r in reports] == ["FILL_FORMS", None, "NO_CHANGES"]
@@ -275,7 +275,7 @@ def test_tools_accept_the_record_and_a_later_change_is_detected(
     changed = _drawn_on(issued[-1])
 
     # Then every signature is still intact, but the seal does not accept the change
-    reports = pades.validate_pdf(changed, [pki.root])
+    reports = validation.validate_pdf(changed, [pki.root])
     assert all(r.intact and r.valid for r in reports)
     seal = reports[-1]
     assert (seal.docmdp_ok, seal.bottom_line, seal.modification_level) == (False, False, "OTHER")
@@ -363,7 +363,7 @@ def test_what_the_fast_path_does_not_handle_goes_to_pyhanko(case: str, pki: Pki)
     pades.inspect_pdf(pdf, 1024 * 1024)
     with pytest.raises(Unsupported, match=re.escape(reason)):
         _certified(pdf, pki)
-    reports = pades.validate_pdf(sign(pdf, ORDER, pki), [pki.root], expected=3)
+    reports = validation.validate_pdf(sign(pdf, ORDER, pki), [pki.root], expected=3)
     assert all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports)
     assert [r.modification_level for r in reports] == ["FORM_FILLING", "FORM_FILLING", "NONE"]
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
-from daemon import incremental, pades
+from daemon import incremental, pades, validation
 from daemon.errors import ConfigError, NotAPdf
 from daemon.incremental import ContentsTooLarge
 from daemon.pdfread import Unsupported
@@ -128,8 +128,8 @@ def test_later_stages_take_the_fast_path_and_validate_as_pyhanko_does(
     assert principal == _fast(teacher_signed, Stage.PRINCIPAL, pki)
     assert issued == _fast(principal, Stage.SCHOOL_SEAL, pki)
     # ... and pyHanko's validator finds the same three signatures in both records
-    reports = pades.validate_pdf(issued, [pki.root], expected=3)
-    assert reports == pades.validate_pdf(by_pyhanko, [pki.root], expected=3)
+    reports = validation.validate_pdf(issued, [pki.root], expected=3)
+    assert reports == validation.validate_pdf(by_pyhanko, [pki.root], expected=3)
     assert all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports)
     assert [r.docmdp_level for r in reports] == ["FILL_FORMS", None, "NO_CHANGES"]
     assert [r.modification_level for r in reports] == ["FORM_FILLING", "FORM_FILLING", "NONE"]
@@ -186,7 +186,7 @@ def test_a_change_after_the_seal_is_detected(pki: Pki) -> None:
     writer.write(out)
 
     # Then every signature is still intact, but the seal does not accept the change
-    reports = pades.validate_pdf(out.getvalue(), [pki.root])
+    reports = validation.validate_pdf(out.getvalue(), [pki.root])
     assert all(r.intact and r.valid for r in reports)
     seal = reports[-1]
     assert (seal.docmdp_ok, seal.bottom_line, seal.modification_level) == (False, False, "OTHER")
@@ -242,7 +242,7 @@ def test_an_object_in_an_object_stream_is_read(pki: Pki) -> None:
     principal = _fast(teacher_signed, Stage.PRINCIPAL, pki)
     assert sign(teacher_signed, (Stage.PRINCIPAL,), pki) == principal
     issued = sign(principal, (Stage.SCHOOL_SEAL,), pki)
-    reports = pades.validate_pdf(issued, [pki.root], expected=3)
+    reports = validation.validate_pdf(issued, [pki.root], expected=3)
     assert all(r.bottom_line for r in reports)
 
 
@@ -250,7 +250,9 @@ def test_bytes_after_eof_go_to_pyhanko(pki: Pki) -> None:
     teacher_signed = sign(record(), (Stage.HOMEROOM_TEACHER,), pki) + b"garbage\n"
     with pytest.raises(Unsupported, match="does not end with startxref"):
         _fast(teacher_signed, Stage.PRINCIPAL, pki)
-    reports = pades.validate_pdf(sign(teacher_signed, LATER_STAGES, pki), [pki.root], expected=3)
+    reports = validation.validate_pdf(
+        sign(teacher_signed, LATER_STAGES, pki), [pki.root], expected=3
+    )
     assert all(r.intact and r.valid for r in reports)
 
 

@@ -1,0 +1,156 @@
+"""Validation of a record's PAdES signatures: one report per signature, for people.
+
+Used by `verify`, the package check, the demo, the bench and the tests; never on the
+signing path, so pyHanko's validation stack is imported only when validating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asn1crypto import pem, x509
+
+from daemon.errors import NotAPdf
+from daemon.pades import parse_errors, read_pdf
+
+if TYPE_CHECKING:
+    from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
+    from pyhanko.sign.validation.status import PdfSignatureStatus
+    from pyhanko_certvalidator import ValidationContext
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    """What a verifier needs to know about one embedded signature."""
+
+    field_name: str
+    signer_subject: str
+    cert_serial: str
+    signing_time: datetime | None
+    intact: bool
+    valid: bool
+    trusted: bool
+    docmdp_level: str | None
+    modification_level: str | None
+    docmdp_ok: bool | None
+    coverage: str | None
+    bottom_line: bool
+    summary: str
+    error: str | None = None
+
+
+def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
+    """Certificates from PEM or DER files, e.g. the configured trust roots."""
+    certs: list[x509.Certificate] = []
+    for path in paths:
+        data = path.read_bytes()
+        if pem.detect(data):
+            certs.extend(
+                x509.Certificate.load(der) for _, _, der in pem.unarmor(data, multiple=True)
+            )
+        else:
+            certs.append(x509.Certificate.load(data))
+    return certs
+
+
+def validation_context(trust_roots: list[x509.Certificate]) -> ValidationContext:
+    """Trust only these roots, fetch nothing, and ask for no revocation data (B-B)."""
+    from pyhanko_certvalidator import ValidationContext
+    from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
+
+    return ValidationContext(
+        trust_roots=trust_roots,
+        allow_fetching=False,
+        revinfo_policy=CertRevTrustPolicy(NO_REVOCATION),
+    )
+
+
+def validate_pdf(
+    pdf: bytes, trust_roots: list[x509.Certificate], *, expected: int | None = None
+) -> list[SignatureReport]:
+    """A report per embedded signature; blocks, so not for the event loop."""
+    return asyncio.run(validate_pdf_async(pdf, trust_roots, expected=expected))
+
+
+async def validate_pdf_async(
+    pdf: bytes, trust_roots: list[x509.Certificate], *, expected: int | None = None
+) -> list[SignatureReport]:
+    """Like `validate_pdf`, for callers already inside an event loop (CPU-bound)."""
+    reader = read_pdf(pdf)
+    try:
+        signatures = reader.embedded_signatures
+    except parse_errors() as exc:
+        raise NotAPdf(f"The document's signatures cannot be read: {exc}") from exc
+    if expected is not None and len(signatures) != expected:
+        raise NotAPdf(f"Expected {expected} signatures, found {len(signatures)}.")
+    context = validation_context(trust_roots)
+    return [await _validate_one(sig, context) for sig in signatures]
+
+
+async def _validate_one(sig: EmbeddedPdfSignature, context: ValidationContext) -> SignatureReport:
+    from pyhanko.sign.validation import async_validate_pdf_signature
+
+    # pyHanko raises a variety of errors on malformed signatures (CMS parsing,
+    # unsupported algorithms); each becomes a failed report, not a crash.
+    try:
+        cert = sig.signer_cert
+    except Exception as exc:
+        return _failed(sig, None, f"{type(exc).__name__}: {exc}")
+    try:
+        status = await async_validate_pdf_signature(sig, signer_validation_context=context)
+    except Exception as exc:
+        return _failed(sig, cert, f"{type(exc).__name__}: {exc}")
+    return _report(sig, cert, status)
+
+
+def _report(
+    sig: EmbeddedPdfSignature, cert: x509.Certificate, status: PdfSignatureStatus
+) -> SignatureReport:
+    modification = status.modification_level
+    docmdp = sig.docmdp_level
+    return SignatureReport(
+        field_name=sig.field_name,
+        signer_subject=_common_name(cert),
+        cert_serial=format(cert.serial_number, "x"),
+        signing_time=status.signer_reported_dt,
+        intact=status.intact,
+        valid=status.valid,
+        trusted=status.trusted,
+        docmdp_level=docmdp.name if docmdp else None,
+        modification_level=modification.name if modification else None,
+        docmdp_ok=status.docmdp_ok,
+        coverage=status.coverage.name if status.coverage else None,
+        bottom_line=status.bottom_line,
+        summary=status.summary(),
+    )
+
+
+def _failed(
+    sig: EmbeddedPdfSignature, cert: x509.Certificate | None, error: str
+) -> SignatureReport:
+    return SignatureReport(
+        field_name=sig.field_name,
+        signer_subject=_common_name(cert) if cert else "",
+        cert_serial=format(cert.serial_number, "x") if cert else "",
+        signing_time=None,
+        intact=False,
+        valid=False,
+        trusted=False,
+        docmdp_level=None,
+        modification_level=None,
+        docmdp_ok=None,
+        coverage=None,
+        bottom_line=False,
+        summary="INVALID",
+        error=error,
+    )
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    name = cert.subject.native
+    return str(name.get("common_name") or cert.subject.human_friendly)
