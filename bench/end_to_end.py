@@ -100,7 +100,8 @@ async def _ready(instance: Instance) -> None:
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if instance.process.returncode is not None:
-                raise RuntimeError(f"{instance.name} exited; see {instance.log}")
+                tail = instance.log.read_text(errors="replace").splitlines()[-20:]
+                raise RuntimeError(f"{instance.name} exited:\n" + "\n".join(tail))
             with contextlib.suppress(aiohttp.ClientError):
                 async with http.get(url) as response:
                     if response.status == 200:
