@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from fpdf import FPDF
 
-from daemon import pades
+from daemon import incremental, pades
 from daemon.cms import RawSign, SignedDataTemplate
 from daemon.stages import ORDER, Stage
 from tests.hsm_fixtures import FONT
@@ -158,3 +158,16 @@ def by_qpdf(pdf: bytes, tmp_path: Path, *options: str) -> bytes:
     source.write_bytes(pdf)
     subprocess.run(["qpdf", *options, str(source), str(target)], check=True, timeout=60)
     return target.read_bytes()
+
+
+def fill_field(pdf: bytes, stage: Stage, pki: Pki) -> bytes:
+    """A later `stage` signed by daemon/incremental.py directly; raises Unsupported if it cannot."""
+    template, raw_sign = pki.signers[stage]
+    prepared = incremental.prepare_signature(
+        pdf,
+        stage.field_name,
+        contents_bytes=template.size,
+        signing_time=SIGNED_AT,
+        lock_fields=stage is Stage.SCHOOL_SEAL,
+    )
+    return prepared.complete(template.sign(prepared.document_digest, raw_sign))

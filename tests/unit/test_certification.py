@@ -28,7 +28,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import BasePdfFileWriter, copy_into_new_writer
 
-from daemon import incremental, pades, validation
+from daemon import pades, validation
 from daemon.certification import prepare_certification
 from daemon.pdfread import Unsupported
 from daemon.stages import FIELD_NAMES, ORDER, Stage
@@ -38,6 +38,7 @@ from tests.unit.signing_kit import (
     SIGNED_AT,
     Pki,
     by_qpdf,
+    fill_field,
     make_pki,
     record,
     rewritten,
@@ -55,19 +56,6 @@ def _certified(pdf: bytes, pki: Pki, signing_time: datetime = SIGNED_AT) -> byte
     template, raw_sign = pki.signers[Stage.HOMEROOM_TEACHER]
     prepared = prepare_certification(
         pdf, FIELD_NAMES, contents_bytes=template.size, signing_time=signing_time
-    )
-    return prepared.complete(template.sign(prepared.document_digest, raw_sign))
-
-
-def _filled(pdf: bytes, stage: Stage, pki: Pki) -> bytes:
-    """A later stage signed by daemon/incremental.py directly."""
-    template, raw_sign = pki.signers[stage]
-    prepared = incremental.prepare_signature(
-        pdf,
-        stage.field_name,
-        contents_bytes=template.size,
-        signing_time=SIGNED_AT,
-        lock_fields=stage is Stage.SCHOOL_SEAL,
     )
     return prepared.complete(template.sign(prepared.document_digest, raw_sign))
 
@@ -189,8 +177,8 @@ def issued(original: bytes, pki: Pki) -> list[bytes]:
 def test_every_stage_takes_the_fast_path(original: bytes, issued: list[bytes], pki: Pki) -> None:
     teacher, principal, seal = issued
     assert teacher == _certified(original, pki)  # it is deterministic
-    assert principal == _filled(teacher, Stage.PRINCIPAL, pki)
-    assert seal == _filled(principal, Stage.SCHOOL_SEAL, pki)
+    assert principal == fill_field(teacher, Stage.PRINCIPAL, pki)
+    assert seal == fill_field(principal, Stage.SCHOOL_SEAL, pki)
     assert seal.startswith(principal) and principal.startswith(teacher)
     assert teacher.startswith(original)
 

@@ -32,6 +32,7 @@ from tests.unit.signing_kit import (
     LATER_STAGES,
     SIGNED_AT,
     Pki,
+    fill_field,
     make_pki,
     record,
     rewritten,
@@ -74,19 +75,6 @@ ORIGINALS = {
 }
 
 
-def _fast(pdf: bytes, stage: Stage, pki: Pki) -> bytes:
-    """`stage` signed by daemon/incremental.py directly; raises Unsupported if it cannot."""
-    template, raw_sign = pki.signers[stage]
-    prepared = incremental.prepare_signature(
-        pdf,
-        stage.field_name,
-        contents_bytes=template.size,
-        signing_time=SIGNED_AT,
-        lock_fields=stage is Stage.SCHOOL_SEAL,
-    )
-    return prepared.complete(template.sign(prepared.document_digest, raw_sign))
-
-
 # Stage 1 as daemon/certification.py writes it, and as pyHanko does.
 FIRST_STAGE = {"certification": pades.prepare_and_sign, "pyhanko": pades._prepare_and_sign_pyhanko}
 
@@ -125,8 +113,8 @@ def test_later_stages_take_the_fast_path_and_validate_as_pyhanko_does(
     by_pyhanko = sign(teacher_signed, LATER_STAGES, pki, pades._prepare_and_sign_pyhanko)
 
     # Then prepare_and_sign wrote exactly what the fast path writes (it is deterministic)
-    assert principal == _fast(teacher_signed, Stage.PRINCIPAL, pki)
-    assert issued == _fast(principal, Stage.SCHOOL_SEAL, pki)
+    assert principal == fill_field(teacher_signed, Stage.PRINCIPAL, pki)
+    assert issued == fill_field(principal, Stage.SCHOOL_SEAL, pki)
     # ... and pyHanko's validator finds the same three signatures in both records
     reports = validation.validate_pdf(issued, [pki.root], expected=3)
     assert reports == validation.validate_pdf(by_pyhanko, [pki.root], expected=3)
@@ -138,8 +126,8 @@ def test_later_stages_take_the_fast_path_and_validate_as_pyhanko_does(
 
 
 def test_each_update_keeps_the_kind_of_xref_section(teacher_signed: bytes, pki: Pki) -> None:
-    principal = _fast(teacher_signed, Stage.PRINCIPAL, pki)
-    issued = _fast(principal, Stage.SCHOOL_SEAL, pki)
+    principal = fill_field(teacher_signed, Stage.PRINCIPAL, pki)
+    issued = fill_field(principal, Stage.SCHOOL_SEAL, pki)
     startxref = int(re.findall(rb"startxref\s+(\d+)", teacher_signed)[-1])
     uses_streams = not teacher_signed.startswith(b"xref", startxref)
     for before, after in ((teacher_signed, principal), (principal, issued)):
@@ -160,8 +148,8 @@ def test_pdfsig_accepts_every_signature(teacher_signed: bytes, pki: Pki, tmp_pat
 
 def test_the_same_request_gives_the_same_bytes(pki: Pki) -> None:
     teacher_signed = sign(record(), (Stage.HOMEROOM_TEACHER,), pki)
-    once = _fast(teacher_signed, Stage.PRINCIPAL, pki)
-    assert _fast(teacher_signed, Stage.PRINCIPAL, pki) == once
+    once = fill_field(teacher_signed, Stage.PRINCIPAL, pki)
+    assert fill_field(teacher_signed, Stage.PRINCIPAL, pki) == once
     template, raw_sign = pki.signers[Stage.PRINCIPAL]
     later = pades.prepare_and_sign(
         teacher_signed,
@@ -208,7 +196,7 @@ def test_a_cms_longer_than_reserved_is_refused_and_a_shorter_one_padded(pki: Pki
 def test_a_signed_field_is_refused(pki: Pki) -> None:
     principal = sign(record(), (Stage.HOMEROOM_TEACHER, Stage.PRINCIPAL), pki)
     with pytest.raises(Unsupported, match="already signed"):
-        _fast(principal, Stage.PRINCIPAL, pki)
+        fill_field(principal, Stage.PRINCIPAL, pki)
     with pytest.raises(NotAPdf, match="HieuTruong is already signed"):
         sign(principal, (Stage.PRINCIPAL,), pki)
 
@@ -216,7 +204,7 @@ def test_a_signed_field_is_refused(pki: Pki) -> None:
 def test_a_document_without_the_fields_is_refused(pki: Pki) -> None:
     unsigned = rewritten(record(), extensions="plain")
     with pytest.raises(Unsupported):
-        _fast(unsigned, Stage.PRINCIPAL, pki)
+        fill_field(unsigned, Stage.PRINCIPAL, pki)
     with pytest.raises(NotAPdf, match="no signature field HieuTruong"):
         sign(unsigned, (Stage.PRINCIPAL,), pki)
 
@@ -239,7 +227,7 @@ def test_an_object_in_an_object_stream_is_read(pki: Pki) -> None:
     teacher_signed = sign(original, (Stage.HOMEROOM_TEACHER,), pki, pades._prepare_and_sign_pyhanko)
 
     # When the later stages sign, Then the fast path signs them and they validate
-    principal = _fast(teacher_signed, Stage.PRINCIPAL, pki)
+    principal = fill_field(teacher_signed, Stage.PRINCIPAL, pki)
     assert sign(teacher_signed, (Stage.PRINCIPAL,), pki) == principal
     issued = sign(principal, (Stage.SCHOOL_SEAL,), pki)
     reports = validation.validate_pdf(issued, [pki.root], expected=3)
@@ -249,7 +237,7 @@ def test_an_object_in_an_object_stream_is_read(pki: Pki) -> None:
 def test_bytes_after_eof_go_to_pyhanko(pki: Pki) -> None:
     teacher_signed = sign(record(), (Stage.HOMEROOM_TEACHER,), pki) + b"garbage\n"
     with pytest.raises(Unsupported, match="does not end with startxref"):
-        _fast(teacher_signed, Stage.PRINCIPAL, pki)
+        fill_field(teacher_signed, Stage.PRINCIPAL, pki)
     reports = validation.validate_pdf(
         sign(teacher_signed, LATER_STAGES, pki), [pki.root], expected=3
     )
@@ -276,7 +264,7 @@ def test_a_broken_document_is_refused_as_before(
     else:
         pdf = b"GIF89a" + pdf[5:]
     with pytest.raises(Unsupported, match=fast_reason):
-        _fast(pdf, Stage.PRINCIPAL, pki)
+        fill_field(pdf, Stage.PRINCIPAL, pki)
     with pytest.raises(NotAPdf, match=reason):
         sign(pdf, (Stage.PRINCIPAL,), pki)
 
@@ -295,6 +283,6 @@ def test_mutated_input_is_signed_or_left_to_pyhanko(
         at = data.draw(st.integers(len(pdf) - 2000, len(pdf) - 1))
         pdf[at] = data.draw(st.sampled_from(b"0123456789 \n<>[]()/%RobjxrefA"))
     try:
-        _fast(bytes(pdf), Stage.PRINCIPAL, pki)
+        fill_field(bytes(pdf), Stage.PRINCIPAL, pki)
     except Unsupported:
         pass
