@@ -110,12 +110,38 @@ def inspect_pdf(pdf: bytes, max_bytes: int) -> None:
     if len(pdf) > max_bytes:
         raise NotAPdf(f"The document has {len(pdf)} bytes; the limit is {max_bytes}.")
     reader = read_pdf(pdf)
+    _check_size(reader)
     fields = _fields(reader)
     if any(fields.values()) or reader.embedded_signatures:
         raise NotAPdf("The document is already signed.")
     taken = sorted(set(fields) & set(FIELD_NAMES))
     if taken:
         raise NotAPdf(f"The document already has signature fields {', '.join(taken)}.")
+
+
+def _check_size(reader: PdfFileReader) -> None:
+    """Refuse a trailer /Size at or below an object number the file uses.
+
+    Object numbers for an update start at /Size, so signing such a file would write
+    over objects it has: poppler's pdfunite makes such files, and pyHanko's lenient
+    reader then signs a record whose second page has lost its font.
+    """
+    try:
+        size = int(reader.trailer["/Size"])
+        xrefs = reader.xrefs
+        used = max(
+            (ref.idnum for rev in range(xrefs.total_revisions)
+             for ref in xrefs.explicit_refs_in_revision(rev)),
+            default=0,
+        )  # fmt: skip
+    except parse_errors() as exc:
+        raise NotAPdf(f"The document's cross-reference table cannot be read: {exc}") from exc
+    if used >= size:
+        raise NotAPdf(
+            f"The document's trailer /Size ({size}) is not above its highest object number "
+            f"({used}); the file is malformed (poppler's pdfunite writes such files). "
+            "Save it again (e.g. with qpdf) and resend."
+        )
 
 
 def _sig_fields(pdf: PdfHandler) -> dict[str, generic.IndirectObject]:
