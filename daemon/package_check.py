@@ -278,6 +278,8 @@ def _check_pdf(
             f"{entry}: signatures {fields}, expected {list(FIELD_NAMES)} in that order.",
         )
         return
+    if signatures[-1].coverage != "ENTIRE_FILE":
+        report.add("pdf_signature_invalid", f"{entry}: bytes follow the seal's signature.")
     for sig in signatures:
         if not sig.bottom_line:
             report.add(

@@ -20,12 +20,20 @@ def report(pdf: bytes, trust_roots: list[Path]) -> dict[str, Any]:
         return {"valid": False, "error": exc.message, "signatures": []}
     rows = [_row(s) for s in signatures]
     in_order = [r["field"] for r in rows] == list(FIELD_NAMES[: len(rows)])
+    # Bytes after the last signature that are not a new revision leave every
+    # signature's bottom line intact; a record must still end where it was signed.
+    ends_signed = bool(signatures) and covers_whole_file(signatures[-1])
     return {
-        "valid": bool(rows) and all(r["bottom_line"] for r in rows),
+        "valid": bool(rows) and all(r["bottom_line"] for r in rows) and ends_signed,
         "signatures": rows,
         "fields_in_legal_order": in_order,
+        "last_signature_covers_whole_file": ends_signed,
         "issued": len(rows) == len(FIELD_NAMES) and in_order,
     }
+
+
+def covers_whole_file(signature: validation.SignatureReport) -> bool:
+    return signature.coverage == "ENTIRE_FILE"
 
 
 def render(value: dict[str, Any], as_json: bool) -> str:
@@ -37,6 +45,8 @@ def render(value: dict[str, Any], as_json: bool) -> str:
         f"{'VALID' if value['valid'] else 'INVALID'}: {len(value['signatures'])} signatures"
         f"{', issued' if value['issued'] else ''}"
     ]
+    if value["signatures"] and not value["last_signature_covers_whole_file"]:
+        lines.append("  The file has bytes after its last signature.")
     for n, sig in enumerate(value["signatures"], 1):
         flags = ", ".join(
             f"{k}={'yes' if sig[k] else 'NO'}" for k in ("intact", "valid", "trusted")

@@ -92,6 +92,12 @@ async def test_a_change_after_the_seal_is_detected(
     assert reports[-1].field_name == "DauTruong"
     assert not reports[-1].bottom_line
 
+    # And bytes appended without a revision make `verify` call the record invalid
+    padded = issued + b"\n% appended after the seal\n"
+    report = await asyncio.to_thread(verify.report, padded, settings.signing.trust_roots)
+    assert not report["valid"] and not report["last_signature_covers_whole_file"], report
+    assert "bytes after its last signature" in verify.render(report, as_json=False)
+
 
 async def test_status_events_carry_the_contract_fields(
     daemon: Running, school_system: SchoolSystem, status: StatusEvents
