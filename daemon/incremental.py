@@ -244,12 +244,15 @@ class SignedUpdate:
 
     def prepare(self, pdf: bytes, hasher: hashlib._Hash, contents_bytes: int) -> PreparedSignature:
         """The update's bytes around /Contents; `hasher` has hashed `pdf` already."""
-        offsets, at = {}, len(pdf)
+        # A file ending right after %%EOF gets a line break first, so that the first
+        # object does not start on the %%EOF comment's line.
+        head = b"" if pdf.endswith((b"\n", b"\r")) else b"\n"
+        offsets, at = {}, len(pdf) + len(head)
         for ref, text in self.objects:
             offsets[ref.num] = (at, ref.gen)
             at += len(text)
         offsets[self.signature.num] = (at, 0)
-        head = b"".join(text for _, text in self.objects)
+        head += b"".join(text for _, text in self.objects)
         head += b"%d 0 obj\n<<\n/Contents " % self.signature.num
         contents_start = len(pdf) + len(head)
         contents_end = contents_start + 2 * contents_bytes + 2

@@ -53,7 +53,8 @@ _MAX_SECTIONS = 64  # a record has four revisions; a longer /Prev chain is not o
 _MAX_OBJECT_STREAM_BYTES = 32 * 1024 * 1024
 
 _HEADER = re.compile(rb"%PDF-(\d).(\d)")  # pyHanko's pattern, `.` included
-_STARTXREF = re.compile(rb"startxref" + _S + rb"+(\d+)" + _S + rb"+%%EOF(?:\r\n|\r|\n)")
+# pdf-lib and jsPDF end the file right after %%EOF; the update then starts on a new line.
+_STARTXREF = re.compile(rb"startxref" + _S + rb"+(\d+)" + _S + rb"+%%EOF(?:\r\n|\r|\n)?")
 _OBJ_HEADER = re.compile(rb"(\d+)" + _S + rb"+(\d+)" + _S + rb"+obj" + TOKEN_END)
 _ENDOBJ = re.compile(_S + rb"*endobj" + TOKEN_END)
 _STREAM = re.compile(_S + rb"*stream(?:\r\n|\n)")

@@ -33,7 +33,6 @@ MAX_BYTES = 1024 * 1024
 # What each stage does with each producer's file: FAST, or the Unsupported message
 # (in part) with which it falls back to pyHanko.
 FAST = "fast"
-NO_EOL_AFTER_EOF = "does not end with startxref, an offset and %%EOF"
 ALL_FAST = (FAST, FAST, FAST)
 PATHS: dict[str, tuple[str, str, str]] = {
     "cairo.pdf": ALL_FAST,
@@ -45,14 +44,14 @@ PATHS: dict[str, tuple[str, str, str]] = {
     "img2pdf.pdf": ALL_FAST,
     "itext5.pdf": ALL_FAST,
     "itext5_full_compression.pdf": ALL_FAST,
-    "jspdf.pdf": (NO_EOL_AFTER_EOF, FAST, FAST),
+    "jspdf.pdf": ALL_FAST,
     "libreoffice.pdf": ALL_FAST,
     "libreoffice_form.pdf": ("The catalogue already has /AcroForm.", FAST, FAST),
     "libreoffice_pdfa2b.pdf": ALL_FAST,
     "pdfbox.pdf": ALL_FAST,
     "pdfkit.pdf": ALL_FAST,
-    "pdflib.pdf": (NO_EOL_AFTER_EOF, FAST, FAST),
-    "pdflib_form.pdf": (NO_EOL_AFTER_EOF, FAST, FAST),
+    "pdflib.pdf": ALL_FAST,
+    "pdflib_form.pdf": ("The catalogue already has /AcroForm.", FAST, FAST),
     "pdftk.pdf": ALL_FAST,
     "pikepdf_linearized.pdf": ALL_FAST,
     "pikepdf_object_streams.pdf": ALL_FAST,
