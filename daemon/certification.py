@@ -7,14 +7,15 @@ writer cost most of a millisecond for that; this module reads the few objects it
 changes through daemon/pdfread.py (the trailers, the catalogue, the page tree down to
 the first page) and appends what daemon/pades.py has pyHanko write, object for
 object: the catalogue with /AcroForm, /Perms, /Extensions and, for a PDF older than
-1.7, /Version; the first page with the fields in its /Annots; the AcroForm; three
+1.7, /Version; the first page with the fields in its /Annots (or, when that is an
+indirect array, the array); the AcroForm; three
 invisible field widgets; the seal's /Lock; the signature dictionary with its DocMDP
 reference. Object numbers start at the trailer's /Size (pyHanko skips one), and the
 new /ID half is a function of the request (pyHanko draws it at random).
 
 The input passed intake (`pades.inspect_pdf`), so it is not encrypted and has no
 signature fields; anything else this module does not handle exactly as pyHanko does
-(a form, /Perms, an indirect /Annots, a catalogue whose /Extensions would need
+(a form, /Perms, /Annots on a page-tree node, a catalogue whose /Extensions would need
 merging) raises `Unsupported`, and pyHanko signs it.
 """
 
@@ -81,7 +82,7 @@ def prepare_certification(
     signature = Ref(lock.num + 1, 0)
     values: dict[Ref, PdfObject] = {
         source.root: _catalog(source, form, signature),
-        source.page: _page(source.page_value, fields),
+        **_annotations(source, fields),
         form: {"Fields": list(fields), "SigFlags": 1},
         **_fields(field_names, fields, source.page, signature, lock),
         lock: {"Action": "All", "Type": "SigFieldLock", "P": _NO_CHANGES},
@@ -110,6 +111,7 @@ class _Source:
     extensions: PdfObject  # the catalogue's /Extensions with ESIC registered
     page: Ref
     page_value: PdfDict
+    annots: tuple[Ref, list[PdfObject]] | None  # an indirect /Annots array and its items
 
 
 def _read_source(pdf: bytes) -> _Source:
@@ -142,6 +144,7 @@ def _read_source(pdf: bytes) -> _Source:
         extensions=_extensions(document, catalog.get("Extensions")),
         page=page,
         page_value=page_value,
+        annots=_indirect_annots(document, page_value),
     )
 
 
@@ -212,14 +215,30 @@ def _catalog(source: _Source, form: Ref, signature: Ref) -> PdfDict:
     return catalog
 
 
-def _page(page: PdfDict, fields: list[Ref]) -> PdfDict:
-    """The first page with the fields' widgets after its annotations, as pyHanko adds them."""
-    annots = page.get("Annots", [])
-    if isinstance(annots, Ref):
-        raise Unsupported("The first page's /Annots is an indirect object.")
+def _indirect_annots(document: Document, page: PdfDict) -> tuple[Ref, list[PdfObject]] | None:
+    """The first page's /Annots when it is an indirect array (wkhtmltopdf writes one)."""
+    annots = page.get("Annots")
+    if not isinstance(annots, Ref):
+        return None
+    value = document.get(annots).value
+    if not isinstance(value, list):
+        raise Unsupported("The first page's indirect /Annots is not an array.")
+    return annots, value
+
+
+def _annotations(source: _Source, fields: list[Ref]) -> dict[Ref, PdfObject]:
+    """The fields' widgets after the first page's annotations, as pyHanko adds them.
+
+    An indirect /Annots array is written again with them (the page stays as it is);
+    otherwise the page is, with its /Annots.
+    """
+    if source.annots is not None:
+        ref, items = source.annots
+        return {ref: [*items, *fields]}
+    annots = source.page_value.get("Annots", [])
     if not isinstance(annots, list):
         raise Unsupported("The first page's /Annots is not an array.")
-    return {**page, "Annots": [*annots, *fields]}
+    return {source.page: {**source.page_value, "Annots": [*annots, *fields]}}
 
 
 def _fields(

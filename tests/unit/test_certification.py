@@ -154,6 +154,7 @@ ORIGINALS: dict[str, Callable[[Path], bytes]] = {
     "catalog_version_1_4": lambda _: _edited(
         record(), _catalog_entry("/Version", pdf_name("/1.4"))
     ),
+    "indirect_annots": lambda _: _edited(record(), _with_annots("indirect")),
 }
 
 
@@ -320,7 +321,6 @@ FALLBACKS: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: _edited(record(), _catalog_entry("/Perms", generic.DictionaryObject())),
         "already has /Perms",
     ),
-    "indirect_annots": (lambda: _edited(record(), _with_annots("indirect")), "indirect object"),
     "annots_on_the_page_tree": (lambda: _edited(record(), _with_annots("tree")), "has /Annots"),
     "indirect_extensions": (
         lambda: _edited(

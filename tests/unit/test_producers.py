@@ -62,7 +62,7 @@ PATHS: dict[str, tuple[str, str, str]] = {
     "qpdf_linearized.pdf": ALL_FAST,
     "reportlab.pdf": ALL_FAST,
     "weasyprint.pdf": ALL_FAST,
-    "wkhtmltopdf.pdf": ("The first page's /Annots is an indirect object.", FAST, FAST),
+    "wkhtmltopdf.pdf": ALL_FAST,
 }
 REFUSED: dict[str, str] = {
     "refused_encrypted.pdf": "The document is encrypted.",
