@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from fpdf import FPDF
 
-from daemon import incremental, pades
+from daemon import certification, incremental, pades, validation
 from daemon.cms import RawSign, SignedDataTemplate
-from daemon.stages import ORDER, Stage
+from daemon.stages import FIELD_NAMES, ORDER, Stage
 from tests.hsm_fixtures import FONT
 
 SIGNED_AT = datetime(2025, 9, 5, 8, 30, tzinfo=UTC)
@@ -161,13 +161,31 @@ def by_qpdf(pdf: bytes, tmp_path: Path, *options: str) -> bytes:
 
 
 def fill_field(pdf: bytes, stage: Stage, pki: Pki) -> bytes:
-    """A later `stage` signed by daemon/incremental.py directly; raises Unsupported if it cannot."""
+    """`stage` signed on the fast path (daemon/certification.py for the first stage,
+    daemon/incremental.py for the others) directly; raises Unsupported if it cannot."""
     template, raw_sign = pki.signers[stage]
-    prepared = incremental.prepare_signature(
-        pdf,
-        stage.field_name,
-        contents_bytes=template.size,
-        signing_time=SIGNED_AT,
-        lock_fields=stage is Stage.SCHOOL_SEAL,
-    )
+    if stage is Stage.HOMEROOM_TEACHER:
+        prepared = certification.prepare_certification(
+            pdf, FIELD_NAMES, contents_bytes=template.size, signing_time=SIGNED_AT
+        )
+    else:
+        prepared = incremental.prepare_signature(
+            pdf,
+            stage.field_name,
+            contents_bytes=template.size,
+            signing_time=SIGNED_AT,
+            lock_fields=stage is Stage.SCHOOL_SEAL,
+        )
     return prepared.complete(template.sign(prepared.document_digest, raw_sign))
+
+
+def assert_validates_as_pyhanko(original: bytes, issued: bytes, pki: Pki) -> None:
+    """`issued` validates exactly as `original` signed through pyHanko alone would."""
+    by_pyhanko = sign(original, ORDER, pki, pades._prepare_and_sign_pyhanko)
+    reports = validation.validate_pdf(issued, [pki.root], expected=3)
+    assert reports == validation.validate_pdf(by_pyhanko, [pki.root], expected=3)
+    assert [r.field_name for r in reports] == list(FIELD_NAMES)
+    assert all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports)
+    assert [r.docmdp_level for r in reports] == ["FILL_FORMS", None, "NO_CHANGES"]
+    assert [r.modification_level for r in reports] == ["FORM_FILLING", "FORM_FILLING", "NONE"]
+    assert [r.coverage for r in reports] == ["ENTIRE_REVISION", "ENTIRE_REVISION", "ENTIRE_FILE"]

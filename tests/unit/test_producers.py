@@ -20,12 +20,16 @@ from pathlib import Path
 import pytest
 
 from daemon import pades, validation
-from daemon.certification import prepare_certification
 from daemon.errors import NotAPdf
-from daemon.incremental import prepare_signature
 from daemon.pdfread import Unsupported
-from daemon.stages import FIELD_NAMES, ORDER, Stage
-from tests.unit.signing_kit import SIGNED_AT, Pki, make_pki, sign
+from daemon.stages import ORDER
+from tests.unit.signing_kit import (
+    Pki,
+    assert_validates_as_pyhanko,
+    fill_field,
+    make_pki,
+    sign,
+)
 
 CORPUS = Path(__file__).parents[1] / "corpus" / "producers"
 MAX_BYTES = 1024 * 1024
@@ -110,7 +114,7 @@ def _issue(original: bytes, pki: Pki) -> Issued:
     for stage in ORDER:
         signed = sign(pdf, (stage,), pki)
         try:
-            fast = _fast_path(pdf, stage, pki)
+            fast = fill_field(pdf, stage, pki)
         except Unsupported as exc:
             paths.append(str(exc))
         else:
@@ -118,24 +122,6 @@ def _issue(original: bytes, pki: Pki) -> Issued:
             as_written.append(signed == fast)
         revisions.append(pdf := signed)
     return Issued(original, revisions, paths, as_written)
-
-
-def _fast_path(pdf: bytes, stage: Stage, pki: Pki) -> bytes:
-    """`stage` signed by daemon/certification.py or incremental.py; Unsupported if not."""
-    template, raw_sign = pki.signers[stage]
-    if stage is Stage.HOMEROOM_TEACHER:
-        prepared = prepare_certification(
-            pdf, FIELD_NAMES, contents_bytes=template.size, signing_time=SIGNED_AT
-        )
-    else:
-        prepared = prepare_signature(
-            pdf,
-            stage.field_name,
-            contents_bytes=template.size,
-            signing_time=SIGNED_AT,
-            lock_fields=stage is Stage.SCHOOL_SEAL,
-        )
-    return prepared.complete(template.sign(prepared.document_digest, raw_sign))
 
 
 # Intake
@@ -182,14 +168,7 @@ def test_signatures_validate_as_pyhanko_signed_ones(
     name: str, issue: Callable[[str], Issued], pki: Pki
 ) -> None:
     issued = issue(name)
-    by_pyhanko = sign(issued.original, ORDER, pki, pades._prepare_and_sign_pyhanko)
-    reports = validation.validate_pdf(issued.signed, [pki.root], expected=3)
-    assert reports == validation.validate_pdf(by_pyhanko, [pki.root], expected=3)
-    assert [r.field_name for r in reports] == list(FIELD_NAMES)
-    assert all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports)
-    assert [r.docmdp_level for r in reports] == ["FILL_FORMS", None, "NO_CHANGES"]
-    assert [r.modification_level for r in reports] == ["FORM_FILLING", "FORM_FILLING", "NONE"]
-    assert [r.coverage for r in reports] == ["ENTIRE_REVISION", "ENTIRE_REVISION", "ENTIRE_FILE"]
+    assert_validates_as_pyhanko(issued.original, issued.signed, pki)
 
 
 # What other tools and a reader see
