@@ -9,8 +9,9 @@ the first page) and appends what daemon/pades.py has pyHanko write, object for
 object: the catalogue with /AcroForm, /Perms, /Extensions and, for a PDF older than
 1.7, /Version; the first page with the fields in its /Annots (or, when that is an
 indirect array, the array); the AcroForm; three invisible field widgets; the seal's
-/Lock; the signature dictionary with its DocMDP reference. Object numbers start at the trailer's /Size (pyHanko skips one), and the
-new /ID half is a function of the request (pyHanko draws it at random).
+/Lock; the signature dictionary with its DocMDP reference. Object numbers start at
+the trailer's /Size (pyHanko skips one), and the new /ID half is a function of the
+request (pyHanko draws it at random).
 
 The input passed intake (`pades.inspect_pdf`), so it is not encrypted and has no
 signature fields; anything else this module does not handle exactly as pyHanko does
