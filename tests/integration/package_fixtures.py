@@ -151,3 +151,16 @@ def states_of(events: Iterable[dict[str, Any]], record_ids: set[str]) -> dict[st
         if event["record_id"] in found:
             found[event["record_id"]].append(event["state"])
     return found
+
+
+# What every record of an accepted package is told, each once, in this order.
+TOLD = ["packaged", "submitted", "accepted_by_ministry"]
+
+
+async def told_each_state_once(status: StatusEvents, record_ids: set[str]) -> None:
+    """Wait until every record was told packaged, submitted, accepted, each once."""
+
+    def told(events: list[dict[str, Any]]) -> bool:
+        return all(s == TOLD for s in states_of(events, record_ids).values())
+
+    assert told(await status.wait_until(told))

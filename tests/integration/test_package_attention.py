@@ -20,13 +20,19 @@ from daemon.packages import Package, PackageState
 from daemon.settings import Settings
 from tests.integration.conftest import SchoolSystem
 from tests.integration.package_fixtures import *  # noqa: F403
-from tests.integration.package_fixtures import Ministry, Packaging, fresh_year, issue, states_of
+from tests.integration.package_fixtures import (
+    Ministry,
+    Packaging,
+    fresh_year,
+    issue,
+    states_of,
+    told_each_state_once,
+)
 from tests.services import StatusEvents
 
 SCHOOL = "31000103"
 # Two resends allowed: the third lost receipt stops the package.
 RESENDS = 2
-TOLD = ["packaged", "submitted", "accepted_by_ministry"]
 
 
 @dataclass
@@ -126,10 +132,7 @@ async def test_a_resumed_package_is_sent_again_and_may_lose_its_receipt_again(
     assert [r.key for r in given.sim.sim.by_key.values()] == [str(given.package.package_id)]
     assert shown["receipt_id"] == given.sim.sim.by_key[str(given.package.package_id)].receipt_id
     # And every record was told each state once (no second `submitted`)
-    events = await status.wait_until(
-        lambda evs: all(s == TOLD for s in states_of(evs, given.record_ids).values())
-    )
-    assert all(s == TOLD for s in states_of(events, given.record_ids).values())
+    await told_each_state_once(status, given.record_ids)
     # And the operator's action is in the audit trail and the log, with the package id only
     [(action, detail)] = await audited(daemon, given.package)
     assert action == "package_resumed_by_operator"

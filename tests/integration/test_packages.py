@@ -15,11 +15,17 @@ from daemon.packages import PackageState
 from daemon.settings import Settings
 from tests.integration.conftest import SchoolSystem
 from tests.integration.package_fixtures import *  # noqa: F403
-from tests.integration.package_fixtures import Ministry, Packaging, fresh_year, issue, states_of
+from tests.integration.package_fixtures import (
+    Ministry,
+    Packaging,
+    fresh_year,
+    issue,
+    states_of,
+    told_each_state_once,
+)
 from tests.services import StatusEvents
 
 SCHOOL = "31000102"
-TOLD = ["packaged", "submitted", "accepted_by_ministry"]
 
 
 async def test_a_package_is_accepted_and_every_record_told(
@@ -46,10 +52,7 @@ async def test_a_package_is_accepted_and_every_record_told(
     assert built.path == str(pkg.root / SCHOOL / f"{year}-round1.asice")
     # And every record was told packaged, submitted, accepted, in that order
     ids = {i.record_id for i in infos}
-    events = await status.wait_until(
-        lambda evs: all(s == TOLD for s in states_of(evs, ids).values())
-    )
-    assert all(s == TOLD for s in states_of(events, ids).values())
+    await told_each_state_once(status, ids)
     async with daemon.db.connection() as conn:
         states = await conn.fetch(
             "SELECT state FROM records WHERE school_id = $1 AND academic_year = $2", SCHOOL, year
@@ -125,10 +128,7 @@ async def test_every_package_is_accepted_exactly_once_despite_a_flaky_ministry(
     assert len(sim.sim.by_key) == 3
     assert sim.sim.faults_injected >= 2  # the faults did bite
     ids = {i.record_id for infos in issued for i in infos}
-    events = await status.wait_until(
-        lambda evs: all(s == TOLD for s in states_of(evs, ids).values())
-    )
-    assert all(s == TOLD for s in states_of(events, ids).values())
+    await told_each_state_once(status, ids)
     async with daemon.db.connection() as conn:
         retried = await conn.fetchval(
             "SELECT count(*) FROM submission_attempts WHERE outcome = 'retry' "
@@ -233,10 +233,7 @@ async def test_a_crash_mid_submission_is_resumed_without_a_duplicate(
     stored = [p for p in sim.sim.store_dir.glob("*.asice") if p.stem == final.receipt_id]
     assert len(stored) == 1
     ids = {i.record_id for i in infos}
-    events = await status.wait_until(
-        lambda evs: all(s == TOLD for s in states_of(evs, ids).values())
-    )
-    assert all(s == TOLD for s in states_of(events, ids).values())
+    await told_each_state_once(status, ids)
 
 
 async def test_a_receipt_the_ministry_lost_is_resent_under_the_same_key(
@@ -275,10 +272,7 @@ async def test_a_receipt_the_ministry_lost_is_resent_under_the_same_key(
     assert [p.stem for p in sim.sim.store_dir.glob("*.asice")] == [final.receipt_id]
     # And the records were told each state once
     ids = {i.record_id for i in infos}
-    events = await status.wait_until(
-        lambda evs: all(s == TOLD for s in states_of(evs, ids).values())
-    )
-    assert all(s == TOLD for s in states_of(events, ids).values())
+    await told_each_state_once(status, ids)
 
 
 async def test_a_receipt_lost_again_and_again_stops_the_package_for_attention(
