@@ -15,8 +15,8 @@ import logging
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from aiormq.exceptions import AMQPError
 
+from daemon import topology
 from daemon.backoff import retry_delay_ms
 from daemon.errors import HocbaError, InvalidMessage, PermanentError, TransientError
 from daemon.messages import PackageRequest, decode_package_request
@@ -46,7 +46,7 @@ class PackageRequestConsumer:
             return
         try:
             await self._queue.cancel(self._tag)
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError):
+        except topology.CHANNEL_ERRORS:
             log.warning("Could not cancel the package consumer cleanly.")
         self._tag = None
 
@@ -91,7 +91,7 @@ class PackageRequestConsumer:
             if error is not None:
                 await self._dead_letter(message, error)
             await message.ack()
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+        except topology.BROKER_ERRORS as exc:
             log.warning(
                 "Could not settle package request %s (%s); it will be redelivered.",
                 message.message_id,

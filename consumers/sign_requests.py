@@ -18,7 +18,6 @@ from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from aiormq.exceptions import AMQPError
 
 from daemon import topology
 from daemon.backoff import retry_delay_ms
@@ -40,6 +39,8 @@ ATTEMPT_HEADER = "x-hocba-attempt"
 PUBLISH_TIMEOUT_S = 30.0
 # Later stages' requests are a few KB: decoding one inline costs less than a thread hop.
 INLINE_DECODE_BYTES = 16 * 1024
+# get_underlay_channel raises RuntimeError too, on a channel not (re)opened yet.
+_NO_CHANNEL: tuple[type[Exception], ...] = (*topology.CHANNEL_ERRORS, RuntimeError)
 _SAFE_SCHOOL = re.compile(r"^sign\.([0-9A-Za-z_-]{1,32})$")
 
 
@@ -111,7 +112,7 @@ class SignRequestConsumer:
             return False
         try:
             underlay = await self._topo.sign_queue.channel.get_underlay_channel()
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, RuntimeError):
+        except _NO_CHANNEL:
             return False
         consumers: dict[str, Any] = getattr(underlay, "consumers", {})
         return self._tag in consumers
@@ -126,7 +127,7 @@ class SignRequestConsumer:
         if self._tag is not None:
             try:
                 await self._topo.sign_queue.cancel(self._tag)
-            except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError):
+            except topology.CHANNEL_ERRORS:
                 pass
         self._tag = None
         await self.start()
@@ -136,7 +137,7 @@ class SignRequestConsumer:
         if self._tag is not None:
             try:
                 await self._topo.sign_queue.cancel(self._tag)
-            except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError):
+            except topology.CHANNEL_ERRORS:
                 log.warning("Could not cancel the consumer cleanly; the broker will requeue.")
             self._tag = None
         CONSUMING.set(0)
@@ -272,12 +273,7 @@ class SignRequestConsumer:
                 )
                 DEAD_LETTERS.labels(decision.code).inc()
             await message.ack()
-        except (
-            AMQPError,
-            aio_pika.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-            TimeoutError,
-        ) as exc:
+        except topology.SEND_ERRORS as exc:
             # Not acknowledged: hand it back (the broker redelivers it, and idempotency
             # makes that safe) rather than hold a prefetch slot until the channel dies.
             log.warning(
@@ -285,9 +281,7 @@ class SignRequestConsumer:
                 message.message_id,
                 type(exc).__name__,
             )
-            with contextlib.suppress(
-                AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError
-            ):
+            with contextlib.suppress(*topology.BROKER_ERRORS):
                 await message.nack(requeue=True)
 
     async def _republish(

@@ -214,7 +214,7 @@ async def _watch_consumer(
         try:
             log.warning("This instance no longer consumes the sign queue; consuming again.")
             await consumer.repair()
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError):
+        except topology.BROKER_ERRORS:
             log.info("Consumer repair deferred: the broker connection is recovering.")
 
 

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
-import aio_pika
 from aio_pika.abc import AbstractRobustConnection
-from aiormq.exceptions import AMQPError
 from prometheus_client import Gauge
 
 from daemon import metrics, topology
@@ -98,7 +96,7 @@ class AmqpQueues:
                 for name in self._names:
                     declared = await underlay.queue_declare(name, passive=True)
                     result[name] = (declared.message_count or 0, declared.consumer_count or 0)
-        except (AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError) as exc:
+        except topology.BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"Queue depths unknown: {type(exc).__name__}.") from exc
         return result
 

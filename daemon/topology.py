@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aiormq.exceptions import AMQPError
 
 from daemon.backoff import retry_delays_ms
 from daemon.settings import AmqpSettings
@@ -28,6 +29,16 @@ STATUS = "hocba.status"
 DEAD = "hocba.dead"
 RETRY = "hocba.retry"
 RETURN = "hocba.sign.return"
+
+# What a channel call raises when the broker closed the channel or went away.
+CHANNEL_ERRORS: tuple[type[Exception], ...] = (
+    AMQPError,
+    aio_pika.exceptions.ChannelInvalidStateError,
+)
+# The same, and the connection under it failing.
+BROKER_ERRORS: tuple[type[Exception], ...] = (*CHANNEL_ERRORS, ConnectionError)
+# A publish or acknowledgement that failed, or got no confirmation in time.
+SEND_ERRORS: tuple[type[Exception], ...] = (*BROKER_ERRORS, TimeoutError)
 SIGN_QUEUE = "hocba.sign"
 DEAD_QUEUE = "hocba.sign.dead"
 PACKAGE_QUEUE = "hocba.package"

@@ -12,8 +12,8 @@ from typing import Any
 import aio_pika
 import aiomqtt
 from aio_pika.abc import AbstractExchange
-from aiormq.exceptions import AMQPError
 
+from daemon import topology
 from daemon.errors import BrokerUnavailable
 from daemon.settings import MqttSettings
 from producers.status import Pending
@@ -39,12 +39,7 @@ class AmqpStatus:
             # so the relay can retry (and MQTT is not held up behind it).
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await asyncio.gather(*(self._publish_one(p.event) for p in events))
-        except (
-            AMQPError,
-            aio_pika.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-            TimeoutError,
-        ) as exc:
+        except topology.SEND_ERRORS as exc:
             raise BrokerUnavailable(f"RabbitMQ did not confirm: {type(exc).__name__}.") from exc
 
     async def _publish_one(self, event: dict[str, Any]) -> None:
