@@ -32,7 +32,7 @@ from daemon.errors import (
     InternalError,
     UnknownSigner,
 )
-from daemon.pades import prepare_and_sign_with_sha256
+from daemon.pades import prepare_and_sign
 from daemon.stages import Stage
 
 # Certificate objects with this label are the chain embedded in every signature.
@@ -293,7 +293,7 @@ def sign_pdf(request: PdfJob) -> Signed:
         check_certificate(key.cert, now)
         key.hsm_seconds = 0.0
         started = time.perf_counter()
-        signed = prepare_and_sign_with_sha256(
+        signed = prepare_and_sign(
             request.pdf,
             request.stage,
             key.template,

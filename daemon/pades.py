@@ -217,34 +217,15 @@ def prepare_and_sign(
     *,
     bytes_reserved: int,
     signing_time: datetime,
-) -> bytes:
-    """The PDF with one more PAdES B-B signature, for `stage`, as an incremental update.
-
-    The update is what pyHanko's PdfSigner would write (fields, DocMDP/FieldMDP
-    references, byte range); the CMS comes from the signer's template, whose size is
-    exact, so nothing is estimated. daemon/certification.py writes the first stage
-    and daemon/incremental.py the later ones, reading only the objects they change;
-    pyHanko writes any document those modules do not expect, refusing it if it must.
-    """
-    signed = prepare_and_sign_with_sha256(
-        pdf, stage, template, raw_sign, bytes_reserved=bytes_reserved, signing_time=signing_time
-    )
-    return signed.pdf
-
-
-def prepare_and_sign_with_sha256(
-    pdf: bytes,
-    stage: Stage,
-    template: SignedDataTemplate,
-    raw_sign: RawSign,
-    *,
-    bytes_reserved: int,
-    signing_time: datetime,
 ) -> SignedPdf:
-    """`prepare_and_sign`, with the SHA-256 of the signed PDF.
+    """The PDF with one more PAdES B-B signature, for `stage`, and its SHA-256.
 
-    The fast paths have hashed all but the signature's last few kilobytes by then;
-    the pyHanko path hashes its output.
+    The signature is an incremental update, what pyHanko's PdfSigner would write
+    (fields, DocMDP/FieldMDP references, byte range); the CMS comes from the signer's
+    template, whose size is exact, so nothing is estimated. daemon/certification.py
+    writes the first stage and daemon/incremental.py the later ones, reading only the
+    objects they change and hashing as they write; pyHanko writes any document those
+    modules do not expect, refusing it if it must.
     """
     try:
         prepared = _prepare_fast(pdf, stage, template.size, signing_time)

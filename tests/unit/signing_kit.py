@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -28,7 +29,7 @@ from tests.hsm_fixtures import FONT
 SIGNED_AT = datetime(2025, 9, 5, 8, 30, tzinfo=UTC)
 BYTES_RESERVED = 16 * 1024
 LATER_STAGES = (Stage.PRINCIPAL, Stage.SCHOOL_SEAL)
-Sign = Callable[..., bytes]  # prepare_and_sign's signature
+Sign = Callable[..., bytes]  # prepare_and_sign's arguments, the signed PDF back
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,12 @@ def _raw_signer(key: rsa.RSAPrivateKey) -> RawSign:
     return raw_sign
 
 
-def sign(
-    pdf: bytes, stages: tuple[Stage, ...], pki: Pki, signer: Sign = pades.prepare_and_sign
-) -> bytes:
+def signed_pdf(*args: Any, **kwargs: Any) -> bytes:
+    """pades.prepare_and_sign, the PDF only (the daemon's path, fast or pyHanko)."""
+    return pades.prepare_and_sign(*args, **kwargs).pdf
+
+
+def sign(pdf: bytes, stages: tuple[Stage, ...], pki: Pki, signer: Sign = signed_pdf) -> bytes:
     """`pdf` signed for each of `stages` in turn, by `signer`."""
     for stage in stages:
         template, raw_sign = pki.signers[stage]

@@ -277,7 +277,7 @@ def test_the_sha256_returned_is_the_signed_pdf_s(pki: Pki) -> None:
     for pdf in (record(), record() + b"garbage\n"):  # the fast paths, then pyHanko's
         for stage in ORDER:
             template, raw_sign = pki.signers[stage]
-            signed = pades.prepare_and_sign_with_sha256(
+            signed = pades.prepare_and_sign(
                 pdf,
                 stage,
                 template,
@@ -387,10 +387,9 @@ def test_signing_on_the_fast_paths_loads_no_pyhanko() -> None:
     # A worker imports daemon.pades; pyHanko (tens of MB) is for the documents it falls back on.
     probe = """
 import sys
-from daemon import pades
 from daemon.stages import ORDER
 from tests.unit.signing_kit import make_pki, record, sign
-sign(record(), ORDER, make_pki(), pades.prepare_and_sign)
+sign(record(), ORDER, make_pki())
 print(sorted(m for m in sys.modules if m.startswith("pyhanko")))
 """
     loaded = subprocess.run(

@@ -37,6 +37,7 @@ from tests.unit.signing_kit import (
     record,
     rewritten,
     sign,
+    signed_pdf,
 )
 
 # Documents
@@ -76,7 +77,7 @@ ORIGINALS = {
 
 
 # Stage 1 as daemon/certification.py writes it, and as pyHanko does.
-FIRST_STAGE = {"certification": pades.prepare_and_sign, "pyhanko": pades._prepare_and_sign_pyhanko}
+FIRST_STAGE = {"certification": signed_pdf, "pyhanko": pades._prepare_and_sign_pyhanko}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_the_same_request_gives_the_same_bytes(pki: Pki) -> None:
         raw_sign,
         bytes_reserved=BYTES_RESERVED,
         signing_time=SIGNED_AT + timedelta(seconds=1),
-    )
+    ).pdf
     assert later != once
     assert b"/M (D:20250905083001Z)" in later[len(teacher_signed) :]
 
