@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import end_to_end, hsm_raw, naive, sign_path
 from bench.environment import BenchEnv, bench_env, samples
-from bench.report import ratios, table
+from bench.report import ratios, signing_rates, table
 from bench.validation import validate
 from daemon.stages import ORDER
 
@@ -97,16 +97,7 @@ def _naive(env: BenchEnv, records: list[Any]) -> tuple[dict[str, Any], list[byte
             dict(hsm.env),
             jobs,
         ).result()
-    signatures = 3 * len(records)
-    figures = {
-        "records": len(records),
-        "signatures": signatures,
-        "elapsed_s": round(wall, 3),
-        "signatures_per_s": round(signatures / wall, 1),
-        "ms_per_signature": round(1000 * wall / signatures, 2),
-        "cpu_s_per_signature": round(cpu / signatures, 5),
-    }
-    return figures, issued
+    return signing_rates(len(records), wall, cpu), issued
 
 
 async def _end_to_end(

@@ -11,6 +11,7 @@ from typing import Any
 
 from bench import procs
 from bench.environment import BenchEnv, Sample
+from bench.report import signing_rates
 from daemon.hsm import SigningPool, SignJob
 from daemon.stages import ORDER
 
@@ -73,12 +74,7 @@ async def measure(
     signatures = 3 * len(records)
     figures = {
         "workers": workers,
-        "records": len(records),
-        "signatures": signatures,
-        "elapsed_s": round(wall, 3),
-        "signatures_per_s": round(signatures / wall, 1),
-        "ms_per_signature": round(1000 * wall / signatures, 2),
-        "cpu_s_per_signature": round(cpu / signatures, 5),
+        **signing_rates(len(records), wall, cpu),
         # The event loop's side (handing PDFs to the workers and back) and the workers'.
         "cpu_s_per_signature_main": round(main_cpu / signatures, 5),
         "cpu_s_per_signature_hsm_workers": round((cpu - main_cpu) / signatures, 5),
