@@ -44,12 +44,16 @@ def _pending_sql(transports: Iterable[str]) -> str:
     )
 
 
-_MARK = """
-UPDATE outbox SET
-    amqp_published_at = CASE WHEN id = ANY($1::bigint[]) THEN now() ELSE amqp_published_at END,
-    mqtt_published_at = CASE WHEN id = ANY($2::bigint[]) THEN now() ELSE mqtt_published_at END
-WHERE id = ANY($1::bigint[]) OR id = ANY($2::bigint[])
-"""
+def _mark_sql(transports: Iterable[str]) -> str:
+    """Mark, in one statement, the rows each of these transports took ($1, $2, … in order)."""
+    names = list(transports)
+    sets = ", ".join(
+        f"{name}_published_at = CASE WHEN id = ANY(${n}::bigint[]) THEN now() "
+        f"ELSE {name}_published_at END"
+        for n, name in enumerate(names, 1)
+    )
+    took = " OR ".join(f"id = ANY(${n}::bigint[])" for n in range(1, len(names) + 1))
+    return f"UPDATE outbox SET {sets} WHERE {took}"
 
 
 @dataclass(frozen=True)
@@ -120,10 +124,12 @@ class StatusRelay:
             rows = await conn.fetch(_pending_sql(t.name for t in healthy), BATCH)
             if not rows:
                 break
-            taken = await asyncio.gather(*(self._publish(t, rows) for t in healthy))
+            # Each row's event is parsed once, whichever transports still lack it.
+            parsed = {row["id"]: Pending(json.loads(row["payload"]), row["repeat"]) for row in rows}
+            taken = await asyncio.gather(*(self._publish(t, rows, parsed) for t in healthy))
             marks = {t.name: ids for t, ids in zip(healthy, taken, strict=True) if ids}
             if marks:
-                await conn.execute(_MARK, marks.get("amqp", []), marks.get("mqtt", []))
+                await conn.execute(_mark_sql(marks), *marks.values())
             down = [t for t, ids in zip(healthy, taken, strict=True) if ids is None]
             healthy = [t for t in healthy if t not in down]
             if len(rows) < BATCH and not down:
@@ -136,13 +142,15 @@ class StatusRelay:
             backlog = await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {column} IS NULL")
             OUTBOX_BACKLOG.labels(transport.name).set(backlog)
 
-    async def _publish(self, transport: Transport, rows: list[asyncpg.Record]) -> list[int] | None:
+    async def _publish(
+        self, transport: Transport, rows: list[asyncpg.Record], parsed: dict[int, Pending]
+    ) -> list[int] | None:
         """Publish the rows this transport lacks: the ids it took, None if it is down."""
         column = f"{transport.name}_published_at"
         mine = [row for row in rows if row[column] is None]
         if not mine:
             return []
-        events = [Pending(json.loads(row["payload"]), row["repeat"]) for row in mine]
+        events = [parsed[row["id"]] for row in mine]
         try:
             await transport.publish(events)
         except BrokerUnavailable as exc:
