@@ -18,9 +18,10 @@ from pathlib import Path
 
 from asn1crypto import x509
 
-from daemon import devenv, validation
+from daemon.dev import env as devenv
 from daemon.hsm import KeyRef
 from daemon.messages import RecordInfo
+from daemon.pdf import validation
 from daemon.stages import Stage
 from producers.school_system import sample_pdf, sample_record
 from tests.services import create_vhost, delete_vhost, drop_database

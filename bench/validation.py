@@ -7,7 +7,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from daemon import validation
+from daemon.pdf import validation
 
 EXPECTED_LEVELS = ["FORM_FILLING", "FORM_FILLING", "NONE"]
 

@@ -21,7 +21,7 @@ from daemon.backoff import retry_delay_ms
 from daemon.errors import HocbaError, InvalidMessage, PermanentError, TransientError
 from daemon.messages import PackageRequest, decode_package_request
 from daemon.metrics import DEAD_LETTERS
-from daemon.package_runner import PackageRunner
+from daemon.packaging.runner import PackageRunner
 from daemon.settings import AmqpSettings
 from daemon.topology import PACKAGE_QUEUE, Topology
 

@@ -27,12 +27,12 @@ from daemon.database import Database
 from daemon.documents import DocumentSource
 from daemon.errors import BrokerUnavailable
 from daemon.hsm import SigningPool
-from daemon.package_runner import PackageRunner
-from daemon.packaging import Packager
+from daemon.packaging.builder import Packager
+from daemon.packaging.runner import PackageRunner
+from daemon.packaging.submission import Submitter
 from daemon.pipeline import Pipeline
 from daemon.settings import Settings
 from daemon.store import FileStore
-from daemon.submission import Submitter
 from producers.ministry import MinistryClient
 from producers.status import StatusRelay
 from producers.transports import AmqpStatus, MqttStatus

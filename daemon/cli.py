@@ -63,7 +63,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _dev_init(args: argparse.Namespace) -> int:
-    from daemon import devenv
+    from daemon.dev import env as devenv
 
     env = await devenv.init(args.dir, args.schools)
     report = {
@@ -85,7 +85,7 @@ async def _dev_init(args: argparse.Namespace) -> int:
 
 
 async def _dev_consent(args: argparse.Namespace) -> int:
-    from daemon import devenv
+    from daemon.dev import env as devenv
     from daemon.stages import Stage
 
     signer = devenv.load_consent_signer(args.dir.resolve(), args.school)
@@ -102,7 +102,7 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from daemon import demo
+    from daemon.dev import demo
 
     summary = await demo.run(args.dir, args.records, args.schools, args.output_dir)
     if not args.json:
@@ -130,7 +130,7 @@ async def _verify(args: argparse.Namespace) -> int:
 
 
 async def _package(args: argparse.Namespace) -> int:
-    from daemon import package_cli
+    from daemon import package_commands as package_cli
 
     result = await package_cli.package(
         _settings(args), args.school, args.year, args.round, submit=args.submit
@@ -141,8 +141,8 @@ async def _package(args: argparse.Namespace) -> int:
 
 
 async def _package_list(args: argparse.Namespace) -> int:
-    from daemon import package_cli
-    from daemon.packages import PackageState
+    from daemon import package_commands as package_cli
+    from daemon.packaging.packages import PackageState
 
     result = await package_cli.listing(_settings(args), PackageState(args.state), args.school)
     _print(result, args.json)
@@ -150,7 +150,7 @@ async def _package_list(args: argparse.Namespace) -> int:
 
 
 async def _package_resume(args: argparse.Namespace) -> int:
-    from daemon import package_cli
+    from daemon import package_commands as package_cli
 
     result = await package_cli.resume(
         _settings(args), args.package_id, args.reason, follow=args.follow
@@ -160,7 +160,7 @@ async def _package_resume(args: argparse.Namespace) -> int:
 
 
 async def _package_reject(args: argparse.Namespace) -> int:
-    from daemon import package_cli
+    from daemon import package_commands as package_cli
 
     result = await package_cli.reject(_settings(args), args.package_id, args.reason)
     _print(result, args.json)
@@ -168,7 +168,9 @@ async def _package_reject(args: argparse.Namespace) -> int:
 
 
 async def _mock_ministry(args: argparse.Namespace) -> int:
-    from daemon import app, ministry_sim, package_cli
+    from daemon import app
+    from daemon import package_commands as package_cli
+    from daemon.dev import ministry_sim
 
     settings = _settings(args) if args.config or not args.token_file else None
     roots = args.trust_root or (settings.signing.trust_roots if settings else [])

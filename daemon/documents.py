@@ -10,7 +10,7 @@ from yarl import URL
 
 from daemon.errors import DocumentFetchFailed, DocumentUnavailable, HashMismatch, NotAPdf
 from daemon.messages import Document
-from daemon.pades import inspect_pdf
+from daemon.pdf.pades import inspect_pdf
 from daemon.settings import SigningSettings
 
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 414, 451})

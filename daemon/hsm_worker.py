@@ -23,7 +23,6 @@ from asn1crypto import x509
 from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 
-from daemon.cms import SignedDataTemplate
 from daemon.errors import (
     CertificateInvalid,
     ConfigError,
@@ -32,7 +31,8 @@ from daemon.errors import (
     InternalError,
     UnknownSigner,
 )
-from daemon.pades import prepare_and_sign
+from daemon.pdf.cms import SignedDataTemplate
+from daemon.pdf.pades import prepare_and_sign
 from daemon.stages import Stage
 
 # Certificate objects with this label are the chain embedded in every signature.

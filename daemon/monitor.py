@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractRobustConnection
@@ -23,6 +23,7 @@ from prometheus_client import Gauge
 
 from daemon import metrics, topology
 from daemon.backoff import retry_delays_ms
+from daemon.clock import VIETNAM
 from daemon.database import Database
 from daemon.errors import BrokerUnavailable, HocbaError
 from daemon.settings import AmqpSettings
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 Check = Callable[[], Awaitable[None]]
 LabelValues = tuple[str, ...]
 
-VIETNAM = timezone(timedelta(hours=7), "ICT")
 EXPIRY_WINDOW_DAYS = 30
 _YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 # Record states a record can be in (a refusal never changes a record's state).

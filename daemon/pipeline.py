@@ -13,11 +13,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Protocol
 from uuid import UUID
 
 from daemon import consent, records, rules
+from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import HocbaError, PermanentError, RequestIdReused, UnknownSchool
 from daemon.hsm import KeyRef, SignJob, SignResult
@@ -27,12 +27,6 @@ from daemon.stages import Stage, State
 from daemon.store import DocumentStore
 
 log = logging.getLogger(__name__)
-
-VIETNAM = timezone(timedelta(hours=7), "ICT")
-
-
-def now() -> datetime:
-    return datetime.now(VIETNAM)
 
 
 class Signing(Protocol):
@@ -60,6 +54,7 @@ class Pipeline:
     signing: Signing
     store: DocumentStore
     documents: Documents
+    clock: Clock = vietnam_now
 
     async def handle(self, request: SignRequest) -> Outcome:
         started = time.perf_counter()
@@ -104,7 +99,7 @@ class Pipeline:
             document_sha256=None,
             signatures=0,
             reason=Reason(code=error.code, message=error.message),
-            at=now(),
+            at=self.clock(),
         )
         async with self.db.transaction() as conn:
             if request is not None and remember:
@@ -150,7 +145,7 @@ class Pipeline:
             request.stage.value,
             digest,
         )
-        consent.verify(request.consent, school.consent_key, subject, now())
+        consent.verify(request.consent, school.consent_key, subject, self.clock())
         pdf = await self._version_to_sign(request, digest)
         key = KeyRef(request.school_id, signer.token_label, signer.key_label)
         result = await self.signing.sign(SignJob(pdf, request.stage, key))
@@ -166,7 +161,7 @@ class Pipeline:
             document_sha256=result.sha256,
             signatures=request.stage.position,
             reason=None,
-            at=now(),
+            at=self.clock(),
         )
         signature = records.NewSignature(
             request_id=request.request_id,

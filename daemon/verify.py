@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from daemon import validation
 from daemon.errors import NotAPdf
+from daemon.pdf import validation
 from daemon.stages import FIELD_NAMES
 
 
@@ -83,9 +83,9 @@ def is_package(path: Path) -> bool:
 
 def package_report(path: Path, trust_roots: list[Path]) -> dict[str, Any]:
     """Container, manifest, CAdES signature and every PDF inside; problems by code."""
-    from daemon import package_check
+    from daemon.packaging import check
 
-    checked = package_check.check_package(path, validation.load_certificates(trust_roots))
+    checked = check.check_package(path, validation.load_certificates(trust_roots))
     cades = checked.cades
     return {
         "valid": checked.valid,

@@ -20,10 +20,10 @@ from uuid import UUID
 import aiohttp
 from pydantic import SecretStr
 
-from daemon.asice import MIMETYPE
 from daemon.errors import MinistryRefused, MinistryUnavailable
+from daemon.packaging.container import MIMETYPE
+from daemon.packaging.submission import Receipt
 from daemon.settings import MinistrySettings
-from daemon.submission import Receipt
 
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 _STATUSES = ("received", "accepted", "rejected")

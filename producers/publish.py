@@ -10,7 +10,8 @@ from typing import Any
 
 import aio_pika
 
-from daemon import devenv, topology
+from daemon import topology
+from daemon.dev import env as devenv
 from daemon.messages import RecordInfo
 from daemon.stages import Stage
 from producers.school_system import sample_pdf, sign_request

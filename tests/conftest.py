@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from daemon import app, devenv
+from daemon import app
+from daemon.dev import env as devenv
 from daemon.settings import Settings
 from tests import services
 from tests.hsm_fixtures import *  # noqa: F403

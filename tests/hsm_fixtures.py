@@ -19,16 +19,16 @@ from asn1crypto import x509
 from fpdf import FPDF
 from pydantic import SecretStr
 
-from daemon.devpki import (
+from daemon.dev.pki import (
     ProvisionedSigner,
     SignerSpec,
     ensure_softhsm_token,
     provision,
 )
 from daemon.hsm import KeyRef, SigningPool
+from daemon.pdf.validation import load_certificates
 from daemon.settings import HsmSettings, SigningSettings
 from daemon.stages import Stage
-from daemon.validation import load_certificates
 
 __all__ = [
     "P11KitServer",

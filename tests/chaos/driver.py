@@ -22,7 +22,8 @@ from typing import Any
 import aio_pika
 import aiomqtt
 
-from daemon import devenv, topology
+from daemon import topology
+from daemon.dev import env as devenv
 from daemon.messages import RecordInfo
 from daemon.stages import ORDER, Stage
 from producers.school_system import sample_pdf, sample_record, sign_request

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 
-from daemon import validation
+from daemon.pdf import validation
 from daemon.stages import FIELD_NAMES
 from daemon.store import FileStore
 from tests.chaos.driver import Driver, MqttRecorder

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from daemon.asice import INDEX
+from daemon.packaging.container import INDEX
 from tests.chaos.services import VENV_BIN, _killpg, free_port, wait_port
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from daemon import devenv
+from daemon.dev import env as devenv
 from daemon.stages import Stage
 from producers.school_system import sample_pdf, sample_record, sign_request
 from tests.chaos import invariants

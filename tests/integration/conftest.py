@@ -12,7 +12,8 @@ from uuid import UUID
 import aio_pika
 import pytest
 
-from daemon import devenv, topology
+from daemon import topology
+from daemon.dev import env as devenv
 from daemon.messages import RecordInfo
 from daemon.settings import Settings
 from daemon.stages import Stage

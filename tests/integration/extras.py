@@ -10,7 +10,8 @@ import asyncio
 
 import asyncpg
 
-from daemon import devenv, devpki
+from daemon.dev import env as devenv
+from daemon.dev import pki as devpki
 from daemon.stages import Stage
 
 SCHOOL = "31000101"

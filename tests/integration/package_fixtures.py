@@ -17,15 +17,16 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from daemon import ministry_sim, validation
 from daemon.app import Running
+from daemon.dev import ministry_sim
 from daemon.messages import RecordInfo
-from daemon.package_runner import PackageRunner
-from daemon.packaging import Packager
+from daemon.packaging.builder import Packager
+from daemon.packaging.runner import PackageRunner
+from daemon.packaging.submission import Submitter
+from daemon.pdf import validation
 from daemon.settings import MinistrySettings, Settings
 from daemon.stages import ORDER
 from daemon.store import FileStore
-from daemon.submission import Submitter
 from producers.ministry import MinistryClient
 from tests.integration.conftest import SchoolSystem
 from tests.services import StatusEvents

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 
 import aio_pika
 
-from daemon import app, records, topology, validation
+from daemon import app, records, topology
 from daemon.database import Database
 from daemon.messages import StatusEvent
+from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import Stage, State
 from daemon.store import FileStore

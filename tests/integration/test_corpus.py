@@ -24,7 +24,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon import app, consent, devenv, topology
+from daemon import app, consent, topology
+from daemon.dev import env as devenv
 from daemon.messages import RecordInfo
 from daemon.settings import Settings
 from daemon.stages import Stage

@@ -12,10 +12,10 @@ import pytest
 from asn1crypto import cms, pem
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from daemon.cms import SignedDataTemplate, TemplateError
 from daemon.hsm import SigningPool
+from daemon.pdf.cms import SignedDataTemplate, TemplateError
+from daemon.pdf.validation import validate_pdf_async
 from daemon.stages import ORDER
-from daemon.validation import validate_pdf_async
 from tests.hsm_fixtures import DevHsm
 from tests.integration.test_pades import SCHOOL, sign_through
 

@@ -24,9 +24,9 @@ from daemon.errors import (
     UnknownSigner,
 )
 from daemon.hsm import KeyRef, SigningPool, SignJob, check_certificate
+from daemon.pdf.validation import validate_pdf
 from daemon.settings import SigningSettings
 from daemon.stages import Stage
-from daemon.validation import validate_pdf
 from tests.hsm_fixtures import EXPIRED_SCHOOL, SCHOOLS, DevHsm, P11KitServer
 
 TEACHER = Stage.HOMEROOM_TEACHER

@@ -14,8 +14,8 @@ import aiohttp
 import asyncpg
 import pytest
 
-from daemon import devenv
 from daemon.database import Database
+from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
 from daemon.errors import InvalidMessage, Unauthorized
 from daemon.hsm import KeyRef, SigningPool, SignJob, SignResult

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from daemon import devenv
+from daemon.dev import env as devenv
 from daemon.settings import Settings
 
 

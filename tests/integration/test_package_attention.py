@@ -13,10 +13,13 @@ from typing import Any
 
 import pytest
 
-from daemon import cli, devenv, package_cli, packages
+from daemon import cli
+from daemon import package_commands as package_cli
 from daemon.app import Running
+from daemon.dev import env as devenv
 from daemon.errors import HocbaError
-from daemon.packages import Package, PackageState
+from daemon.packaging import packages
+from daemon.packaging.packages import Package, PackageState
 from daemon.settings import Settings
 from tests.integration.conftest import SchoolSystem
 from tests.integration.package_fixtures import *  # noqa: F403
@@ -114,7 +117,7 @@ async def test_a_resumed_package_is_sent_again_and_may_lose_its_receipt_again(
     cli_settings = settings.model_copy(
         update={"ministry": given.sim.settings(max_receipt_resends=RESENDS)}
     )
-    with caplog.at_level(logging.WARNING, logger="daemon.package_cli"):
+    with caplog.at_level(logging.WARNING, logger="daemon.package_commands"):
         shown = await package_cli.resume(
             cli_settings, given.package.package_id, "The ministry has nothing.", follow=True
         )
@@ -138,7 +141,7 @@ async def test_a_resumed_package_is_sent_again_and_may_lose_its_receipt_again(
     assert action == "package_resumed_by_operator"
     assert detail["from"] == "attention" and detail["to"] == "submitting"
     assert detail["reason"] == "The ministry has nothing."
-    warned = [r.getMessage() for r in caplog.records if r.name == "daemon.package_cli"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "daemon.package_commands"]
     assert warned == [
         f"Package {given.package.package_id} resumed by an operator: back to submitting "
         "under the same Idempotency-Key."

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from daemon import asice, package_check, packages, validation
 from daemon.app import Running
-from daemon.packages import PackageState
+from daemon.packaging import check, container, packages
+from daemon.packaging.packages import PackageState
+from daemon.pdf import validation
 from daemon.settings import Settings
 from tests.integration.conftest import SchoolSystem
 from tests.integration.package_fixtures import *  # noqa: F403
@@ -81,14 +82,14 @@ async def test_openssl_accepts_the_seal_and_every_digest_matches(
     assert built is not None and built.path is not None
 
     with zipfile.ZipFile(built.path) as archive:
-        archive.extract(asice.MANIFEST, tmp_path)
-        archive.extract(asice.SIGNATURE, tmp_path)
+        archive.extract(container.MANIFEST, tmp_path)
+        archive.extract(container.SIGNATURE, tmp_path)
     done = await asyncio.to_thread(
         subprocess.run,
         [
             "openssl", "cms", "-verify", "-binary", "-inform", "DER",
-            "-in", str(tmp_path / asice.SIGNATURE),
-            "-content", str(tmp_path / asice.MANIFEST),
+            "-in", str(tmp_path / container.SIGNATURE),
+            "-content", str(tmp_path / container.MANIFEST),
             "-CAfile", str(settings.signing.trust_roots[0]),
             "-out", "/dev/null",
         ],
@@ -98,7 +99,7 @@ async def test_openssl_accepts_the_seal_and_every_digest_matches(
     assert done.returncode == 0, done.stderr
     assert "Verification successful" in done.stderr
     roots = validation.load_certificates(settings.signing.trust_roots)
-    report = await asyncio.to_thread(package_check.check_package, Path(built.path), roots)
+    report = await asyncio.to_thread(check.check_package, Path(built.path), roots)
     assert report.valid, report.problems
     assert report.pdfs_checked == 2
     assert report.cades is not None and report.cades.trusted
@@ -190,9 +191,9 @@ async def test_a_tampered_manifest_breaks_the_seal(
     def add_space(data: bytes) -> bytes:
         return data.replace(b"</asic:ASiCManifest>", b"</asic:ASiCManifest> ")
 
-    await asyncio.to_thread(_replace_entry, Path(built.path), asice.MANIFEST, add_space)
+    await asyncio.to_thread(_replace_entry, Path(built.path), container.MANIFEST, add_space)
     roots = validation.load_certificates(settings.signing.trust_roots)
-    report = await asyncio.to_thread(package_check.check_package, Path(built.path), roots)
+    report = await asyncio.to_thread(check.check_package, Path(built.path), roots)
     assert [p.code for p in report.problems] == ["signature_invalid"]
     assert "the manifest was changed" in report.problems[0].message
 

@@ -12,9 +12,9 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
 from daemon.errors import NotAPdf
 from daemon.hsm import SigningPool, SignJob
-from daemon.pades import inspect_pdf
+from daemon.pdf.pades import inspect_pdf
+from daemon.pdf.validation import validate_pdf, validate_pdf_async
 from daemon.stages import ORDER, Stage
-from daemon.validation import validate_pdf, validate_pdf_async
 from tests.hsm_fixtures import SCHOOLS, DevHsm
 
 SCHOOL = SCHOOLS[0]

@@ -13,9 +13,11 @@ import aiohttp
 from aiohttp import web
 
 from consumers.sign_requests import SignRequestConsumer
-from daemon import app, devenv, topology, validation
+from daemon import app, topology
+from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
 from daemon.messages import SignRequest
+from daemon.pdf import validation
 from daemon.pipeline import Outcome, Pipeline
 from daemon.settings import Settings
 from daemon.stages import Stage

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from daemon import app, devenv
+from daemon import app
+from daemon.dev import env as devenv
 from daemon.settings import Settings
 from daemon.stages import Stage
 from tests import services

@@ -8,8 +8,9 @@ import json
 
 import aiohttp
 
-from daemon import validation, verify
+from daemon import verify
 from daemon.app import Running
+from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage
 from daemon.store import FileStore

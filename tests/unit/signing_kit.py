@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from fpdf import FPDF
 
-from daemon import certification, incremental, pades, validation
-from daemon.cms import RawSign, SignedDataTemplate
+from daemon.pdf import certification, incremental, pades, validation
+from daemon.pdf.cms import RawSign, SignedDataTemplate
 from daemon.stages import FIELD_NAMES, ORDER, Stage
 from tests.hsm_fixtures import FONT
 
@@ -165,8 +165,8 @@ def by_qpdf(pdf: bytes, tmp_path: Path, *options: str) -> bytes:
 
 
 def fill_field(pdf: bytes, stage: Stage, pki: Pki) -> bytes:
-    """`stage` signed on the fast path (daemon/certification.py for the first stage,
-    daemon/incremental.py for the others) directly; raises Unsupported if it cannot."""
+    """`stage` signed on the fast path (daemon/pdf/certification.py for the first stage,
+    daemon/pdf/incremental.py for the others) directly; raises Unsupported if it cannot."""
     template, raw_sign = pki.signers[stage]
     if stage is Stage.HOMEROOM_TEACHER:
         prepared = certification.prepare_certification(

@@ -1,4 +1,4 @@
-"""Stage 1 through daemon/certification.py: the update pyHanko would have written.
+"""Stage 1 through daemon/pdf/certification.py: the update pyHanko would have written.
 
 Each school's PDF is signed through all three stages twice, by prepare_and_sign (the
 fast paths) and by the pyHanko path alone; pyHanko's validator must report the same
@@ -28,9 +28,9 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import BasePdfFileWriter, copy_into_new_writer
 
-from daemon import pades, validation
-from daemon.certification import prepare_certification
-from daemon.pdfread import Unsupported
+from daemon.pdf import pades, validation
+from daemon.pdf.certification import prepare_certification
+from daemon.pdf.reader import Unsupported
 from daemon.stages import FIELD_NAMES, ORDER, Stage
 from producers.school_system import sample_pdf, sample_record
 from tests.unit.signing_kit import (
@@ -53,7 +53,7 @@ def pki() -> Pki:
 
 
 def _certified(pdf: bytes, pki: Pki, signing_time: datetime = SIGNED_AT) -> bytes:
-    """Stage 1 signed by daemon/certification.py directly; raises Unsupported if it cannot."""
+    """Stage 1 signed by daemon/pdf/certification.py directly; raises Unsupported if it cannot."""
     template, raw_sign = pki.signers[Stage.HOMEROOM_TEACHER]
     prepared = prepare_certification(
         pdf, FIELD_NAMES, contents_bytes=template.size, signing_time=signing_time

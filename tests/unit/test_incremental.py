@@ -1,7 +1,7 @@
-"""Stages 2 and 3 through daemon/incremental.py: the signatures pyHanko would have written.
+"""Stages 2 and 3 through daemon/pdf/incremental.py: the signatures pyHanko would have written.
 
 Each record is signed twice from the same teacher-signed document (stage 1 written by
-daemon/certification.py or by pyHanko), once by the fast path and once by the pyHanko
+daemon/pdf/certification.py or by pyHanko), once by the fast path and once by the pyHanko
 path, and pyHanko's validator must report the same for both; poppler's pdfsig must
 accept them. Documents the fast path does not expect go to pyHanko, which signs or
 refuses them as it always has.
@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 
-from daemon import incremental, pades, validation
 from daemon.errors import ConfigError, NotAPdf
-from daemon.incremental import ContentsTooLarge
-from daemon.pdfread import Unsupported
+from daemon.pdf import incremental, pades, validation
+from daemon.pdf.incremental import ContentsTooLarge
+from daemon.pdf.reader import Unsupported
 from daemon.stages import ORDER, Stage
 from tests.unit.signing_kit import (
     BYTES_RESERVED,
@@ -76,7 +76,7 @@ ORIGINALS = {
 }
 
 
-# Stage 1 as daemon/certification.py writes it, and as pyHanko does.
+# Stage 1 as daemon/pdf/certification.py writes it, and as pyHanko does.
 FIRST_STAGE = {"certification": signed_pdf, "pyhanko": pades._prepare_and_sign_pyhanko}
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from daemon.errors import InvalidMessage, NotAPdf
 from daemon.messages import decode_sign_request
-from daemon.pades import inspect_pdf
+from daemon.pdf.pades import inspect_pdf
 from tests.corpus.generate import plain_pdf
 
 CORPUS = Path(__file__).parents[1] / "corpus"

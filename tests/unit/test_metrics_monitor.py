@@ -6,8 +6,8 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
+from daemon.clock import VIETNAM
 from daemon.monitor import (
-    VIETNAM,
     LabelledGauge,
     deadline,
     queue_names,

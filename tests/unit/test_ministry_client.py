@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from daemon.packaging.submission import Submitter
 from daemon.settings import MinistrySettings
-from daemon.submission import Submitter
 from producers.ministry import retry_after_s
 
 AT = datetime(2026, 6, 30, 16, 0, 0, tzinfo=UTC)

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
-from daemon import ministry_sim
-from daemon.asice import MIMETYPE
+from daemon.dev import ministry_sim
+from daemon.packaging.container import MIMETYPE
 
 TOKEN = "sim-unit-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,4 +1,4 @@
-"""Finding objects through xref sections and object streams (daemon/pdfread.py).
+"""Finding objects through xref sections and object streams (daemon/pdf/reader.py).
 
 Every object of files written by fpdf2, qpdf and pyHanko reads as pyHanko's reader
 reads it; object streams this reader does not understand are refused.
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.reader import PdfFileReader
 
-from daemon import pdfread
-from daemon.pdfread import Document, PdfObject, Ref, Unsupported
+from daemon.pdf import reader as pdfread
+from daemon.pdf.reader import Document, PdfObject, Ref, Unsupported
 from tests.unit.signing_kit import by_qpdf, record, rewritten
 
 FILES: dict[str, Callable[[Path], bytes]] = {
@@ -48,7 +48,7 @@ def test_every_object_reads_as_pyhanko_reads_it(name: str, tmp_path: Path) -> No
 
 
 def _ours(value: object) -> PdfObject:
-    """A pyHanko object as daemon/pdfsyntax.py represents it."""
+    """A pyHanko object as daemon/pdf/syntax.py represents it."""
     if isinstance(value, generic.IndirectObject):
         return Ref(value.idnum, value.generation)
     if isinstance(value, generic.NameObject):

@@ -1,4 +1,4 @@
-"""PDF objects from bytes and back (daemon/pdfsyntax.py)."""
+"""PDF objects from bytes and back (daemon/pdf/syntax.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.pdfsyntax import PdfObject, Ref, Unsupported, read_object, serialize
+from daemon.pdf.syntax import PdfObject, Ref, Unsupported, read_object, serialize
 
 # Reading
 

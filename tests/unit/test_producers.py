@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import pades, validation
 from daemon.errors import NotAPdf
-from daemon.pdfread import Unsupported
+from daemon.pdf import pades, validation
+from daemon.pdf.reader import Unsupported
 from daemon.stages import ORDER
 from tests.unit.signing_kit import (
     Pki,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from daemon.schedule import academic_year, due_rounds
+from daemon.packaging.schedule import academic_year, due_rounds
 
 DEADLINES = {1: "06-30", 2: "08-25"}
 

@@ -17,13 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from daemon import asice, packages
+from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import ConcurrentUpdate, UnknownSigner
 from daemon.hsm import KeyRef
 from daemon.metrics import PACKAGE_BUILD_DURATION, PACKAGES_BUILT
-from daemon.packages import Package, PackageState
-from daemon.pipeline import now
+from daemon.packaging import container, packages
+from daemon.packaging.packages import Package, PackageState
 from daemon.stages import State
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Packager:
     signing: CmsSigning
     store: StoredFiles
     root: Path
+    clock: Clock = vietnam_now
 
     async def build(self, school_id: str, year: str, round_: int) -> Package | None:
         """The round's package holding every waiting record, built; None if none wait."""
@@ -54,7 +55,7 @@ class Packager:
                 if not waiting:
                     return None
                 # Whole seconds: what CMS signing-time keeps, so a rebuild signs the same.
-                signed_at = now().replace(microsecond=0)
+                signed_at = self.clock().replace(microsecond=0)
                 package = await packages.create(conn, school_id, year, round_, waiting, signed_at)
                 log.info(
                     "Created package %s for school %s, %s round %d: %d records.",
@@ -80,7 +81,7 @@ class Packager:
         signature = await self.signing.sign_cms(key, content.manifest_bytes(), package.signing_time)
         target = self.root / package.school_id / package.file_name
         written = await asyncio.to_thread(
-            asice.write_container, target, content, signature, self.store.path
+            container.write_container, target, content, signature, self.store.path
         )
         try:
             async with self.db.transaction() as conn:
@@ -92,7 +93,7 @@ class Packager:
                 package = await packages.move(
                     conn, package, PackageState.BUILT, sets, came_from=(PackageState.BUILDING,)
                 )
-                await packages.tell_records(conn, package, State.PACKAGED, now())
+                await packages.tell_records(conn, package, State.PACKAGED, self.clock())
         except ConcurrentUpdate:
             # Another instance built it first; the bytes it wrote are the same as ours.
             async with self.db.connection() as conn:

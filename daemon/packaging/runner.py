@@ -15,16 +15,16 @@ import logging
 from datetime import datetime
 from uuid import UUID
 
-from daemon import packages
+from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import HocbaError
 from daemon.metrics import RECORDS_WAITING
-from daemon.packages import Package, PackageState
-from daemon.packaging import Packager
-from daemon.pipeline import now
-from daemon.schedule import due_rounds
+from daemon.packaging import packages
+from daemon.packaging.builder import Packager
+from daemon.packaging.packages import Package, PackageState
+from daemon.packaging.schedule import due_rounds
+from daemon.packaging.submission import Submitter
 from daemon.settings import PackagingSettings
-from daemon.submission import Submitter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ class PackageRunner:
         packager: Packager,
         submitter: Submitter,
         settings: PackagingSettings,
+        clock: Clock = vietnam_now,
     ) -> None:
+        self.clock = clock
         self.db = db
         self.packager = packager
         self.submitter = submitter
@@ -106,7 +108,7 @@ class PackageRunner:
             return
         while not stop.is_set():
             try:
-                await self.tick(now())
+                await self.tick(self.clock())
             except HocbaError as exc:
                 log.warning("Packaging schedule tick failed: %s", exc.message)
             with contextlib.suppress(TimeoutError):

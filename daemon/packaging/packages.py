@@ -18,9 +18,9 @@ from uuid import UUID
 import asyncpg
 
 from daemon import records
-from daemon.asice import PackageContent, PackagedRecord
 from daemon.errors import ConcurrentUpdate
 from daemon.messages import Reason, StatusEvent
+from daemon.packaging.container import PackageContent, PackagedRecord
 from daemon.stages import ORDER, State
 
 

@@ -1,6 +1,6 @@
 """PDF objects to and from bytes: the tokenizer, the parser and the serializer.
 
-daemon/pdfread.py finds objects in a file and daemon/incremental.py writes updates;
+daemon/pdf/reader.py finds objects in a file and daemon/pdf/incremental.py writes updates;
 both speak PDF objects through this module. Names are str (no slash, #xx decoded),
 strings bytes, arrays lists, dictionaries dicts, references `Ref`. Only the standard
 library is used, so a worker using it stays small.

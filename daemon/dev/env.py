@@ -26,8 +26,9 @@ import asyncpg
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from daemon import devpki, migrate
+from daemon import migrate
 from daemon.consent import Alg
+from daemon.dev import pki
 from daemon.settings import Settings, load_settings
 from producers.school_system import ConsentSigner
 
@@ -40,7 +41,7 @@ class DevEnv:
     base: Path
     settings: Settings
     schools: tuple[str, ...]
-    signers: tuple[devpki.ProvisionedSigner, ...]
+    signers: tuple[pki.ProvisionedSigner, ...]
 
     @property
     def config_path(self) -> Path:
@@ -84,14 +85,14 @@ async def init(
 
 def _provision(
     base: Path, ids: tuple[str, ...], dsn: str, amqp_url: str
-) -> tuple[Path, devpki.ProvisionResult]:
+) -> tuple[Path, pki.ProvisionResult]:
     """The blocking part: files, the SoftHSM token, keys generated inside it."""
     base = base.resolve()
     (base / "consent").mkdir(parents=True, exist_ok=True, mode=0o700)
     pin = _secret_file(base / "hsm-pin")
     so_pin = _secret_file(base / "hsm-so-pin")
-    env = devpki.ensure_softhsm_token(base / "hsm", TOKEN_LABEL, pin, so_pin)
-    result = devpki.provision(base, token_label=TOKEN_LABEL, pin=pin, schools=ids, env=env)
+    env = pki.ensure_softhsm_token(base / "hsm", TOKEN_LABEL, pin, so_pin)
+    result = pki.provision(base, token_label=TOKEN_LABEL, pin=pin, schools=ids, env=env)
     config = base / CONFIG_NAME
     if not config.exists():
         config.write_text(_config_text(base, env, dsn, amqp_url, result.root_pem), "utf-8")
@@ -114,7 +115,7 @@ async def register_school(
 
 
 async def register_signers(
-    conn: asyncpg.Connection, token_label: str, signers: tuple[devpki.ProvisionedSigner, ...]
+    conn: asyncpg.Connection, token_label: str, signers: tuple[pki.ProvisionedSigner, ...]
 ) -> None:
     await conn.executemany(
         """INSERT INTO signers (school_id, signer_id, stage, token_label, key_label,
@@ -213,7 +214,7 @@ dsn = "{dsn}"
 url = "{amqp_url}"
 
 [hsm]
-module = "{devpki.SOFTHSM_MODULE}"
+module = "{pki.SOFTHSM_MODULE}"
 token_label = "{TOKEN_LABEL}"
 pin_file = "{base / "hsm-pin"}"
 

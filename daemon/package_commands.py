@@ -23,16 +23,19 @@ import aiohttp
 import asyncpg
 from pydantic import SecretStr
 
-from daemon import app, ministry_sim, packages, validation
+from daemon import app
+from daemon.clock import vietnam_now
 from daemon.database import Database
+from daemon.dev import ministry_sim
 from daemon.errors import ConfigError, PermanentError
 from daemon.messages import Reason
-from daemon.packages import Package, PackageState
-from daemon.packaging import Packager
-from daemon.pipeline import now
+from daemon.packaging import packages
+from daemon.packaging.builder import Packager
+from daemon.packaging.packages import Package, PackageState
+from daemon.packaging.submission import REASON_MESSAGE_CHARS, Submitter
+from daemon.pdf import validation
 from daemon.settings import Settings, read_secret
 from daemon.store import FileStore
-from daemon.submission import REASON_MESSAGE_CHARS, Submitter
 from producers.ministry import MinistryClient
 
 log = logging.getLogger(__name__)
@@ -120,7 +123,7 @@ async def reject_package(db: Database, package_id: UUID, reason: str) -> Package
             PackageState.REJECTED,
             [{"code": OPERATOR_REJECTED, "message": message}],
             0,
-            now(),
+            vietnam_now(),
             reason=Reason(code=OPERATOR_REJECTED, message=message),
             came_from=(PackageState.ATTENTION,),
         )

@@ -4,8 +4,8 @@ The homeroom teacher's signature is the record's first: it adds the three signat
 fields (the seal's with its lock), certifies the document for form filling (DocMDP)
 and registers the ESIC extension, all in the revision it signs. pyHanko's reader and
 writer cost most of a millisecond for that; this module reads the few objects it
-changes through daemon/pdfread.py (the trailers, the catalogue, the page tree down to
-the first page) and appends what daemon/pades.py has pyHanko write, object for
+changes through daemon/pdf/reader.py (the trailers, the catalogue, the page tree down to
+the first page) and appends what daemon/pdf/pades.py has pyHanko write, object for
 object: the catalogue with /AcroForm, /Perms, /Extensions and, for a PDF older than
 1.7, /Version; the first page with the fields in its /Annots (or, when that is an
 indirect array, the array); the AcroForm; three invisible field widgets; the seal's
@@ -25,7 +25,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.incremental import (
+from daemon.pdf.incremental import (
     PreparedSignature,
     SignedUpdate,
     catalog_version,
@@ -34,8 +34,8 @@ from daemon.incremental import (
     next_trailer,
     signature_entries,
 )
-from daemon.pdfread import NOT_TRAILER_KEYS, Document
-from daemon.pdfsyntax import (
+from daemon.pdf.reader import NOT_TRAILER_KEYS, Document
+from daemon.pdf.syntax import (
     MAX_DEPTH,
     PdfDict,
     PdfObject,

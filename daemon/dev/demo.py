@@ -27,10 +27,13 @@ from typing import Any
 import aio_pika
 from pydantic import SecretStr
 
-from daemon import app, devenv, ministry_sim, topology, validation
+from daemon import app, topology
+from daemon.dev import env as devenv
+from daemon.dev import ministry_sim
 from daemon.messages import RecordInfo
-from daemon.package_runner import PackageRunner
-from daemon.packages import Package, PackageState
+from daemon.packaging.packages import Package, PackageState
+from daemon.packaging.runner import PackageRunner
+from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage, State
 from daemon.store import FileStore

@@ -40,9 +40,10 @@ from aiohttp import web
 from asn1crypto import x509
 from pydantic import SecretStr
 
-from daemon import package_check, validation
-from daemon.asice import MIMETYPE
-from daemon.package_check import PackageReport
+from daemon.packaging import check
+from daemon.packaging.check import PackageReport
+from daemon.packaging.container import MIMETYPE
+from daemon.pdf import validation
 
 log = logging.getLogger(__name__)
 
@@ -296,9 +297,7 @@ class MinistrySimulator:
         await asyncio.to_thread(_write_atomically, final, text)
 
     async def _check(self, received: Received) -> None:
-        report = await asyncio.to_thread(
-            package_check.check_package, received.path, self.trust_roots
-        )
+        report = await asyncio.to_thread(check.check_package, received.path, self.trust_roots)
         async with self._files:
             if self.by_receipt.get(received.receipt_id) is not received:
                 return  # forgotten meanwhile

@@ -1,19 +1,19 @@
 """Stages 2 and 3 without pyHanko: fill an empty signature field with a byte-level update.
 
-Each record's first revision is written by daemon/certification.py (or pyHanko) and
+Each record's first revision is written by daemon/pdf/certification.py (or pyHanko) and
 each later one by this module, so the input is always a PDF this daemon wrote, and
 filling a field needs a handful of its objects: the trailer, the catalogue, its
-AcroForm and the fields, which daemon/pdfread.py finds from the end of the file.
+AcroForm and the fields, which daemon/pdf/reader.py finds from the end of the file.
 Appending the two changed objects (the field, now with /V, and a new signature
 dictionary) with an xref section of the kind the file already uses costs a fraction
 of pyHanko's full parse and write. The update mirrors what pyHanko's PdfSigner
-writes for these stages (see daemon/pades.py): the same signature dictionary and,
+writes for these stages (see daemon/pdf/pades.py): the same signature dictionary and,
 for the seal, its FieldMDP reference; a trailer keeping /Root, /Info and the first
 /ID; /Info and /Extensions left alone, as pyHanko leaves them once stage 1 has
 registered the ESIC extension.
 
 The layout of a signing update (objects, signature dictionary, byte range, xref
-section, digest) is shared with daemon/certification.py. Anything unexpected (a
+section, digest) is shared with daemon/pdf/certification.py. Anything unexpected (a
 filled field, a catalogue pyHanko would change) raises `Unsupported`; the caller
 then signs with pyHanko.
 """
@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from daemon.pdfread import NOT_TRAILER_KEYS, Document, Located
-from daemon.pdfsyntax import (
+from daemon.pdf.reader import NOT_TRAILER_KEYS, Document, Located
+from daemon.pdf.syntax import (
     PdfDict,
     PdfObject,
     Ref,
@@ -178,7 +178,7 @@ def _check_pyhanko_leaves_catalog(document: Document, catalog: PdfDict) -> None:
 
 
 def _field_to_fill(document: Document, catalog: PdfDict, name: str) -> Located:
-    """The empty signature field `name`; the last of that name, as daemon/pades.py finds it.
+    """The empty signature field `name`; the last of that name, as daemon/pdf/pades.py finds it.
 
     Read from the end, so the fields after it (none, for the seal) are never parsed;
     stage 1 had pyHanko read every one of them already.

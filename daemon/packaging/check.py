@@ -22,7 +22,8 @@ from xml.etree import ElementTree
 from asn1crypto import cms, x509
 from pyhanko.sign.validation import async_validate_detached_cms
 
-from daemon import asice, validation
+from daemon.packaging import container
+from daemon.pdf import validation
 from daemon.stages import FIELD_NAMES
 
 _REQUIRED_ATTRS = ("content_type", "message_digest", "signing_time", "signing_certificate_v2")
@@ -84,13 +85,15 @@ def _check_archive(
         report.add("duplicate_entry", "The ZIP has several entries with the same name.")
         return
     _check_mimetype(archive, infos, report)
-    missing = [n for n in (asice.MANIFEST, asice.SIGNATURE, asice.INDEX) if n not in names]
+    missing = [
+        n for n in (container.MANIFEST, container.SIGNATURE, container.INDEX) if n not in names
+    ]
     if missing:
         report.add("missing_entry", f"The package lacks {', '.join(missing)}.")
         return
-    manifest = archive.read(asice.MANIFEST)
+    manifest = archive.read(container.MANIFEST)
     digests = _check_manifest(archive, manifest, names, report)
-    report.cades = _check_cades(manifest, archive.read(asice.SIGNATURE), roots, report)
+    report.cades = _check_cades(manifest, archive.read(container.SIGNATURE), roots, report)
     records = _check_index(archive, names, digests, report)
     if check_pdfs and not report.problems:
         for record_id in records:
@@ -102,7 +105,7 @@ def _check_mimetype(
     archive: zipfile.ZipFile, infos: list[zipfile.ZipInfo], report: PackageReport
 ) -> None:
     first = min(infos, key=lambda i: i.header_offset) if infos else None
-    if first is None or first.filename != asice.MIMETYPE_ENTRY or first.header_offset != 0:
+    if first is None or first.filename != container.MIMETYPE_ENTRY or first.header_offset != 0:
         report.add("mimetype_not_first", "The first ZIP entry must be `mimetype`.")
         return
     if first.compress_type != zipfile.ZIP_STORED:
@@ -110,8 +113,8 @@ def _check_mimetype(
     if first.extra:
         report.add("mimetype_extra_field", "The `mimetype` entry must have no extra field.")
     value = archive.read(first).decode("ascii", "replace")
-    if value != asice.MIMETYPE:
-        report.add("wrong_mimetype", f"`mimetype` is {value!r}, expected {asice.MIMETYPE!r}.")
+    if value != container.MIMETYPE:
+        report.add("wrong_mimetype", f"`mimetype` is {value!r}, expected {container.MIMETYPE!r}.")
 
 
 def _check_manifest(
@@ -121,16 +124,18 @@ def _check_manifest(
     try:
         root = ElementTree.fromstring(manifest)
     except ElementTree.ParseError as exc:
-        report.add("manifest_unreadable", f"{asice.MANIFEST} is not well-formed XML: {exc}.")
+        report.add("manifest_unreadable", f"{container.MANIFEST} is not well-formed XML: {exc}.")
         return {}
-    if root.tag != f"{{{asice.ASIC_NS}}}ASiCManifest":
-        report.add("manifest_unreadable", f"{asice.MANIFEST} is not an ASiCManifest.")
+    if root.tag != f"{{{container.ASIC_NS}}}ASiCManifest":
+        report.add("manifest_unreadable", f"{container.MANIFEST} is not an ASiCManifest.")
         return {}
-    sig_ref = root.find(f"{{{asice.ASIC_NS}}}SigReference")
-    if sig_ref is None or sig_ref.get("URI") != asice.SIGNATURE:
-        report.add("manifest_sig_reference", f"{asice.MANIFEST} must reference {asice.SIGNATURE}.")
+    sig_ref = root.find(f"{{{container.ASIC_NS}}}SigReference")
+    if sig_ref is None or sig_ref.get("URI") != container.SIGNATURE:
+        report.add(
+            "manifest_sig_reference", f"{container.MANIFEST} must reference {container.SIGNATURE}."
+        )
     digests: dict[str, str] = {}
-    for ref in root.iter(f"{{{asice.ASIC_NS}}}DataObjectReference"):
+    for ref in root.iter(f"{{{container.ASIC_NS}}}DataObjectReference"):
         uri = ref.get("URI", "")
         expected = _referenced_digest(ref, uri, report)
         if expected is None:
@@ -147,7 +152,7 @@ def _check_manifest(
             )
     for name in names:
         if (
-            name != asice.MIMETYPE_ENTRY
+            name != container.MIMETYPE_ENTRY
             and not name.startswith("META-INF/")
             and name not in digests
         ):
@@ -156,9 +161,9 @@ def _check_manifest(
 
 
 def _referenced_digest(ref: ElementTree.Element, uri: str, report: PackageReport) -> str | None:
-    method = ref.find(f"{{{asice.DS_NS}}}DigestMethod")
-    value = ref.find(f"{{{asice.DS_NS}}}DigestValue")
-    if method is None or method.get("Algorithm") != asice.SHA256_URI or value is None:
+    method = ref.find(f"{{{container.DS_NS}}}DigestMethod")
+    value = ref.find(f"{{{container.DS_NS}}}DigestValue")
+    if method is None or method.get("Algorithm") != container.SHA256_URI or value is None:
         report.add("manifest_digest_method", f"{uri}: the manifest must give a SHA-256 digest.")
         return None
     try:
@@ -171,7 +176,7 @@ def _referenced_digest(ref: ElementTree.Element, uri: str, report: PackageReport
 def _entry_sha256(archive: zipfile.ZipFile, name: str) -> str:
     digest = hashlib.sha256()
     with archive.open(name) as handle:
-        while chunk := handle.read(asice.CHUNK_BYTES):
+        while chunk := handle.read(container.CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -189,11 +194,13 @@ def _check_cades(
         signer_info = signed_data["signer_infos"][0]
         present = {a["type"].native for a in signer_info["signed_attrs"]}
     except (ValueError, KeyError, IndexError, TypeError) as exc:
-        report.add("signature_unreadable", f"{asice.SIGNATURE} is not a CAdES signature: {exc}.")
+        report.add(
+            "signature_unreadable", f"{container.SIGNATURE} is not a CAdES signature: {exc}."
+        )
         return None
     absent = [a for a in _REQUIRED_ATTRS if a not in present]
     if absent:
-        report.add("signature_attributes", f"{asice.SIGNATURE} lacks {', '.join(absent)}.")
+        report.add("signature_attributes", f"{container.SIGNATURE} lacks {', '.join(absent)}.")
     try:
         status = asyncio.run(
             async_validate_detached_cms(
@@ -203,7 +210,7 @@ def _check_cades(
             )
         )
     except Exception as exc:  # pyHanko raises many types on malformed CMS
-        report.add("signature_invalid", f"{asice.SIGNATURE} cannot be validated: {exc}.")
+        report.add("signature_invalid", f"{container.SIGNATURE} cannot be validated: {exc}.")
         return None
     cert = status.signing_cert
     result = CadesReport(
@@ -217,14 +224,14 @@ def _check_cades(
     if not status.intact:
         report.add(
             "signature_invalid",
-            f"{asice.SIGNATURE} does not match {asice.MANIFEST}: the manifest was changed.",
+            f"{container.SIGNATURE} does not match {container.MANIFEST}: the manifest was changed.",
         )
     elif not status.valid:
-        report.add("signature_invalid", f"{asice.SIGNATURE} has an invalid signature value.")
+        report.add("signature_invalid", f"{container.SIGNATURE} has an invalid signature value.")
     elif not status.bottom_line:
         report.add(
             "signature_untrusted",
-            f"{asice.SIGNATURE} is signed by {result.signer} (serial {result.cert_serial}), "
+            f"{container.SIGNATURE} is signed by {result.signer} (serial {result.cert_serial}), "
             "whose certificate does not chain to a trusted root.",
         )
     return result
@@ -235,24 +242,24 @@ def _check_index(
 ) -> list[str]:
     """The record ids of records.json, each matching its PDF; problems otherwise."""
     try:
-        index = json.loads(archive.read(asice.INDEX))
+        index = json.loads(archive.read(container.INDEX))
         entries = {str(r["record_id"]): str(r["sha256"]) for r in index["records"]}
         report.index = {k: index[k] for k in ("school_id", "academic_year", "submission_round")}
         report.index["records"] = len(entries)
     except (ValueError, KeyError, TypeError) as exc:
-        report.add("index_unreadable", f"{asice.INDEX} is not a valid index: {exc}.")
+        report.add("index_unreadable", f"{container.INDEX} is not a valid index: {exc}.")
         return []
     pdfs = {n.removeprefix("records/").removesuffix(".pdf") for n in names if _is_pdf(n)}
     for record_id in sorted(set(entries) - pdfs):
-        report.add("index_mismatch", f"{asice.INDEX} lists {record_id}, which has no PDF.")
+        report.add("index_mismatch", f"{container.INDEX} lists {record_id}, which has no PDF.")
     for record_id in sorted(pdfs - set(entries)):
-        report.add("index_mismatch", f"records/{record_id}.pdf is not listed in {asice.INDEX}.")
+        report.add("index_mismatch", f"records/{record_id}.pdf is not listed in {container.INDEX}.")
     for record_id, sha256 in sorted(entries.items()):
         referenced = digests.get(f"records/{record_id}.pdf")
         if record_id in pdfs and referenced is not None and referenced != sha256:
             report.add(
                 "index_mismatch",
-                f"{asice.INDEX} gives record {record_id} SHA-256 {sha256}; "
+                f"{container.INDEX} gives record {record_id} SHA-256 {sha256}; "
                 f"the manifest says {referenced}.",
             )
     return sorted(set(entries) & pdfs)

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
-from daemon import packages
 from daemon.backoff import retry_delay_ms
+from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import MinistryRefused, MinistryUnavailable
 from daemon.messages import Reason
 from daemon.metrics import MINISTRY_ATTEMPTS, MINISTRY_LATENCY, PACKAGES_FINISHED
-from daemon.packages import Package, PackageState
-from daemon.pipeline import now
+from daemon.packaging import packages
+from daemon.packaging.packages import Package, PackageState
 from daemon.settings import MinistrySettings
 from daemon.stages import State
 
@@ -65,6 +65,7 @@ class Submitter:
     db: Database
     ministry: MinistryApi
     settings: MinistrySettings
+    clock: Clock = vietnam_now
 
     async def follow(self, package: Package) -> Package:
         """Take the package as far as it goes: submitted, then accepted or rejected.
@@ -135,7 +136,7 @@ class Submitter:
                 came_from=(PackageState.SUBMITTING,),
             )
             if not resent:
-                await packages.tell_records(conn, package, State.SUBMITTED, now())
+                await packages.tell_records(conn, package, State.SUBMITTED, self.clock())
         log.info("Package %s received: receipt %s.", package.package_id, receipt.receipt_id)
         return package
 
@@ -230,7 +231,7 @@ class Submitter:
                 state,
                 errors,
                 accepted,
-                now(),
+                self.clock(),
                 reason=reason,
                 came_from=(PackageState.SUBMITTING, PackageState.SUBMITTED),
             )

@@ -2,10 +2,10 @@
 
 The first stage creates all three signature fields in one incremental update, so the
 seal's lock is in the document from the start, and certifies the document for form
-filling; the later stages only fill their field. daemon/certification.py and
-daemon/incremental.py write those updates without pyHanko; pyHanko writes what they
+filling; the later stages only fill their field. daemon/pdf/certification.py and
+daemon/pdf/incremental.py write those updates without pyHanko; pyHanko writes what they
 do not expect. This module knows nothing about the HSM: it signs with a CMS template
-(daemon/cms.py) and any raw-signing function, and blocks, so call it from a worker.
+(daemon/pdf/cms.py) and any raw-signing function, and blocks, so call it from a worker.
 pyHanko is imported where it is used: importing this module, or signing on the fast
 paths, loads none of it, which keeps each HSM worker process tens of MB smaller.
 """
@@ -19,11 +19,11 @@ from datetime import datetime
 from io import BytesIO
 from typing import TYPE_CHECKING
 
-from daemon.certification import prepare_certification
-from daemon.cms import RawSign, SignedDataTemplate
 from daemon.errors import ConfigError, NotAPdf
-from daemon.incremental import PreparedSignature, SignedPdf, prepare_signature
-from daemon.pdfsyntax import Unsupported
+from daemon.pdf.certification import prepare_certification
+from daemon.pdf.cms import RawSign, SignedDataTemplate
+from daemon.pdf.incremental import PreparedSignature, SignedPdf, prepare_signature
+from daemon.pdf.syntax import Unsupported
 from daemon.stages import FIELD_NAMES, Stage
 
 if TYPE_CHECKING:
@@ -222,8 +222,8 @@ def prepare_and_sign(
 
     The signature is an incremental update, what pyHanko's PdfSigner would write
     (fields, DocMDP/FieldMDP references, byte range); the CMS comes from the signer's
-    template, whose size is exact, so nothing is estimated. daemon/certification.py
-    writes the first stage and daemon/incremental.py the later ones, reading only the
+    template, whose size is exact, so nothing is estimated. daemon/pdf/certification.py
+    writes the first stage and daemon/pdf/incremental.py the later ones, reading only the
     objects they change and hashing as they write; pyHanko writes any document those
     modules do not expect, refusing it if it must.
     """
@@ -243,7 +243,7 @@ def prepare_and_sign(
 def _prepare_fast(
     pdf: bytes, stage: Stage, contents_bytes: int, signing_time: datetime
 ) -> PreparedSignature:
-    """The update as pyHanko would write it, by daemon/certification.py or incremental.py."""
+    """The update as pyHanko would write it, by daemon/pdf/certification.py or incremental.py."""
     if stage is Stage.HOMEROOM_TEACHER:
         return prepare_certification(
             pdf, FIELD_NAMES, contents_bytes=contents_bytes, signing_time=signing_time

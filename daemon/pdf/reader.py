@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from daemon.pdfsyntax import (
+from daemon.pdf.syntax import (
     TOKEN_END,
     PdfDict,
     PdfObject,
@@ -31,9 +31,9 @@ from daemon.pdfsyntax import (
     read_object,
     skip,
 )
-from daemon.pdfsyntax import WHITESPACE as _S
+from daemon.pdf.syntax import WHITESPACE as _S
 
-# The object layer comes from daemon/pdfsyntax.py; a caller needs only this module.
+# The object layer comes from daemon/pdf/syntax.py; a caller needs only this module.
 __all__ = [
     "NOT_TRAILER_KEYS",
     "Document",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from asn1crypto import pem, x509
 
 from daemon.errors import NotAPdf
-from daemon.pades import parse_errors, read_pdf
+from daemon.pdf.pades import parse_errors, read_pdf
 
 if TYPE_CHECKING:
     from pyhanko.sign.validation.pdf_embedded import EmbeddedPdfSignature
