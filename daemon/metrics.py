@@ -31,7 +31,7 @@ SIGN_DURATION = Histogram(
 )
 HSM_DURATION = Histogram(
     "hocba_hsm_duration_seconds",
-    "Time a signature spent in the HSM worker (PDF preparation and PKCS#11), by stage.",
+    "Time a signature spent in the token's C_Sign (PKCS#11 only, no PDF work), by stage.",
     ["stage"],
     buckets=_LATENCY_BUCKETS_S,
 )

@@ -28,6 +28,7 @@ from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import BasePdfFileWriter, copy_into_new_writer
 
+from daemon.errors import NotAPdf
 from daemon.pdf import pades, validation
 from daemon.pdf.certification import prepare_certification
 from daemon.pdf.reader import Unsupported
@@ -378,9 +379,18 @@ def test_mutated_input_is_signed_or_left_to_pyhanko(
         at = data.draw(st.integers(len(pdf) - 1500, len(pdf) - 1))
         pdf[at] = data.draw(st.sampled_from(b"0123456789 \n<>[]()/%RobjxrefA"))
     try:
-        _certified(bytes(pdf), pki)
+        signed = _certified(bytes(pdf), pki)
     except Unsupported:
-        pass
+        return  # left to pyHanko
+    try:
+        pades.inspect_pdf(bytes(pdf), len(pdf))
+    except NotAPdf:
+        return  # refused at intake: the fast path never sees it
+    # Whatever the daemon would sign must validate: a signature no reader can follow is no use.
+    (report,) = validation.validate_pdf(signed, [pki.root], expected=1)
+    assert report.field_name == "GVCN"
+    assert report.intact and report.valid and report.trusted
+    assert report.docmdp_level == "FILL_FORMS"
 
 
 def test_signing_on_the_fast_paths_loads_no_pyhanko() -> None:

@@ -284,6 +284,15 @@ def test_mutated_input_is_signed_or_left_to_pyhanko(
         at = data.draw(st.integers(len(pdf) - 2000, len(pdf) - 1))
         pdf[at] = data.draw(st.sampled_from(b"0123456789 \n<>[]()/%RobjxrefA"))
     try:
-        fill_field(bytes(pdf), Stage.PRINCIPAL, pki)
+        signed = fill_field(bytes(pdf), Stage.PRINCIPAL, pki)
     except Unsupported:
-        pass
+        return  # left to pyHanko
+    try:
+        validation.validate_pdf(bytes(pdf), [pki.root], expected=1)
+    except NotAPdf:
+        return  # no reader follows the input: the daemon never holds such a version
+    # Whatever the fast path signs must validate, and leave the teacher's signature valid.
+    reports = validation.validate_pdf(signed, [pki.root], expected=2)
+    assert [r.field_name for r in reports] == ["GVCN", "HieuTruong"]
+    assert reports[1].intact and reports[1].valid and reports[1].trusted
+    assert reports[1].coverage == "ENTIRE_FILE"
