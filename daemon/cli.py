@@ -43,6 +43,8 @@ async def _run(args: argparse.Namespace) -> int:
     from daemon import app
 
     settings = _settings(args)
+    # MQTT may come later: the outbox keeps its events until the broker is back.
+    await _preflight(settings, mqtt=False)
     stop = asyncio.Event()
     app.install_signal_handlers(stop)
     await app.run(settings, stop)
@@ -53,7 +55,9 @@ async def _migrate(args: argparse.Namespace) -> int:
     from daemon import migrate
     from daemon.database import connect_once
 
-    conn = await connect_once(_settings(args).database)
+    settings = _settings(args)
+    await _preflight(settings, rabbitmq=False, mqtt=False)
+    conn = await connect_once(settings.database)
     try:
         applied = await migrate.migrate(conn)
     finally:
@@ -64,8 +68,11 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 async def _dev_init(args: argparse.Namespace) -> int:
     from daemon.dev import env as devenv
+    from daemon.dev import services
 
-    env = await devenv.init(args.dir, args.schools)
+    settings = services.dev_settings(args.dir)
+    await _preflight(settings, rabbitmq=False, mqtt=False, database_may_be_missing=True)
+    env = await devenv.init(args.dir, args.schools, services_port=args.services_port)
     report = {
         "config": str(env.config_path),
         "trust_root": str(env.settings.signing.trust_roots[0]),
@@ -81,6 +88,35 @@ async def _dev_init(args: argparse.Namespace) -> int:
         },
     }
     _print(report, args.json)
+    return 0
+
+
+async def _dev_revoke(args: argparse.Namespace) -> int:
+    from daemon.database import connect_once
+    from daemon.dev import env as devenv
+    from daemon.dev import pki_services
+
+    base = args.dir.resolve()
+    settings = devenv.load_settings(base / devenv.CONFIG_NAME)
+    conn = await connect_once(settings.database)
+    try:
+        serial = await conn.fetchval(
+            "SELECT cert_serial FROM signers WHERE school_id = $1 AND signer_id = $2",
+            args.school,
+            args.signer,
+        )
+        if serial is None:
+            print(f"No signer {args.signer} in school {args.school}.", file=sys.stderr)
+            return 1
+        revoked = pki_services.revoke(base / "pki", serial)
+        # Dev only: forget cached answers, so every instance sees it now, not at nextUpdate.
+        await conn.execute("DELETE FROM certificate_status WHERE serial = $1", serial)
+    finally:
+        await conn.close()
+    _print(
+        {"school": args.school, "signer": args.signer, "serial": serial, "newly": revoked},
+        args.json,
+    )
     return 0
 
 
@@ -102,9 +138,13 @@ async def _publish(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from daemon.dev import demo
+    from daemon.dev import demo, services
 
-    summary = await demo.run(args.dir, args.records, args.schools, args.output_dir)
+    # The machine's services if they serve, else private ones (HOCBA_SERVICES).
+    settings = services.dev_settings(args.dir)
+    async with services.chosen_services(settings, args.dir / "services") as endpoints:
+        with services.environment(endpoints.overrides("hocba") if endpoints.private else {}):
+            summary = await demo.run(args.dir, args.records, args.schools, args.output_dir)
     if not args.json:
         print(
             f"{summary['issued']} of {summary['records']} records issued, "
@@ -120,13 +160,14 @@ async def _verify(args: argparse.Namespace) -> int:
 
     settings = _settings(args) if args.config or not args.trust_root else None
     roots = args.trust_root or (settings.signing.trust_roots if settings else [])
+    rules = settings.verification if settings else None
     if verify.is_package(args.file):
-        package = await asyncio.to_thread(verify.package_report, args.file, roots)
+        package = await asyncio.to_thread(verify.package_report, args.file, roots, rules)
         print(verify.render_package(package, as_json=args.json))
-        return 0 if package["valid"] else 1
-    report = await asyncio.to_thread(verify.report, args.file.read_bytes(), roots)
+        return verify.exit_code(package)
+    report = await asyncio.to_thread(verify.report, args.file.read_bytes(), roots, rules)
     print(verify.render(report, as_json=args.json))
-    return 0 if report["valid"] else 1
+    return verify.exit_code(report)
 
 
 async def _package(args: argparse.Namespace) -> int:
@@ -197,6 +238,15 @@ async def _mock_ministry(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _preflight(settings: Settings, **needs: bool) -> None:
+    """One sentence and exit 2, not a traceback, when a service is down or refuses us."""
+    from daemon import preflight
+
+    problems = await preflight.problems_of(settings, **needs)
+    if problems:
+        raise problems[0]
+
+
 def _print(value: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(value, ensure_ascii=False))
@@ -238,8 +288,17 @@ def _parser() -> argparse.ArgumentParser:
     cmd = dev.add_parser("init", help="provision dev HSM token, PKI, database, registry")
     cmd.add_argument("--dir", type=Path, default=Path(".dev"))
     cmd.add_argument("--schools", type=int, default=3)
+    cmd.add_argument(
+        "--services-port", type=int, default=9475, help="port of the dev OCSP, CRL and TSA"
+    )
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_dev_init)
+    cmd = dev.add_parser("revoke", help="revoke a signer's certificate (dev OCSP and CRL)")
+    cmd.add_argument("--dir", type=Path, default=Path(".dev"))
+    cmd.add_argument("--school", required=True)
+    cmd.add_argument("--signer", required=True)
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_dev_revoke)
     cmd = dev.add_parser("consent", help="mint a consent JWS as the school system would")
     cmd.add_argument("--dir", type=Path, default=Path(".dev"))
     cmd.add_argument("--school", required=True)
@@ -274,6 +333,9 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_package)
     _operator_parsers(sub)
+    from daemon.registry import cli as registry_cli
+
+    registry_cli.add_parsers(sub)
 
     _mock_ministry_parser(sub)
 

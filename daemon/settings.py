@@ -105,9 +105,22 @@ class HsmSettings(_Section):
 
 
 class SigningSettings(_Section):
-    # B-B only for now; B-T, B-LT and B-LTA add a timestamp authority and validation
-    # data, and bytes_reserved already leaves room for them.
-    level: Literal["B-B"] = "B-B"
+    # PAdES baseline level: B-T adds an RFC 3161 signature timestamp to each
+    # signature; B-LT also embeds, at the seal, every signature's validation data
+    # (DSS); B-LTA then adds a document timestamp over it all.
+    level: Literal["B-B", "B-T", "B-LT", "B-LTA"] = "B-B"
+    tsa_url: str | None = None
+    tsa_username: str | None = None
+    tsa_password: SecretStr | None = None
+    tsa_password_file: Path | None = None
+    tsa_timeout_s: float = Field(default=10.0, gt=0)
+    # Room in each signature's /Contents for its timestamp token (the TSA's
+    # certificates included); a token that does not fit is an error, not a guess.
+    timestamp_bytes_reserved: int = Field(default=8192, ge=1024)
+    # OCSP (CRL as fallback) before a key is used; answers are cached in the
+    # database until their nextUpdate, at least this long for one without it.
+    status_timeout_s: float = Field(default=10.0, gt=0)
+    status_min_cache_s: float = Field(default=60.0, ge=0)
     trust_roots: list[Path] = Field(default_factory=list)
     bytes_reserved: int = Field(default=16_384, ge=4096)
     max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
@@ -118,9 +131,60 @@ class SigningSettings(_Section):
     fetch_allowed_hosts: list[str] = Field(default_factory=list)
     fetch_allow_http: bool = False
 
+    @property
+    def timestamped(self) -> bool:
+        return self.level != "B-B"
+
+    @model_validator(mode="after")
+    def _tsa_for_level(self) -> SigningSettings:
+        if self.timestamped and not self.tsa_url:
+            raise ValueError(f"signing.level {self.level} needs signing.tsa_url")
+        return self
+
+    def resolved_tsa_password(self) -> SecretStr | None:
+        return read_secret(self.tsa_password, self.tsa_password_file, "tsa-password")
+
+
+class S3Settings(_Section):
+    """An S3-compatible object store (AWS S3, MinIO, SeaweedFS, Ceph RGW, Garage, …)."""
+
+    # None: AWS's own endpoint for `region`.
+    endpoint_url: str | None = None
+    bucket: str = "hocba"
+    region: str = "us-east-1"
+    # Both None: botocore's default chain (AWS_* variables, instance profile).
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_file: Path | None = None
+    # Prepended to every key, e.g. "hocba/" to share a bucket.
+    key_prefix: str = ""
+    # Most S3-compatible servers want path-style URLs (http://host:port/bucket/key).
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    # botocore's own attempts per request (standard mode), before StoreUnavailable.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    max_connections: int = Field(default=20, ge=1)
+
+    def resolved_secret_access_key(self) -> SecretStr | None:
+        secret = read_secret(
+            self.secret_access_key, self.secret_access_key_file, "s3-secret-access-key"
+        )
+        if (secret is None) != (self.access_key_id is None):
+            raise ConfigError(
+                "Give store.s3.access_key_id and its secret (secret_access_key_file or the "
+                "s3-secret-access-key credential) together, or neither."
+            )
+        return secret
+
 
 class StoreSettings(_Section):
+    """Where blobs (record versions, packages) live: `fs` on one machine, `s3` for several."""
+
+    backend: Literal["fs", "s3"] = "fs"
+    # The `fs` backend's root.
     path: Path = Path("var/documents")
+    s3: S3Settings = S3Settings()
 
 
 class HttpSettings(_Section):
@@ -157,8 +221,11 @@ class MinistrySettings(_Section):
 
 
 class PackagingSettings(_Section):
-    """Where packages are written, and when the schedule builds and submits them."""
+    """When the schedule builds and submits packages (which are blobs in the store)."""
 
+    # Deprecated and unused: packages are stored as blobs. Kept so that configuration
+    # files written for earlier versions still load; packages built by those versions
+    # are read from the path kept in their database row, once, into the store.
     path: Path = Path("var/packages")
     # Day and month of each round's deadline (round 1: completed the grade; 2: supplementary).
     deadlines: dict[int, str] = Field(default_factory=lambda: {1: "06-30", 2: "08-25"})
@@ -168,6 +235,25 @@ class PackagingSettings(_Section):
     # None turns the schedule off; unfinished packages are then resumed by command only.
     schedule_interval_s: float | None = Field(default=3600.0, gt=0)
     submit: bool = True
+
+
+# The dev PKI's certificate policies, one per role (UUID OIDs, ITU-T X.667: no registration).
+RoleName = Literal["homeroom_teacher", "principal", "school_seal"]
+DEV_ROLE_POLICIES: dict[str, RoleName] = {
+    "2.25.85189651976587943606665463056553931886": "homeroom_teacher",
+    "2.25.201406975269988114704813514147562675827": "principal",
+    "2.25.98008094401535712579326777865135250248": "school_seal",
+}
+
+
+class VerificationSettings(_Section):
+    """What a signer's certificate must say for a verifier that has only the file."""
+
+    # A certificate policy OID (dotted) or a subject title (2.5.4.12) value -> the role
+    # (stage) whose field it may sign. A real CA's policy OIDs go here.
+    roles: dict[str, RoleName] = Field(default_factory=lambda: dict(DEV_ROLE_POLICIES))
+    # The school id is the subject's organizationIdentifier (2.5.4.97) after this prefix.
+    school_id_prefix: str = ""
 
 
 class Settings(BaseSettings):
@@ -193,6 +279,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     ministry: MinistrySettings = MinistrySettings()
     packaging: PackagingSettings = PackagingSettings()
+    verification: VerificationSettings = VerificationSettings()
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

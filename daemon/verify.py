@@ -1,34 +1,81 @@
-"""`hocba-signer verify`: a report on a signed PDF or a package, for people and machines."""
+"""`hocba-signer verify`: a report on a signed PDF or a package, for people and machines.
+
+The verdict is daemon.verification.verdict's: `issued`, `not_issued` (every signature
+sound, but the record is unfinished) or `invalid`; the exit code says which
+(`EXIT_CODES`), so a script that checks it never takes an unfinished record for an
+issued one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from daemon.errors import NotAPdf
 from daemon.pdf import validation
+from daemon.settings import VerificationSettings
 from daemon.stages import FIELD_NAMES
+from daemon.verification import described
+from daemon.verification.verdict import JudgedSignature, RecordVerdict, RegisteredSigner, judge
+
+# 2 is taken by usage and configuration errors (argparse, HocbaError in the CLI).
+EXIT_CODES = {"issued": 0, "invalid": 1, "not_issued": 3}
 
 
-def report(pdf: bytes, trust_roots: list[Path]) -> dict[str, Any]:
-    """Every signature: field, signer, time, intact/valid/trusted, what changed after it."""
+def exit_code(value: dict[str, Any]) -> int:
+    return EXIT_CODES[value["verdict"]]
+
+
+def report(
+    pdf: bytes,
+    trust_roots: list[Path],
+    rules: VerificationSettings | None = None,
+    registered: Mapping[str, RegisteredSigner] | None = None,
+) -> dict[str, Any]:
+    """The verdict, its problems, and every signature: field, role, signer, school, checks."""
     try:
         signatures = validation.validate_pdf(pdf, validation.load_certificates(trust_roots))
     except NotAPdf as exc:
-        return {"valid": False, "error": exc.message, "signatures": []}
-    rows = [_row(s) for s in signatures]
-    in_order = [r["field"] for r in rows] == list(FIELD_NAMES[: len(rows)])
-    # Bytes after the last signature that are not a new revision leave every
-    # signature's bottom line intact; a record must still end where it was signed.
-    ends_signed = bool(signatures) and covers_whole_file(signatures[-1])
+        return {
+            "kind": "record",
+            "verdict": "invalid",
+            "valid": False,
+            "issued": False,
+            "error": exc.message,
+            "problems": [{"code": "not_a_pdf", "message": exc.message}],
+            "signatures": [],
+        }
+    said = described.describe_pdf(pdf)
+    verdict = judge(
+        signatures,
+        rules or VerificationSettings(),
+        school_id=said.school_id if said else None,
+        registered=registered,
+    )
+    return record_report(verdict, said)
+
+
+def record_report(
+    verdict: RecordVerdict, said: described.RecordDescription | None = None
+) -> dict[str, Any]:
+    rows = [_row(j) for j in verdict.signatures]
+    fields = [r["field"] for r in rows]
     return {
-        "valid": bool(rows) and all(r["bottom_line"] for r in rows) and ends_signed,
+        "kind": "record",
+        "verdict": verdict.verdict.value,
+        "problems": [dataclasses.asdict(p) for p in verdict.problems],
+        # Every signature there is sound (the record may still be unfinished).
+        "valid": verdict.verdict != "invalid",
+        "issued": verdict.verdict == "issued",
+        "school_id": verdict.school_id,
+        "record": dataclasses.asdict(said) if said else None,
         "signatures": rows,
-        "fields_in_legal_order": in_order,
-        "last_signature_covers_whole_file": ends_signed,
-        "issued": len(rows) == len(FIELD_NAMES) and in_order,
+        "fields_in_legal_order": fields == list(FIELD_NAMES[: len(fields)]),
+        "last_signature_covers_whole_file": bool(rows)
+        and covers_whole_file(verdict.signatures[-1].report),
     }
 
 
@@ -41,33 +88,42 @@ def render(value: dict[str, Any], as_json: bool) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     if "error" in value:
         return f"INVALID: {value['error']}"
+    headline = {"issued": "ISSUED", "not_issued": "NOT ISSUED", "invalid": "INVALID"}
     lines = [
-        f"{'VALID' if value['valid'] else 'INVALID'}: {len(value['signatures'])} signatures"
-        f"{', issued' if value['issued'] else ''}"
+        f"{headline[value['verdict']]}: {len(value['signatures'])} signatures"
+        f"{', school ' + value['school_id'] if value.get('school_id') else ''}"
     ]
-    if value["signatures"] and not value["last_signature_covers_whole_file"]:
-        lines.append("  The file has bytes after its last signature.")
     for n, sig in enumerate(value["signatures"], 1):
         flags = ", ".join(
-            f"{k}={'yes' if sig[k] else 'NO'}" for k in ("intact", "valid", "trusted")
+            f"{k}={'yes' if sig[k] else 'NO'}" for k in ("intact", "valid", "trusted", "role_ok")
         )
         lines.append(
-            f"  {n}. {sig['field']}: {sig['signer']} (serial {sig['cert_serial']}) at "
-            f"{sig['signing_time']}; {flags}; changes after: {sig['modification_level']}"
+            f"  {n}. {sig['field']}: {sig['signer']} ({sig['role'] or 'no role'}, school "
+            f"{sig['school_id'] or '?'}, serial {sig['cert_serial']}) at {sig['signing_time']}; "
+            f"{flags}; changes after: {sig['modification_level']}"
         )
+    lines += [f"  {p['code']}: {p['message']}" for p in value["problems"]]
     return "\n".join(lines)
 
 
-def _row(sig: validation.SignatureReport) -> dict[str, Any]:
-    data = dataclasses.asdict(sig)
+def _row(judged: JudgedSignature) -> dict[str, Any]:
+    sig, who = judged.report, judged.identity
+    signed_at = sig.signing_time.isoformat() if sig.signing_time else None
     return {
-        "field": data["field_name"],
-        "signer": data["signer_subject"],
-        "cert_serial": data["cert_serial"],
-        "signing_time": sig.signing_time.isoformat() if sig.signing_time else None,
+        "field": sig.field_name,
+        "role": who.role.value if who and who.role else None,
+        "signer": sig.signer_subject,
+        "school_id": who.school_id if who else None,
+        "signed_at": signed_at,
+        # B-B: no signature timestamp, and no revocation checked.
+        "timestamp_at": None,
         "intact": sig.intact,
         "valid": sig.valid,
         "trusted": sig.trusted,
+        "revocation": None,
+        "role_ok": judged.role_ok,
+        "cert_serial": sig.cert_serial,
+        "signing_time": signed_at,
         "docmdp_level": sig.docmdp_level,
         "modification_level": sig.modification_level,
         "coverage": sig.coverage,
@@ -81,13 +137,17 @@ def is_package(path: Path) -> bool:
         return handle.read(4) == b"PK\x03\x04"
 
 
-def package_report(path: Path, trust_roots: list[Path]) -> dict[str, Any]:
-    """Container, manifest, CAdES signature and every PDF inside; problems by code."""
+def package_report(
+    path: Path, trust_roots: list[Path], rules: VerificationSettings | None = None
+) -> dict[str, Any]:
+    """Container, manifest, seal and every PDF inside; problems by code."""
     from daemon.packaging import check
 
-    checked = check.check_package(path, validation.load_certificates(trust_roots))
+    checked = check.check_package(path, validation.load_certificates(trust_roots), rules=rules)
     cades = checked.cades
     return {
+        "kind": "package",
+        "verdict": checked.verdict,
         "valid": checked.valid,
         "package": checked.index,
         "seal": None
@@ -95,6 +155,8 @@ def package_report(path: Path, trust_roots: list[Path]) -> dict[str, Any]:
         else {
             "signer": cades.signer,
             "cert_serial": cades.cert_serial,
+            "school_id": cades.school_id,
+            "role": cades.role.value if cades.role else None,
             "signing_time": cades.signing_time.isoformat() if cades.signing_time else None,
             "intact": cades.intact,
             "valid": cades.valid,
@@ -102,6 +164,7 @@ def package_report(path: Path, trust_roots: list[Path]) -> dict[str, Any]:
         },
         "pdfs_checked": checked.pdfs_checked,
         "problems": [dataclasses.asdict(p) for p in checked.problems],
+        "records": {rid: record_report(v) for rid, v in checked.records.items()},
     }
 
 
@@ -110,7 +173,7 @@ def render_package(value: dict[str, Any], as_json: bool) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     index = value["package"]
     lines = [
-        f"{'VALID' if value['valid'] else 'INVALID'}: package of school "
+        f"{'ISSUED' if value['verdict'] == 'issued' else 'INVALID'}: package of school "
         f"{index.get('school_id', '?')}, {index.get('academic_year', '?')} round "
         f"{index.get('submission_round', '?')}, {index.get('records', 0)} records, "
         f"{value['pdfs_checked']} PDFs checked"
@@ -118,7 +181,8 @@ def render_package(value: dict[str, Any], as_json: bool) -> str:
     seal = value["seal"]
     if seal:
         lines.append(
-            f"  seal: {seal['signer']} (serial {seal['cert_serial']}) at {seal['signing_time']}; "
+            f"  seal: {seal['signer']} (school {seal['school_id'] or '?'}, serial "
+            f"{seal['cert_serial']}) at {seal['signing_time']}; "
             f"intact={_yes(seal['intact'])}, trusted={_yes(seal['trusted'])}"
         )
     lines += [f"  {p['code']}: {p['message']}" for p in value["problems"]]

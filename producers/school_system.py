@@ -22,7 +22,19 @@ from PIL import Image
 
 from daemon import consent
 from daemon.messages import RecordInfo
+from daemon.record.model import (
+    GENERAL_COMPETENCE_TITLES,
+    QUALITY_TITLES,
+    SPECIFIC_COMPETENCE_TITLES,
+    Competences,
+    Qualities,
+    RecordData,
+    Subject,
+    SubjectResult,
+    overall_result,
+)
 from daemon.stages import Stage
+from daemon.verification.described import RecordDescription, xmp
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 VIETNAM = timezone(timedelta(hours=7))
@@ -77,7 +89,8 @@ def sample_record(rng: random.Random, school_id: str, run: str, n: int) -> Recor
     class_name = f"{grade}{rng.choice('ABCD')}"
     return RecordInfo(
         record_id=f"2025-2026-{class_name}-{run}-{n:04d}",
-        student_id=f"{school_id[:8]}{rng.randint(0, 99999):05d}",
+        # Unique per record: one live record per student and round (duplicate_record).
+        student_id=f"{school_id[:8]}{hashlib.sha256(f'{run}/{n}'.encode()).hexdigest()[:12]}",
         academic_year="2025-2026",
         grade=grade,
         class_name=class_name,
@@ -98,6 +111,8 @@ def sample_pdf(
     pdf = FPDF(format="A4")
     pdf.set_creator("hocba-signer sample school system")
     pdf.set_title(f"Học bạ số {info.record_id}")
+    # Who the record is about, for verifiers (daemon.verification.described).
+    pdf.set_xmp_metadata(xmp(RecordDescription(info.record_id, info.student_id)))
     pdf.add_font("DejaVu", "", str(FONT_DIR / "DejaVuSans.ttf"))
     pdf.add_font("DejaVu", "B", str(FONT_DIR / "DejaVuSans-Bold.ttf"))
     for page in range(pages):
@@ -167,3 +182,74 @@ def sign_request(
             "content_b64": base64.b64encode(pdf).decode("ascii"),
         }
     return f"sign.{school_id}", json.dumps(body, ensure_ascii=False).encode(), rid
+
+
+def sample_record_data(rng: random.Random, info: RecordInfo, school_id: str) -> RecordData:
+    """A plausible Thông tư 27 record for `info`, its overall result as the rules give it."""
+    grade = info.grade
+    subjects = []
+    for subject in Subject:
+        if not subject.required_in(grade):
+            continue
+        score = rng.randint(7, 10) if subject.tested_in(grade) else None
+        result = {"subject": subject, "level": rng.choice("TTH"), "score": score}
+        subjects.append(SubjectResult.model_validate({**result, "comment": rng.choice(COMMENTS)}))
+    rating = {k: rng.choice(("T", "T", "D")) for k in QUALITY_TITLES}
+    competence = {
+        k: rng.choice(("T", "D")) for k in (*GENERAL_COMPETENCE_TITLES, *SPECIFIC_COMPETENCE_TITLES)
+    }
+    fields: dict[str, object] = {
+        "student": {
+            "full_name": f"Học sinh {info.student_id[-5:]}",
+            "date_of_birth": f"{2020 - grade}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+            "gender": rng.choice(("nam", "nu")),
+            "ethnicity": "Kinh",
+            "place_of_birth": "Quận 3, Thành phố Hồ Chí Minh",
+            "student_id": info.student_id,
+        },
+        "school": {
+            "school_id": school_id,
+            "name": f"Trường Tiểu học {school_id}",
+            "district": "Quận 3",
+            "province": "Thành phố Hồ Chí Minh",
+        },
+        "academic_year": info.academic_year,
+        "grade": grade,
+        "class_name": info.class_name,
+        "subjects": subjects,
+        "qualities": rating,
+        "competences": competence,
+        "overall_result": "HT",
+        "teacher_comment": rng.choice(COMMENTS),
+        "completed_on": "2026-05-20",
+    }
+    # The overall result is not the school's choice: Thông tư 27 derives it.
+    unchecked = RecordData.model_construct(
+        subjects=subjects,
+        qualities=Qualities.model_validate(rating),
+        competences=Competences.model_validate(competence),
+    )
+    fields["overall_result"] = overall_result(unchecked)
+    return RecordData.model_validate(fields)
+
+
+def sign_request_v2(
+    school_id: str,
+    info: RecordInfo,
+    signer_id: str,
+    consent_token: str,
+    record_data: RecordData,
+    request_id: uuid.UUID | None = None,
+) -> tuple[str, bytes, str]:
+    """(routing key, JSON body, request_id) of a teacher's `hocba.sign_request.v2` with data.
+
+    Its consent's `dig` is `record_sha256(info.record_id, record_data)`: the school system
+    renders nothing.
+    """
+    key, body, rid = sign_request(
+        school_id, info, Stage.HOMEROOM_TEACHER, signer_id, consent_token, None, request_id
+    )
+    message = json.loads(body)
+    message["type"] = "hocba.sign_request.v2"
+    message["record_data"] = record_data.model_dump(mode="json", exclude_defaults=True)
+    return key, json.dumps(message, ensure_ascii=False).encode(), rid

@@ -3,8 +3,10 @@
 POST /v1/packages takes a container (bearer token, Idempotency-Key), stores it under
 `store_dir/<receipt_id>.asice` and answers 202 with a receipt; the same key again
 gives the same receipt (a different body under a known key is 409). Each package is
-then really checked (daemon.package_check: ZIP structure, manifest digests, CAdES
-against the trust roots, three valid PAdES signatures per PDF, records.json), and
+then really checked (daemon.packaging.check: every byte of the ZIP accounted for,
+safe names, manifest digests, the seal by the package's own school's seal certificate,
+records.json, and each PDF by the verdict rule: three sound signatures, each by the
+right role of that school, three distinct signers), and
 GET /v1/packages/<receipt_id> reports `received` until the check is done and the
 acceptance delay has passed, then `accepted` or `rejected` with the problems found.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -44,6 +47,7 @@ from daemon.packaging import check
 from daemon.packaging.check import PackageReport
 from daemon.packaging.container import MIMETYPE
 from daemon.pdf import validation
+from daemon.settings import VerificationSettings
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +120,11 @@ class MinistrySimulator:
         trust_roots: list[x509.Certificate],
         store_dir: Path,
         faults: Faults = Faults(),
+        rules: VerificationSettings | None = None,
     ) -> None:
         self.token = token
+        # What a certificate must say to sign each field (the package's school, the role).
+        self.rules = rules or VerificationSettings()
         self.trust_roots = trust_roots
         self.store_dir = store_dir
         self.faults = faults
@@ -297,7 +304,11 @@ class MinistrySimulator:
         await asyncio.to_thread(_write_atomically, final, text)
 
     async def _check(self, received: Received) -> None:
-        report = await asyncio.to_thread(check.check_package, received.path, self.trust_roots)
+        report = await asyncio.to_thread(
+            functools.partial(check.check_package, rules=self.rules),
+            received.path,
+            self.trust_roots,
+        )
         async with self._files:
             if self.by_receipt.get(received.receipt_id) is not received:
                 return  # forgotten meanwhile

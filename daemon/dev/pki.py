@@ -10,6 +10,12 @@ Layout under `base_dir`:
 Each signer's key pair is generated inside the token and never leaves it; its
 certificate is stored beside it under the same label, `<school_id>/<signer_id>`, and
 the issuing CA certificate under `CHAIN_CERT_LABEL`. Every step skips what exists.
+
+A signer certificate says who may sign what, for a verifier that has only the file
+(daemon.verification.identity): subject O = the school's name, organizationIdentifier
+(2.5.4.97) = the school id, title (2.5.4.12) = the role in words, and a certificate
+policy OID per role (`DEV_ROLE_POLICIES`). A certificate issued before they were
+added is issued again, on the same key, by the next `dev init`.
 """
 
 from __future__ import annotations
@@ -28,16 +34,24 @@ import pkcs11
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 
+from daemon.dev.pki_services import ca_status_pointers, status_pointers
 from daemon.errors import ConfigError
 from daemon.hsm import CHAIN_CERT_LABEL
+from daemon.settings import DEV_ROLE_POLICIES
 from daemon.stages import Stage
 
 SOFTHSM_MODULE = Path("/usr/lib/softhsm/libsofthsm2.so")
 SIGNER_VALIDITY = timedelta(days=3 * 365)
 CA_VALIDITY = timedelta(days=10 * 365)
+ROLE_POLICY = {Stage(role): oid for oid, role in DEV_ROLE_POLICIES.items()}
+ROLE_TITLE = {
+    Stage.HOMEROOM_TEACHER: "Giao vien chu nhiem",
+    Stage.PRINCIPAL: "Hieu truong",
+    Stage.SCHOOL_SEAL: "Con dau to chuc",
+}
 
 
 @dataclass(frozen=True)
@@ -167,8 +181,9 @@ def _ensure_cas(pki: Path) -> Path:
     issuing_key = _ensure_key(pki / "issuing.key")
     if not (pki / "issuing.pem").exists():
         issuing = _ca_cert(
-            _name("Hocba Dev Issuing CA"), issuing_key, root_name, root_key, path_length=0
-        )
+            _name("Hocba Dev Issuing CA"), issuing_key, root_name, root_key, path_length=0,
+            pointers=ca_status_pointers(pki),  # the root's CRL, when dev services exist
+        )  # fmt: skip
         _write_cert(pki / "issuing.pem", issuing)
     return pki / "root.pem"
 
@@ -210,6 +225,7 @@ def _ca_cert(
     issuer: x509.Name,
     issuer_key: rsa.RSAPrivateKey,
     path_length: int,
+    pointers: Sequence[x509.ExtensionType] = (),
 ) -> x509.Certificate:
     now = datetime.now(UTC)
     usage = x509.KeyUsage(
@@ -217,13 +233,15 @@ def _ca_cert(
         data_encipherment=False, key_agreement=False, key_cert_sign=True,
         crl_sign=True, encipher_only=False, decipher_only=False,
     )  # fmt: skip
-    return (
+    builder = (
         _builder(subject, issuer, key.public_key(), issuer_key, now - timedelta(hours=1))
         .not_valid_after(now + CA_VALIDITY)
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
         .add_extension(usage, critical=True)
-        .sign(issuer_key, hashes.SHA256())
     )
+    for pointer in pointers:
+        builder = builder.add_extension(pointer, critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
 
 
 def _builder(
@@ -271,7 +289,8 @@ def _provision_token(job: _TokenJob) -> list[ProvisionedSigner]:
         token = lib.get_token(token_label=job.token_label)
         with token.open(rw=True, user_pin=job.pin) as session:
             _ensure_cert_object(session, CHAIN_CERT_LABEL, b"ca-issuing", issuing)
-            return [_ensure_signer(session, s, issuing_key, issuing) for s in job.specs]
+            pointers = status_pointers(job.pki)  # OCSP and CRL, when dev services exist
+            return [_ensure_signer(session, s, issuing_key, issuing, pointers) for s in job.specs]
     finally:
         lib.finalize()
 
@@ -281,13 +300,17 @@ def _ensure_signer(
     spec: SignerSpec,
     issuing_key: rsa.RSAPrivateKey,
     issuing: x509.Certificate,
+    pointers: Sequence[x509.ExtensionType] = (),
 ) -> ProvisionedSigner:
     label = spec.key_label
     key_id = hashlib.sha256(label.encode()).digest()[:16]
     cert = _find_cert(session, label)
+    if cert is not None and not _says_role(cert, spec.stage):
+        _delete_cert_object(session, label)
+        cert = None
     if cert is None:
         public_key = _ensure_keypair(session, label, key_id)
-        cert = _signer_cert(spec, public_key, issuing_key, issuing)
+        cert = _signer_cert(spec, public_key, issuing_key, issuing, pointers)
         _ensure_cert_object(session, label, key_id, cert)
     return ProvisionedSigner(
         school_id=spec.school_id,
@@ -297,6 +320,20 @@ def _ensure_signer(
         cert_serial=format(cert.serial_number, "x"),
         not_after=cert.not_valid_after_utc,
     )
+
+
+def _says_role(cert: x509.Certificate, stage: Stage) -> bool:
+    try:
+        policies = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except x509.ExtensionNotFound:
+        return False
+    return any(p.policy_identifier.dotted_string == ROLE_POLICY[stage] for p in policies)
+
+
+def _delete_cert_object(session: pkcs11.Session, label: str) -> None:
+    query = {Attribute.CLASS: ObjectClass.CERTIFICATE, Attribute.LABEL: label}
+    for found in list(session.get_objects(query)):
+        found.destroy()
 
 
 def _find_cert(session: pkcs11.Session, label: str) -> x509.Certificate | None:
@@ -335,6 +372,7 @@ def _signer_cert(
     public_key: rsa.RSAPublicKey,
     issuing_key: rsa.RSAPrivateKey,
     issuing: x509.Certificate,
+    pointers: Sequence[x509.ExtensionType] = (),
 ) -> x509.Certificate:
     now = datetime.now(UTC)
     start = now - (SIGNER_VALIDITY if spec.expired else timedelta(hours=1))
@@ -346,13 +384,29 @@ def _signer_cert(
         data_encipherment=False, key_agreement=False, key_cert_sign=False,
         crl_sign=False, encipher_only=False, decipher_only=False,
     )  # fmt: skip
-    subject = _name(spec.display_name, organisation=f"Truong Tieu hoc {spec.school_id}")
-    return (
-        _builder(subject, issuing.subject, public_key, issuing_key, start)
+    policy = x509.PolicyInformation(ObjectIdentifier(ROLE_POLICY[spec.stage]), None)
+    builder = (
+        _builder(_signer_name(spec), issuing.subject, public_key, issuing_key, start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(usage, critical=True)
-        .sign(issuing_key, hashes.SHA256())
+        .add_extension(x509.CertificatePolicies([policy]), critical=False)
+    )
+    for pointer in pointers:  # AIA (OCSP) and CRL distribution points
+        builder = builder.add_extension(pointer, critical=False)
+    return builder.sign(issuing_key, hashes.SHA256())
+
+
+def _signer_name(spec: SignerSpec) -> x509.Name:
+    """CN the holder, O and organizationIdentifier the school, title the role."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"Truong Tieu hoc {spec.school_id}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, spec.school_id),
+            x509.NameAttribute(NameOID.TITLE, ROLE_TITLE[spec.stage]),
+            x509.NameAttribute(NameOID.COMMON_NAME, spec.display_name),
+        ]
     )
 
 

@@ -1,48 +1,38 @@
-"""Checks of an ASiC-E package, as the ministry makes them: structure, manifest, CAdES, PDFs.
+"""Checks of an ASiC-E package, as the ministry makes them: structure, manifest, seal, PDFs.
 
 Used by the ministry simulator and by `hocba-signer verify PACKAGE.asice`. Every
 problem found is reported with a code and a message naming the entry at fault;
-nothing here raises on hostile input. Blocks (ZIP reading, validation): run it in a
-thread or a worker process.
+nothing here raises on hostile input. In order: every byte of the ZIP accounted for
+(daemon.packaging.zipcheck), only the expected entries, the manifest's digests, the
+seal (CAdES, by the package's own school's seal certificate), records.json (each
+record once, matching its PDF), then each PDF by the verdict rule
+(daemon.verification.verdict) for the package's school, and what the PDF says about
+itself (daemon.verification.described). Blocks: run it in a thread or a process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from asn1crypto import cms, x509
-from pyhanko.sign.validation import async_validate_detached_cms
+from asn1crypto import x509
 
-from daemon.packaging import container
+from daemon.packaging import container, seal_check, zipcheck
+from daemon.packaging.seal_check import CadesReport
 from daemon.pdf import validation
-from daemon.stages import FIELD_NAMES
+from daemon.settings import VerificationSettings
+from daemon.verification import described
+from daemon.verification.verdict import Problem, RecordVerdict, judge
 
-_REQUIRED_ATTRS = ("content_type", "message_digest", "signing_time", "signing_certificate_v2")
+__all__ = ["CadesReport", "PackageReport", "Problem", "check_package"]
 
-
-@dataclass(frozen=True)
-class Problem:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class CadesReport:
-    signer: str
-    cert_serial: str
-    signing_time: datetime | None
-    intact: bool
-    valid: bool
-    trusted: bool
+_META_INF = (container.MANIFEST, container.SIGNATURE)
 
 
 @dataclass
@@ -51,23 +41,33 @@ class PackageReport:
     index: dict[str, Any] = field(default_factory=dict)
     cades: CadesReport | None = None
     pdfs_checked: int = 0
+    records: dict[str, RecordVerdict] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
         return not self.problems
+
+    @property
+    def verdict(self) -> str:
+        """`issued` when every record in it is issued and the container is sound."""
+        return "issued" if self.valid else "invalid"
 
     def add(self, code: str, message: str) -> None:
         self.problems.append(Problem(code, message))
 
 
 def check_package(
-    path: Path, trust_roots: list[x509.Certificate], *, check_pdfs: bool = True
+    path: Path,
+    trust_roots: list[x509.Certificate],
+    *,
+    check_pdfs: bool = True,
+    rules: VerificationSettings | None = None,
 ) -> PackageReport:
     """Every problem of the container at `path`; an empty list means it is valid."""
     report = PackageReport()
     try:
-        with zipfile.ZipFile(path) as archive:
-            _check_archive(archive, trust_roots, report, check_pdfs)
+        with path.open("rb") as handle, zipfile.ZipFile(handle) as archive:
+            _check_archive(archive, handle, trust_roots, report, check_pdfs, rules)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         report.add("not_a_zip", f"The package is not a readable ZIP file: {exc}.")
     return report
@@ -75,14 +75,15 @@ def check_package(
 
 def _check_archive(
     archive: zipfile.ZipFile,
+    handle: Any,
     roots: list[x509.Certificate],
     report: PackageReport,
     check_pdfs: bool,
+    rules: VerificationSettings | None,
 ) -> None:
     infos = archive.infolist()
     names = [i.filename for i in infos]
-    if len(set(names)) != len(names):
-        report.add("duplicate_entry", "The ZIP has several entries with the same name.")
+    if not _sound_container(handle, infos, report):
         return
     _check_mimetype(archive, infos, report)
     missing = [
@@ -91,14 +92,58 @@ def _check_archive(
     if missing:
         report.add("missing_entry", f"The package lacks {', '.join(missing)}.")
         return
+    rules = rules or VerificationSettings()
     manifest = archive.read(container.MANIFEST)
     digests = _check_manifest(archive, manifest, names, report)
-    report.cades = _check_cades(manifest, archive.read(container.SIGNATURE), roots, report)
+    report.cades = seal_check.check_seal(
+        manifest, archive.read(container.SIGNATURE), roots, report.problems, rules
+    )
     records = _check_index(archive, names, digests, report)
+    report.problems += seal_check.school_problems(report.cades, report.index.get("school_id"))
     if check_pdfs and not report.problems:
-        for record_id in records:
-            _check_pdf(record_id, archive.read(f"records/{record_id}.pdf"), roots, report)
+        for record_id, entry in records.items():
+            pdf = archive.read(f"records/{record_id}.pdf")
+            _check_pdf(record_id, entry, pdf, roots, report, rules)
             report.pdfs_checked += 1
+
+
+def _sound_container(handle: Any, infos: list[zipfile.ZipInfo], report: PackageReport) -> bool:
+    """Unique safe names, every byte accounted for, only the entries a package has."""
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        report.add("duplicate_entry", "The ZIP has several entries with the same name.")
+        return False
+    for name in names:
+        why = zipcheck.unsafe_name(name)
+        if why is not None:
+            report.add("zip_unsafe_name", f"Entry {name!r} has {why} in its name.")
+    if report.problems:
+        return False
+    report.problems += zipcheck.layout_problems(handle, infos)
+    if report.problems:
+        return False
+    for name in names:
+        if name.startswith("META-INF/") and name not in _META_INF:
+            report.add(
+                "unexpected_meta_inf_entry",
+                f"{name}: META-INF/ holds only {' and '.join(_META_INF)}.",
+            )
+        elif not name.startswith("META-INF/") and not _expected(name):
+            report.add("unexpected_entry", f"{name} is not part of a package.")
+    return True
+
+
+def _expected(name: str) -> bool:
+    if name in (container.MIMETYPE_ENTRY, container.INDEX):
+        return True
+    record_id = _record_of(name)
+    return record_id is not None and "/" not in record_id and record_id != ""
+
+
+def _record_of(name: str) -> str | None:
+    if name.startswith("records/") and name.endswith(".pdf"):
+        return name.removeprefix("records/").removesuffix(".pdf")
+    return None
 
 
 def _check_mimetype(
@@ -140,6 +185,8 @@ def _check_manifest(
         expected = _referenced_digest(ref, uri, report)
         if expected is None:
             continue
+        if uri in digests:
+            report.add("manifest_duplicate", f"{uri} is referenced twice in the manifest.")
         digests[uri] = expected
         if uri not in names:
             report.add("missing_entry", f"{uri} is in the manifest but not in the package.")
@@ -150,6 +197,11 @@ def _check_manifest(
                 "digest_mismatch",
                 f"{uri}: SHA-256 is {actual}, the manifest says {expected}.",
             )
+    _check_unsigned(names, digests, report)
+    return digests
+
+
+def _check_unsigned(names: list[str], digests: dict[str, str], report: PackageReport) -> None:
     for name in names:
         if (
             name != container.MIMETYPE_ENTRY
@@ -157,7 +209,6 @@ def _check_manifest(
             and name not in digests
         ):
             report.add("unsigned_entry", f"{name} is in the package but not in the manifest.")
-    return digests
 
 
 def _referenced_digest(ref: ElementTree.Element, uri: str, report: PackageReport) -> str | None:
@@ -181,96 +232,73 @@ def _entry_sha256(archive: zipfile.ZipFile, name: str) -> str:
     return digest.hexdigest()
 
 
-def _check_cades(
-    manifest: bytes, p7s: bytes, roots: list[x509.Certificate], report: PackageReport
-) -> CadesReport | None:
-    try:
-        info = cms.ContentInfo.load(p7s)
-        signed_data = info["content"]
-        if info["content_type"].native != "signed_data":
-            raise ValueError("not a SignedData")
-        if signed_data["encap_content_info"]["content"].native is not None:
-            raise ValueError("the signature is not detached")
-        signer_info = signed_data["signer_infos"][0]
-        present = {a["type"].native for a in signer_info["signed_attrs"]}
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        report.add(
-            "signature_unreadable", f"{container.SIGNATURE} is not a CAdES signature: {exc}."
-        )
-        return None
-    absent = [a for a in _REQUIRED_ATTRS if a not in present]
-    if absent:
-        report.add("signature_attributes", f"{container.SIGNATURE} lacks {', '.join(absent)}.")
-    try:
-        status = asyncio.run(
-            async_validate_detached_cms(
-                manifest,
-                signed_data,
-                signer_validation_context=validation.validation_context(roots),
-            )
-        )
-    except Exception as exc:  # pyHanko raises many types on malformed CMS
-        report.add("signature_invalid", f"{container.SIGNATURE} cannot be validated: {exc}.")
-        return None
-    cert = status.signing_cert
-    result = CadesReport(
-        signer=str(cert.subject.native.get("common_name", "")),
-        cert_serial=format(cert.serial_number, "x"),
-        signing_time=status.signer_reported_dt,
-        intact=status.intact,
-        valid=status.valid,
-        trusted=status.bottom_line,
-    )
-    if not status.intact:
-        report.add(
-            "signature_invalid",
-            f"{container.SIGNATURE} does not match {container.MANIFEST}: the manifest was changed.",
-        )
-    elif not status.valid:
-        report.add("signature_invalid", f"{container.SIGNATURE} has an invalid signature value.")
-    elif not status.bottom_line:
-        report.add(
-            "signature_untrusted",
-            f"{container.SIGNATURE} is signed by {result.signer} (serial {result.cert_serial}), "
-            "whose certificate does not chain to a trusted root.",
-        )
-    return result
+@dataclass(frozen=True)
+class _Listed:
+    """A record as records.json lists it."""
+
+    sha256: str
+    student_id: str
 
 
 def _check_index(
     archive: zipfile.ZipFile, names: list[str], digests: dict[str, str], report: PackageReport
-) -> list[str]:
-    """The record ids of records.json, each matching its PDF; problems otherwise."""
+) -> dict[str, _Listed]:
+    """The records of records.json that have a PDF, each listed once; problems otherwise."""
     try:
         index = json.loads(archive.read(container.INDEX))
-        entries = {str(r["record_id"]): str(r["sha256"]) for r in index["records"]}
+        listed = [
+            (str(r["record_id"]), _Listed(str(r["sha256"]), str(r["student_id"])))
+            for r in index["records"]
+        ]
         report.index = {k: index[k] for k in ("school_id", "academic_year", "submission_round")}
-        report.index["records"] = len(entries)
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         report.add("index_unreadable", f"{container.INDEX} is not a valid index: {exc}.")
-        return []
-    pdfs = {n.removeprefix("records/").removesuffix(".pdf") for n in names if _is_pdf(n)}
+        return {}
+    entries: dict[str, _Listed] = {}
+    for record_id, entry in listed:
+        if record_id in entries:
+            report.add(
+                "duplicate_record", f"{container.INDEX} lists record {record_id} more than once."
+            )
+        entries.setdefault(record_id, entry)
+    report.index["records"] = len(entries)
+    _check_same_pdf_twice(entries, report)
+    pdfs = {r for n in names if (r := _record_of(n)) is not None}
     for record_id in sorted(set(entries) - pdfs):
         report.add("index_mismatch", f"{container.INDEX} lists {record_id}, which has no PDF.")
     for record_id in sorted(pdfs - set(entries)):
         report.add("index_mismatch", f"records/{record_id}.pdf is not listed in {container.INDEX}.")
-    for record_id, sha256 in sorted(entries.items()):
+    for record_id, entry in sorted(entries.items()):
         referenced = digests.get(f"records/{record_id}.pdf")
-        if record_id in pdfs and referenced is not None and referenced != sha256:
+        if record_id in pdfs and referenced is not None and referenced != entry.sha256:
             report.add(
                 "index_mismatch",
-                f"{container.INDEX} gives record {record_id} SHA-256 {sha256}; "
+                f"{container.INDEX} gives record {record_id} SHA-256 {entry.sha256}; "
                 f"the manifest says {referenced}.",
             )
-    return sorted(set(entries) & pdfs)
+    return {r: entries[r] for r in sorted(set(entries) & pdfs)}
 
 
-def _is_pdf(name: str) -> bool:
-    return name.startswith("records/") and name.endswith(".pdf")
+def _check_same_pdf_twice(entries: dict[str, _Listed], report: PackageReport) -> None:
+    by_digest: dict[str, list[str]] = {}
+    for record_id, entry in entries.items():
+        by_digest.setdefault(entry.sha256, []).append(record_id)
+    for ids in by_digest.values():
+        if len(ids) > 1:
+            report.add(
+                "record_mismatch",
+                f"Records {', '.join(sorted(ids))} are the same PDF: one record's PDF is "
+                "presented under another record's id.",
+            )
 
 
 def _check_pdf(
-    record_id: str, pdf: bytes, roots: list[x509.Certificate], report: PackageReport
+    record_id: str,
+    listed: _Listed,
+    pdf: bytes,
+    roots: list[x509.Certificate],
+    report: PackageReport,
+    rules: VerificationSettings,
 ) -> None:
     entry = f"records/{record_id}.pdf"
     try:
@@ -278,20 +306,31 @@ def _check_pdf(
     except Exception as exc:  # a PDF hostile enough to break the validator is invalid
         report.add("pdf_invalid", f"{entry}: cannot be validated: {exc}.")
         return
-    fields = [s.field_name for s in signatures]
-    if fields != list(FIELD_NAMES):
-        report.add(
-            "pdf_signatures",
-            f"{entry}: signatures {fields}, expected {list(FIELD_NAMES)} in that order.",
-        )
-        return
-    if signatures[-1].coverage != "ENTIRE_FILE":
-        report.add("pdf_signature_invalid", f"{entry}: bytes follow the seal's signature.")
-    for sig in signatures:
-        if not sig.bottom_line:
+    school = report.index["school_id"]
+    verdict = judge(signatures, rules, school_id=school)
+    report.records[record_id] = verdict
+    for problem in verdict.problems:
+        report.add(problem.code, f"{entry}: {problem.message}")
+    _check_description(entry, record_id, listed, pdf, report)
+
+
+def _check_description(
+    entry: str, record_id: str, listed: _Listed, pdf: bytes, report: PackageReport
+) -> None:
+    """What the PDF says about itself agrees with where and how it is listed."""
+    said = described.describe_pdf(pdf)
+    if said is None:
+        return  # not self-described: its signatures are all that can be judged
+    expected = {
+        "record_id": ("record_mismatch", record_id),
+        "student_id": ("student_mismatch", listed.student_id),
+        "school_id": ("wrong_school", report.index["school_id"]),
+        "academic_year": ("record_mismatch", report.index["academic_year"]),
+    }
+    for attr, (code, value) in expected.items():
+        found = getattr(said, attr)
+        if found is not None and found != str(value):
             report.add(
-                "pdf_signature_invalid",
-                f"{entry}: signature {sig.field_name} does not validate "
-                f"(intact={sig.intact}, valid={sig.valid}, trusted={sig.trusted}, "
-                f"changes after: {sig.modification_level}).",
+                code,
+                f"{entry}: the PDF says its {attr} is {found}; {container.INDEX} says {value}.",
             )

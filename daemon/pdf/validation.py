@@ -7,8 +7,9 @@ signing path, so pyHanko's validation stack is imported only when validating.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,8 @@ class SignatureReport:
     bottom_line: bool
     summary: str
     error: str | None = None
+    # Whom the signature names, for the verdict on who signed what (None if unreadable).
+    signer_cert: x509.Certificate | None = field(default=None, compare=False, repr=False)
 
 
 def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
@@ -83,13 +86,41 @@ async def validate_pdf_async(
     """Like `validate_pdf`, for callers already inside an event loop (CPU-bound)."""
     reader = read_pdf(pdf)
     try:
-        signatures = reader.embedded_signatures
+        signatures = reader.embedded_regular_signatures
+        stamps = reader.embedded_timestamp_signatures
     except parse_errors() as exc:
         raise NotAPdf(f"The document's signatures cannot be read: {exc}") from exc
     if expected is not None and len(signatures) != expected:
         raise NotAPdf(f"Expected {expected} signatures, found {len(signatures)}.")
     context = validation_context(trust_roots)
-    return [await _validate_one(sig, context) for sig in signatures]
+    reports = [await _validate_one(sig, context) for sig in signatures]
+    if reports and stamps:
+        reports[-1] = await _archived(reports[-1], stamps[-1], context)
+    return reports
+
+
+async def _archived(
+    last: SignatureReport, stamp: EmbeddedPdfSignature, context: ValidationContext
+) -> SignatureReport:
+    """The last signature, covering the file if only DSS and document timestamps follow it.
+
+    At B-LTA the seal is followed by its validation data (DSS) and a document
+    timestamp (pyHanko: modification level LTA_UPDATES); when that timestamp is valid,
+    trusted and covers every byte, nothing but long-term validation data came after
+    the seal, so the record counts as covered to its end.
+    """
+    from pyhanko.sign.validation import async_validate_pdf_timestamp
+
+    if last.modification_level != "LTA_UPDATES":
+        return last
+    try:
+        status = await async_validate_pdf_timestamp(stamp, validation_context=context)
+    except Exception:  # a broken timestamp leaves the seal's own coverage as it is
+        return last
+    whole = status.coverage is not None and status.coverage.name == "ENTIRE_FILE"
+    if status.intact and status.valid and status.trusted and whole:
+        return dataclasses.replace(last, coverage="ENTIRE_FILE")
+    return last
 
 
 async def _validate_one(sig: EmbeddedPdfSignature, context: ValidationContext) -> SignatureReport:
@@ -127,6 +158,7 @@ def _report(
         coverage=status.coverage.name if status.coverage else None,
         bottom_line=status.bottom_line,
         summary=status.summary(),
+        signer_cert=cert,
     )
 
 
@@ -148,6 +180,7 @@ def _failed(
         bottom_line=False,
         summary="INVALID",
         error=error,
+        signer_cert=cert,
     )
 
 
