@@ -1,10 +1,11 @@
-# The targets the README and CI run. `make demo` runs the whole flow; `make test` the tests.
+# The targets the README and CI run: `make deps` once (with the network), then `make demo`
+# (the whole flow) and `make test` (the tests), which need no network after it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration lint format typecheck system-deps services clean bench bench-quick chaos soak
+.PHONY: deps demo test unit integration lint format typecheck system-deps services clean bench bench-quick chaos soak fresh-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,25 +13,40 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## System packages the daemon and tests need (Debian): SoftHSM2, p11-kit, fonts, poppler.
+## Everything the demo and the tests need: the Debian packages (PostgreSQL, RabbitMQ and
+## Mosquitto included) and the virtual environment. Starts nothing; quick when all is there.
+deps: system-deps $(STAMP) asyncapi-deps
+
+## The AsyncAPI project's parser that tests/unit/test_schemas.py runs (tools/asyncapi).
+.PHONY: asyncapi-deps
+asyncapi-deps: system-deps
+	cd tools/asyncapi && npm ci --no-audit --no-fund --loglevel=error
+
+## The Debian packages alone (scripts/system-deps.sh lists them, and why).
 system-deps:
 	./scripts/system-deps.sh
 
-## Start PostgreSQL, RabbitMQ and Mosquitto if they are not running.
+## Start the machine's PostgreSQL, RabbitMQ and Mosquitto if they are not running (CI; the
+## demo and the tests start private ones themselves when these cannot serve).
 services:
 	./scripts/services.sh
 
-demo: $(STAMP) system-deps services
+demo: deps
 	$(BIN)/hocba-signer demo --records 50 --schools 3 --json
 
-test: $(STAMP) system-deps services lint
+test: deps lint
 	$(BIN)/pytest
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) system-deps services
+integration: deps
 	$(BIN)/pytest tests/integration
+
+## The two commands on a bare Debian 12 (debootstrap under var/fresh/, root): `make deps`
+## with the network, then `make demo` and `make test` with loopback only.
+fresh-check:
+	./scripts/fresh-check.sh
 
 ## Throughput: HSM raw vs plain pyHanko vs the signing path vs the daemon (1 and 2
 ## instances) on the real services; one JSON document on stdout, a table on stderr.

@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import end_to_end, hsm_raw, naive, sign_path
+from bench import end_to_end, hsm_raw, naive, render, sign_path
 from bench.environment import BenchEnv, bench_env, samples
 from bench.report import ratios, signing_rates, table
 from bench.validation import validate
@@ -72,6 +72,8 @@ async def bench(sizes: Sizes, mode: str) -> dict[str, Any]:
             env, records[: sizes.sign_path_records], workers=cores
         )
         issued = {"pyhanko_naive": naive_issued, "sign_path": path_issued}
+        _progress("render")
+        doc["render"] = await asyncio.to_thread(render.measure, max(10, 3 * sizes.naive_records))
         doc["end_to_end"] = await _end_to_end(env, records[: sizes.e2e_records], sizes, issued)
         _progress("validation")
         doc["validation"] = await asyncio.to_thread(

@@ -9,8 +9,11 @@ import aiohttp
 from yarl import URL
 
 from daemon.errors import DocumentFetchFailed, DocumentUnavailable, HashMismatch, NotAPdf
-from daemon.messages import Document
+from daemon.messages import Document, SignRequest, SignRequestV2
 from daemon.pdf.pades import inspect_pdf
+from daemon.record.attached import check_attached_record
+from daemon.record.model import RecordData
+from daemon.record.render import render_record
 from daemon.settings import SigningSettings
 
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 414, 451})
@@ -26,8 +29,11 @@ class DocumentSource:
         self._hosts = frozenset(h.lower() for h in settings.fetch_allowed_hosts)
         self._schemes = {"https", "http"} if settings.fetch_allow_http else {"https"}
 
-    async def content(self, document: Document) -> bytes:
-        """The document's bytes, matching its announced sha256."""
+    async def content(self, document: Document, request: SignRequest | None = None) -> bytes:
+        """The document's bytes, matching its announced sha256.
+
+        With the request, a hocba-record.xml the PDF carries must describe its record.
+        """
         data = document.inline_bytes()
         if data is None:
             data = await self._fetch(str(document.url))
@@ -36,8 +42,23 @@ class DocumentSource:
         if hashlib.sha256(data).hexdigest() != document.sha256:
             raise HashMismatch("Document sha256 does not match its content.")
         # Parsing is CPU work on untrusted bytes: off the event loop.
-        await asyncio.to_thread(inspect_pdf, data, self._max_bytes)
+        await asyncio.to_thread(self._inspect, data, request)
         return data
+
+    async def rendered(self, request: SignRequestV2) -> bytes:
+        """The PDF/A-3 the record's data renders to, checked as any teacher's PDF is."""
+        assert request.record_data is not None
+        return await asyncio.to_thread(self._render, request.record.record_id, request.record_data)
+
+    def _inspect(self, data: bytes, request: SignRequest | None) -> None:
+        inspect_pdf(data, self._max_bytes)
+        if request is not None:
+            check_attached_record(data, request.school_id, request.record)
+
+    def _render(self, record_id: str, record_data: RecordData) -> bytes:
+        pdf = render_record(record_id, record_data)
+        inspect_pdf(pdf, self._max_bytes)
+        return pdf
 
     async def _fetch(self, url: str) -> bytes:
         self._check_allowed(URL(url))

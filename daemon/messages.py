@@ -18,8 +18,10 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from daemon.errors import InvalidMessage
+from daemon.record.model import Correction, RecordData
 from daemon.stages import Stage, State
 
 SchoolId = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z_-]{1,32}$")]
@@ -82,6 +84,55 @@ class SignRequest(_Frozen):
         return self
 
 
+class SignRequestV2(SignRequest):
+    """`hocba.sign_request.v2`: as v1, and the teacher may send `record_data` instead.
+
+    The daemon then renders the record (daemon/record/render.py) and signs that PDF;
+    the consent's `dig` is the sha256 of the record's canonical XML.
+    """
+
+    type: Literal["hocba.sign_request.v2"]  # type: ignore[assignment]
+    record_data: RecordData | None = None
+    corrects: Correction | None = None
+
+    @model_validator(mode="after")
+    def _document_only_first(self) -> SignRequestV2:
+        first = self.stage is Stage.HOMEROOM_TEACHER
+        given = (self.document is not None) + (self.record_data is not None)
+        if first and given != 1:
+            raise ValueError("stage homeroom_teacher needs one of document and record_data")
+        if not first and given:
+            drop = "document" if self.document is not None else "record_data"
+            raise ValueError(f"stage {self.stage} signs the held version; drop {drop}")
+        if self.record_data is not None:
+            _check_same_record(self.record_data, self.record, self.school_id)
+        return self
+
+
+def _check_same_record(data: RecordData, record: RecordInfo, school_id: str) -> None:
+    pairs = [
+        ("student.student_id", data.student.student_id, "student_id", record.student_id),
+        ("academic_year", data.academic_year, "academic_year", record.academic_year),
+        ("grade", data.grade, "grade", record.grade),
+        ("class_name", data.class_name, "class_name", record.class_name),
+    ]
+    for at, value, field, expected in pairs:
+        if value != expected:
+            raise PydanticCustomError(
+                "record_mismatch", f"differs from record.{field}", {"at": f"record_data.{at}"}
+            )
+    if data.school.school_id != school_id:
+        raise PydanticCustomError(
+            "record_mismatch", "differs from school_id", {"at": "record_data.school.school_id"}
+        )
+
+
+SIGN_REQUEST_TYPES: dict[str, type[SignRequest]] = {
+    "hocba.sign_request.v1": SignRequest,
+    "hocba.sign_request.v2": SignRequestV2,
+}
+
+
 class Reason(_Frozen):
     code: str
     message: str
@@ -114,7 +165,9 @@ def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
         # limit (ValueError), or arrays nested past the recursion limit.
         raise InvalidMessage(f"Body is not acceptable JSON: {type(exc).__name__}.", body) from exc
     try:
-        request = SignRequest.model_validate(raw)
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        model = SIGN_REQUEST_TYPES.get(kind, SignRequest) if isinstance(kind, str) else SignRequest
+        request = model.model_validate(raw)
     except ValidationError as exc:
         raise InvalidMessage(_summarise(exc), body) from exc
     if routing_key != f"sign.{request.school_id}":
@@ -128,11 +181,22 @@ def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
 def _summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False)[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
+        where = _path([*err["loc"], *(err.get("ctx") or {}).get("at", "").split(".")])
         parts.append(f"{where}: {err['msg']}")
     more = exc.error_count() - len(parts)
     tail = f" (+{more} more)" if more > 0 else ""
     return "Invalid sign request: " + "; ".join(parts) + tail + "."
+
+
+def _path(loc: list[Any]) -> str:
+    """`record_data.subjects[2].score`: list indexes in brackets, as integrators write them."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part != "":
+            out += f".{part}" if out else str(part)
+    return out or "body"
 
 
 class PackageRequest(_Frozen):
@@ -160,3 +224,51 @@ def decode_package_request(body: bytes, routing_key: str) -> PackageRequest:
             f"Routing key {routing_key!r} does not match school_id {request.school_id}.", body
         )
     return request
+
+
+ClassName = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+AcademicYear = Annotated[str, StringConstraints(pattern=r"^\d{4}-\d{4}$")]
+
+
+class RosterClass(_Frozen):
+    class_name: ClassName
+    grade: int = Field(ge=1, le=12)
+    homeroom_teacher: SignerId
+    students: int = Field(ge=0, le=1000)
+
+
+class Roster(_Frozen):
+    """`hocba.roster.v1`: what a school must sign in a round, and who teaches each class."""
+
+    type: Literal["hocba.roster.v1"]
+    school_id: SchoolId
+    academic_year: AcademicYear
+    submission_round: Literal[1, 2]
+    classes: list[RosterClass] = Field(min_length=1, max_length=2000)
+    principals: list[SignerId] = Field(default_factory=list, max_length=20)
+    sent_at: datetime
+
+    @model_validator(mode="after")
+    def _classes_once(self) -> Roster:
+        names = [c.class_name for c in self.classes]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"classes named more than once: {', '.join(twice)}")
+        return self
+
+    @property
+    def expected_records(self) -> int:
+        return sum(c.students for c in self.classes)
+
+
+def decode_roster(body: bytes, routing_key: str) -> Roster:
+    """Decode a roster; the routing key must be `roster.<its school_id>`."""
+    try:
+        roster = Roster.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidMessage(_summarise(exc).replace("sign request", "roster"), body) from exc
+    if routing_key != f"roster.{roster.school_id}":
+        raise InvalidMessage(
+            f"Routing key {routing_key!r} does not match school_id {roster.school_id}.", body
+        )
+    return roster

@@ -17,14 +17,16 @@ from typing import Protocol
 from uuid import UUID
 
 from daemon import consent, records, rules
+from daemon.blobs import BlobStore
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import HocbaError, PermanentError, RequestIdReused, UnknownSchool
 from daemon.hsm import KeyRef, SignJob, SignResult
-from daemon.messages import Document, Reason, SignRequest, StatusEvent
+from daemon.messages import Document, Reason, SignRequest, SignRequestV2, StatusEvent
 from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
+from daemon.record.xml import record_sha256
+from daemon.registry import keyring
 from daemon.stages import Stage, State
-from daemon.store import DocumentStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ class Signing(Protocol):
 
 
 class Documents(Protocol):
-    async def content(self, document: Document) -> bytes: ...
+    async def content(self, document: Document, request: SignRequest | None = None) -> bytes: ...
+
+    async def rendered(self, request: SignRequestV2) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,18 @@ class Outcome:
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """A request whose body could not be decoded: what its envelope says of it."""
+
+    school_id: str
+    request_id: UUID | None
+
+
+@dataclass(frozen=True)
 class Pipeline:
     db: Database
     signing: Signing
-    store: DocumentStore
+    store: BlobStore
     documents: Documents
     clock: Clock = vietnam_now
 
@@ -65,20 +77,33 @@ class Pipeline:
                 request.school_id,
                 request.signer_id,
                 request.record.record_id,
+                info=request.record,
             )
         if found.prior is not None:
             if found.prior.fingerprint != fingerprint(request):
                 error = RequestIdReused("request_id was used before for another request.")
-                return await self.refuse(error, request.school_id, request, remember=False)
+                return await self._refuse(error, request.school_id, request, remember=False)
             return await self._repeat(found.prior.event)
         try:
             outcome = await self._sign(request, found)
         except PermanentError as exc:
-            return await self.refuse(exc, request.school_id, request)
+            return await self._refuse(exc, request.school_id, request)
         SIGN_DURATION.labels(request.stage.value).observe(time.perf_counter() - started)
         return outcome
 
-    async def refuse(
+    async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome:
+        """Refuse for good a request that cannot be read, or kept failing with `error`.
+
+        The refusal and its `rejected` event are stored, but not under the request_id:
+        the school system may send the request again, and it is then tried again.
+        """
+        if isinstance(request, Unreadable):
+            return await self._refuse(
+                error, request.school_id, request_id=request.request_id, remember=False
+            )
+        return await self._refuse(error, request.school_id, request, remember=False)
+
+    async def _refuse(
         self,
         error: HocbaError,
         school_id: str,
@@ -87,7 +112,7 @@ class Pipeline:
         request_id: UUID | None = None,
         remember: bool = True,
     ) -> Outcome:
-        """Store a refusal and its `rejected` event; remember it when the request decoded."""
+        """Store a refusal and its `rejected` event; remember it if told to."""
         stage = request.stage if request else None
         event = StatusEvent(
             event_id=uuid.uuid4(),
@@ -137,6 +162,7 @@ class Pipeline:
             raise UnknownSchool(f"School {request.school_id} is not registered.")
         signer = rules.authorised_signer(found.signer, request)
         rules.check_order(record, request)
+        rules.check_enrolment(found, request)
         digest = _version_digest(request, record)
         subject = consent.Subject(
             request.school_id,
@@ -145,8 +171,10 @@ class Pipeline:
             request.stage.value,
             digest,
         )
-        consent.verify(request.consent, school.consent_key, subject, self.clock())
-        pdf = await self._version_to_sign(request, digest)
+        keyring.verify(
+            request.consent, school.consent_key, school.retired_keys, subject, self.clock()
+        )
+        pdf, digest_before = await self._version_to_sign(request, digest)
         key = KeyRef(request.school_id, signer.token_label, signer.key_label)
         result = await self.signing.sign(SignJob(pdf, request.stage, key))
         HSM_DURATION.labels(request.stage.value).observe(result.hsm_seconds)
@@ -171,7 +199,7 @@ class Pipeline:
             signer_id=request.signer_id,
             cert_serial=result.cert_serial,
             signed_at=result.signed_at,
-            digest_before=digest,
+            digest_before=digest_before,
             digest_after=result.sha256,
             size_before=len(pdf),
             size_after=len(result.pdf),
@@ -188,19 +216,27 @@ class Pipeline:
         )
         return Outcome(event)
 
-    async def _version_to_sign(self, request: SignRequest, digest: str) -> bytes:
+    async def _version_to_sign(self, request: SignRequest, digest: str) -> tuple[bytes, str]:
+        """The bytes to sign and their sha256 (for record_data, not the consent's digest)."""
         if request.stage is Stage.HOMEROOM_TEACHER:
-            assert request.document is not None
-            pdf = await self.documents.content(request.document)
+            if isinstance(request, SignRequestV2) and request.record_data is not None:
+                pdf = await self.documents.rendered(request)
+                digest = hashlib.sha256(pdf).hexdigest()
+            else:
+                assert request.document is not None
+                pdf = await self.documents.content(request.document, request)
             await self.store.put(pdf)
-            return pdf
-        return await self.store.get(digest)
+            return pdf, digest
+        return await self.store.get(digest), digest
 
 
 def _version_digest(request: SignRequest, record: records.Record | None) -> str:
     """The sha256 of the exact version this request signs (and its consent must name)."""
     if request.document is not None:
         return request.document.sha256
+    if isinstance(request, SignRequestV2) and request.record_data is not None:
+        # The school system renders nothing: it names the data, as canonical XML.
+        return record_sha256(request.record.record_id, request.record_data)
     assert record is not None  # check_order refuses later stages of unknown records
     return record.current_sha256
 
@@ -212,6 +248,8 @@ def fingerprint(request: SignRequest) -> str:
     re-minted consent) gets the status already produced, not `request_id_reused`.
     """
     document = request.document.sha256 if request.document else None
+    if isinstance(request, SignRequestV2) and request.record_data is not None:
+        document = record_sha256(request.record.record_id, request.record_data)
     same = [
         request.school_id,
         request.record.model_dump(),

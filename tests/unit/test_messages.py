@@ -52,7 +52,7 @@ def test_the_contract_example_decodes() -> None:
 @pytest.mark.parametrize(
     ("changes", "where"),
     [
-        ({"type": "hocba.sign_request.v2"}, "type"),
+        ({"type": "hocba.sign_request.v3"}, "type"),
         ({"stage": "vice_principal"}, "stage"),
         ({"extra": 1}, "extra"),
         ({"request_id": "not-a-uuid"}, "request_id"),

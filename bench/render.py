@@ -1,0 +1,54 @@
+"""Records rendered per second: the v2 path's extra work before the teacher's signature.
+
+One core, in-process, the same renderer and checks DocumentSource.rendered runs
+(render, then the intake check), on sample records of every grade. Every PDF must be
+accepted by the intake check and carry its record's XML, or the figure does not count.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any
+
+from daemon.messages import RecordInfo
+from daemon.pdf.pades import inspect_pdf
+from daemon.record.attached import attached_record_xml
+from daemon.record.render import render_record
+from daemon.record.xml import canonical_xml
+from producers.school_system import sample_record, sample_record_data
+
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def measure(records: int, seed: int = 13) -> dict[str, Any]:
+    rng = random.Random(seed)
+    infos: list[RecordInfo] = [sample_record(rng, "31000101", "bench", n) for n in range(records)]
+    samples = [(i, sample_record_data(rng, i, "31000101")) for i in infos]
+    render_record(samples[0][0].record_id, samples[0][1])  # the fonts are cut once per process
+    durations_s, sizes = [], []
+    started = time.perf_counter()
+    for info, data in samples:
+        t0 = time.perf_counter()
+        pdf = render_record(info.record_id, data)
+        inspect_pdf(pdf, MAX_BYTES)
+        durations_s.append(time.perf_counter() - t0)
+        sizes.append(len(pdf))
+        if attached_record_xml(pdf) != canonical_xml(info.record_id, data):
+            raise AssertionError(f"record {info.record_id} lost its XML")
+    elapsed_s = time.perf_counter() - started
+    return {
+        "records": records,
+        "records_per_s": round(records / elapsed_s, 1),
+        "ms_per_record_p50": round(statistics.median(durations_s) * 1000, 1),
+        "ms_per_record_max": round(max(durations_s) * 1000, 1),
+        "pdf_bytes_mean": round(statistics.mean(sizes)),
+        "cores": 1,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(measure(20)))
