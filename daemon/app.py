@@ -17,22 +17,23 @@ from dataclasses import dataclass
 import aio_pika
 import aiohttp
 from aio_pika.abc import AbstractRobustConnection
-from aiormq.exceptions import AMQPError
 from yarl import URL
 
 from consumers.package_requests import PackageRequestConsumer
+from consumers.rosters import RosterConsumer
 from consumers.sign_requests import SignRequestConsumer
-from daemon import http, metrics, monitor, systemd_notify, topology
+from daemon import amqp, blobs, http, metrics, monitor, systemd_notify, topology
 from daemon.database import Database
 from daemon.documents import DocumentSource
 from daemon.errors import BrokerUnavailable
 from daemon.hsm import SigningPool
+from daemon.levels import leveled_signing
 from daemon.packaging.builder import Packager
 from daemon.packaging.runner import PackageRunner
 from daemon.packaging.submission import Submitter
 from daemon.pipeline import Pipeline
+from daemon.registry.rosters import RosterStore
 from daemon.settings import Settings
-from daemon.store import FileStore
 from producers.ministry import MinistryClient
 from producers.status import StatusRelay
 from producers.transports import AmqpStatus, MqttStatus
@@ -69,17 +70,20 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
 
         client = await stack.enter_async_context(aiohttp.ClientSession())
         documents = DocumentSource(client, settings.signing)
-        pipeline = Pipeline(db, pool, FileStore(settings.store.path), documents)
-        package_runner = _package_runner(settings, db, pool, client)
+        store = await blobs.open_store(settings.store, stack)
+        signing = leveled_signing(settings.signing, db, pool, client)
+        pipeline = Pipeline(db, signing, store, documents)
+        package_runner = _package_runner(settings, db, pool, client, store)
         stack.push_async_callback(package_runner.close)
 
         connection = await _connect(settings)
         stack.push_async_callback(connection.close)
-        consume_channel = await connection.channel(on_return_raises=True)
-        await consume_channel.set_qos(prefetch_count=settings.amqp.prefetch)
-        topo = await topology.declare(consume_channel, settings.amqp)
-        status_channel = await connection.channel()
-        status_exchange = await status_channel.get_exchange(topology.STATUS)
+        with amqp.translated("declaring the topology"):
+            consume_channel = await connection.channel(on_return_raises=True)
+            await consume_channel.set_qos(prefetch_count=settings.amqp.prefetch)
+            topo = await topology.declare(consume_channel, settings.amqp)
+            status_channel = await connection.channel()
+            status_exchange = await status_channel.get_exchange(topology.STATUS)
 
         mqtt = MqttStatus(settings.mqtt)
         stack.push_async_callback(mqtt.close)
@@ -115,9 +119,14 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
 
         await consumer.start()
         stack.push_async_callback(consumer.stop, settings.shutdown_timeout_s)
-        package_consumer = PackageRequestConsumer(topo, package_runner, settings.amqp)
+        package_consumer = PackageRequestConsumer(
+            topo, package_runner, settings.amqp, settings.instance
+        )
         await package_consumer.start()
         stack.push_async_callback(package_consumer.stop)
+        roster_consumer = RosterConsumer(topo, RosterStore(db), settings.amqp, settings.instance)
+        await roster_consumer.start()
+        stack.push_async_callback(roster_consumer.stop)
         schedule_stop = asyncio.Event()
         schedule_task = asyncio.create_task(
             package_runner.run_schedule(schedule_stop), name="packaging-schedule"
@@ -130,11 +139,15 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
 
 
 def _package_runner(
-    settings: Settings, db: Database, pool: SigningPool, client: aiohttp.ClientSession
+    settings: Settings,
+    db: Database,
+    pool: SigningPool,
+    client: aiohttp.ClientSession,
+    store: blobs.BlobStore,
 ) -> PackageRunner:
-    store = FileStore(settings.store.path)
-    packager = Packager(db, pool, store, settings.packaging.path)
-    submitter = Submitter(db, MinistryClient(client, settings.ministry), settings.ministry)
+    packager = Packager(db, pool, store)
+    ministry = MinistryClient(client, settings.ministry, store)
+    submitter = Submitter(db, ministry, settings.ministry, store)
     return PackageRunner(db, packager, submitter, settings.packaging)
 
 
@@ -170,15 +183,13 @@ def _start_watchdog(stack: contextlib.AsyncExitStack) -> None:
 
 async def _connect(settings: Settings) -> AbstractRobustConnection:
     password = settings.amqp.resolved_password()
-    try:
-        url = URL(settings.amqp.url)
-        if password is not None:
-            url = url.with_password(password.get_secret_value())
+    url = URL(settings.amqp.url)
+    if password is not None:
+        url = url.with_password(password.get_secret_value())
+    with amqp.translated("connecting"):
         return await aio_pika.connect_robust(
             url, client_properties={"connection_name": settings.instance}
         )
-    except (AMQPError, ConnectionError, OSError) as exc:
-        raise BrokerUnavailable(f"Cannot connect to RabbitMQ: {type(exc).__name__}.") from exc
 
 
 async def _broker_check(connection: AbstractRobustConnection) -> None:
@@ -214,7 +225,7 @@ async def _watch_consumer(
         try:
             log.warning("This instance no longer consumes the sign queue; consuming again.")
             await consumer.repair()
-        except topology.BROKER_ERRORS:
+        except BrokerUnavailable:
             log.info("Consumer repair deferred: the broker connection is recovering.")
 
 

@@ -12,8 +12,10 @@
     │   ├── StageOutOfOrder       stage_out_of_order
     │   ├── AlreadyIssued         already_issued
     │   ├── CertificateInvalid    certificate_invalid
+    │   ├── CertificateRevoked    certificate_revoked (OCSP or the CRL says so)
     │   ├── DocumentUnavailable   document_unavailable
     │   ├── RequestIdReused       request_id_reused
+    │   ├── DuplicateRecord       duplicate_record (a second live record for a student)
     │   ├── PackageInvalid        package_invalid (a container fails its checks)
     │   └── MinistryRefused       ministry_refused (the ministry answered 4xx: never resend)
     ├── TransientError            retry with capped backoff, then dead-letter
@@ -21,11 +23,15 @@
     │   ├── DatabaseUnavailable   database_unavailable
     │   ├── BrokerUnavailable     broker_unavailable
     │   ├── DocumentFetchFailed   document_unavailable (after the last retry)
-    │   ├── StoreUnavailable      store_unavailable
+    │   ├── StoreUnavailable      store_unavailable (unreachable, missing object, disk full)
+    │   ├── StoreCorrupt          store_corrupt (an object's bytes do not match its digest)
+    │   ├── CertificateStatusUnavailable  certificate_status_unavailable (OCSP and CRL down)
+    │   ├── TsaUnavailable        tsa_unavailable (the timestamp authority down or unusable)
     │   ├── ConcurrentUpdate      concurrent_update (another instance won a race)
     │   ├── MinistryUnavailable   ministry_unavailable (down, 5xx, 429, timeout, dropped)
     │   └── InternalError         internal_error (an unexpected exception: a bug)
     └── ConfigError               the configuration cannot work; stop at start-up
+        └── ServiceUnusable       service_unusable (a server down, refusing us, or too old)
 
 Foreign exceptions (pkcs11, asyncpg, aio-pika, aiomqtt, aiohttp, OSError) are
 translated into these once, at the boundary that calls the foreign library.
@@ -112,6 +118,12 @@ class CertificateInvalid(PermanentError):
     code = "certificate_invalid"
 
 
+class CertificateRevoked(PermanentError):
+    """Raised when OCSP or the CRL says the signer's certificate is revoked."""
+
+    code = "certificate_revoked"
+
+
 class DocumentUnavailable(PermanentError):
     """Raised when the referenced document cannot be had, now or after retries."""
 
@@ -122,6 +134,12 @@ class RequestIdReused(PermanentError):
     """Raised when a known request_id arrives with different content."""
 
     code = "request_id_reused"
+
+
+class DuplicateRecord(PermanentError):
+    """Raised when a new record names a student who already has a live record that round."""
+
+    code = "duplicate_record"
 
 
 class PackageInvalid(PermanentError):
@@ -175,9 +193,32 @@ class DocumentFetchFailed(TransientError):
 
 
 class StoreUnavailable(TransientError):
-    """Raised when the document store cannot write (disk full, I/O error)."""
+    """Raised when the blob store cannot be reached, write, or find an object."""
 
     final_code = "store_unavailable"
+
+
+class StoreCorrupt(TransientError):
+    """Raised when a stored object's bytes do not match its digest; they are never served.
+
+    Transient on purpose: the request is not at fault (refusing it would tell the school
+    to fix what is ours), a re-read can succeed after a flaky read, and once an operator
+    restores the object from a backup a replay of the dead letter succeeds.
+    """
+
+    final_code = "store_corrupt"
+
+
+class CertificateStatusUnavailable(TransientError):
+    """Raised when neither the OCSP responder nor the CRL gives a usable answer."""
+
+    final_code = "certificate_status_unavailable"
+
+
+class TsaUnavailable(TransientError):
+    """Raised when the timestamp authority is down, slow or answers no usable token."""
+
+    final_code = "tsa_unavailable"
 
 
 class ConcurrentUpdate(TransientError):
@@ -206,3 +247,14 @@ class InternalError(TransientError):
     """Raised in place of an unexpected exception, so the message is retried, then dead-lettered."""
 
     final_code = "internal_error"
+
+
+class ServiceUnusable(ConfigError):
+    """Raised when PostgreSQL, RabbitMQ or the MQTT broker is down, refuses us, or is too old."""
+
+    code = "service_unusable"
+
+    def __init__(self, service: str, address: str, problem: str, fix: str) -> None:
+        super().__init__(f"{service} at {address} {problem}: {fix}.")
+        self.service = service
+        self.address = address

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from daemon.errors import (
     AlreadyIssued,
+    DuplicateRecord,
     InvalidMessage,
     StageOutOfOrder,
     Unauthorized,
     UnknownSigner,
 )
 from daemon.messages import SignRequest
-from daemon.records import Record, Signer
+from daemon.records import Lookup, Record, Signer
 from daemon.stages import Stage, next_stage
 
 
@@ -42,3 +43,35 @@ def check_order(record: Record | None, request: SignRequest) -> None:
         done = request.stage.position <= record.signatures
         why = "was already signed" if done else "comes later"
         raise StageOutOfOrder(f"Stage {request.stage} {why}; {expected} is next.")
+
+
+def check_enrolment(found: Lookup, request: SignRequest, corrects: str | None = None) -> None:
+    """The roster's teacher signs its class, its principals the principal stage; and a
+    student has one live record per year and round.
+
+    Needs the lookup made with the request's record details. `corrects` is the hook for
+    v2 corrections: the record a correction names may be the student's live record.
+    """
+    roster, info = found.roster, request.record
+    round_ = f"{info.academic_year} round {info.submission_round}"
+    if roster is not None and request.stage is Stage.HOMEROOM_TEACHER:
+        if roster.homeroom_teacher is None:
+            raise Unauthorized(
+                f"Class {info.class_name} is not in the school's roster of {round_}."
+            )
+        if roster.homeroom_teacher != request.signer_id:
+            raise Unauthorized(
+                f"The roster of {round_} names {roster.homeroom_teacher} as homeroom teacher "
+                f"of class {info.class_name}, not {request.signer_id}."
+            )
+    if roster is not None and roster.principals and request.stage is Stage.PRINCIPAL:
+        if request.signer_id not in roster.principals:
+            raise Unauthorized(
+                f"The roster of {round_} does not name {request.signer_id} as a principal."
+            )
+    live = found.live_record_id
+    if found.record is None and live not in (None, info.record_id, corrects):
+        raise DuplicateRecord(
+            f"The student already has record {live} for {round_}; a second is refused "
+            "unless it is a correction."
+        )

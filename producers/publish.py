@@ -40,10 +40,10 @@ def record_info(school_id: str, record_id: str) -> RecordInfo:
     """Stable sample details for a record id, the same at every stage."""
     match = re.search(r"-(\d)([A-Z])\b", record_id)
     grade, letter = (int(match.group(1)), match.group(2)) if match else (5, "A")
-    digits = int(hashlib.sha256(record_id.encode()).hexdigest(), 16) % 100_000
+    digits = hashlib.sha256(record_id.encode()).hexdigest()[:12]  # one student per record
     return RecordInfo(
         record_id=record_id,
-        student_id=f"{school_id[:8]}{digits:05d}",
+        student_id=f"{school_id[:8]}{digits}",
         academic_year="2025-2026",
         grade=grade,
         class_name=f"{grade}{letter}",
