@@ -29,9 +29,9 @@ import aiohttp
 from bench import procs
 from bench.environment import BenchEnv, Sample
 from daemon import topology
+from daemon.blobs import FsStore
 from daemon.messages import RecordInfo
 from daemon.stages import Stage, State
-from daemon.store import FileStore
 from producers.school_system import sign_request
 
 _NEXT = {State.SIGNED_BY_TEACHER: Stage.PRINCIPAL, State.SIGNED_BY_PRINCIPAL: Stage.SCHOOL_SEAL}
@@ -264,7 +264,7 @@ async def measure(
         a.cpu_s.get(i.process.pid, 0.0) - b.cpu_s.get(i.process.pid, 0.0)
         for i, b, a in zip(running, before, after, strict=True)
     )
-    store = FileStore(env.dev.settings.store.path)
+    store = FsStore(env.dev.settings.store.path)
     issued = [await store.get(digest) for digest in driver.issued]
     figures: dict[str, Any] = {
         "instances": len(running),

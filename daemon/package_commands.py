@@ -23,7 +23,7 @@ import aiohttp
 import asyncpg
 from pydantic import SecretStr
 
-from daemon import app
+from daemon import app, blobs
 from daemon.clock import vietnam_now
 from daemon.database import Database
 from daemon.dev import ministry_sim
@@ -35,7 +35,6 @@ from daemon.packaging.packages import Package, PackageState
 from daemon.packaging.submission import REASON_MESSAGE_CHARS, Submitter
 from daemon.pdf import validation
 from daemon.settings import Settings, read_secret
-from daemon.store import FileStore
 from producers.ministry import MinistryClient
 
 log = logging.getLogger(__name__)
@@ -50,16 +49,14 @@ async def package(
     """Build the round's package and, with `submit`, follow it to the ministry's verdict."""
     async with contextlib.AsyncExitStack() as stack:
         db, pool = await app.open_core(stack, settings)
-        store = FileStore(settings.store.path)
-        built = await Packager(db, pool, store, settings.packaging.path).build(
-            school_id, year, round_
-        )
+        store = await blobs.open_store(settings.store, stack)
+        built = await Packager(db, pool, store).build(school_id, year, round_)
         if built is None:
             return {"package": None, "reason": "no issued records wait for a package"}
         if submit:
             client = await stack.enter_async_context(aiohttp.ClientSession())
-            ministry = MinistryClient(client, settings.ministry)
-            built = await Submitter(db, ministry, settings.ministry).follow(built)
+            ministry = MinistryClient(client, settings.ministry, store)
+            built = await Submitter(db, ministry, settings.ministry, store).follow(built)
         async with db.connection() as conn:
             return describe(await packages.get(conn, built.package_id))
 
@@ -81,9 +78,10 @@ async def resume(
         db = await _database(stack, settings)
         package = await resume_package(db, package_id, note)
         if follow:
+            store = await blobs.open_store(settings.store, stack)
             client = await stack.enter_async_context(aiohttp.ClientSession())
-            ministry = MinistryClient(client, settings.ministry)
-            package = await Submitter(db, ministry, settings.ministry).follow(package)
+            ministry = MinistryClient(client, settings.ministry, store)
+            package = await Submitter(db, ministry, settings.ministry, store).follow(package)
         return describe(package)
 
 
@@ -182,7 +180,10 @@ def describe(package: Package) -> dict[str, Any]:
         "sequence": package.sequence,
         "state": package.state.value,
         "records": package.record_count,
+        # The package is the blob named by its sha256; `path` is set only for packages
+        # built before packages were blobs.
         "sha256": package.sha256,
+        "size_bytes": package.size_bytes,
         "path": package.path,
         "receipt_id": package.receipt_id,
         "attempts": package.attempts,

@@ -256,6 +256,30 @@ class VerificationSettings(_Section):
     school_id_prefix: str = ""
 
 
+class VerifyServerSettings(_Section):
+    """`hocba-signer verify-server`: the public verification page and API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=9470, ge=0, le=65535)
+    # Where the public reaches this server; printed copies' QR codes open <public_url>/r/<sha256>.
+    public_url: str = "http://127.0.0.1:9470"
+    # Larger bodies are refused (413) as soon as the header or the bytes read say so.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Per client IP, a token bucket in this process's memory: `rate_burst` requests at
+    # once, refilled at `rate_per_minute`.
+    rate_per_minute: float = Field(default=30.0, gt=0)
+    rate_burst: int = Field(default=10, ge=1)
+    # Peers whose X-Forwarded-For is believed (a reverse proxy in front); none by default.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Reading the whole body, and one check in the pool.
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    check_timeout_s: float = Field(default=120.0, gt=0)
+    # Processes that run the checks (CPU-bound); checks beyond workers * queue_per_worker
+    # waiting at once are answered 503.
+    workers: int = Field(default=2, ge=1, le=64)
+    queue_per_worker: int = Field(default=4, ge=1)
+
+
 class Settings(BaseSettings):
     """The whole configuration, loaded once in `main` and passed down."""
 
@@ -280,6 +304,7 @@ class Settings(BaseSettings):
     ministry: MinistrySettings = MinistrySettings()
     packaging: PackagingSettings = PackagingSettings()
     verification: VerificationSettings = VerificationSettings()
+    verify_server: VerifyServerSettings = VerifyServerSettings()
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

@@ -1,7 +1,8 @@
 """The ministry package API, client side: one HTTP request per call, errors translated.
 
-`submit` streams the container from its file (no whole-file read) with the package
-id as Idempotency-Key; `receipt` reads a receipt. What a retry may fix (connection
+`submit` streams the container from the blob store into the POST body (chunk by
+chunk, checked against its digest as it goes: a corrupt package is never sent whole)
+with the package id as Idempotency-Key; `receipt` reads a receipt. What a retry may fix (connection
 refused or dropped, timeout, 408, 429, 5xx) becomes MinistryUnavailable, with the
 server's Retry-After when it gave one; any other refusal becomes MinistryRefused.
 Retrying is the caller's business (daemon.submission).
@@ -9,18 +10,19 @@ Retrying is the caller's business (daemon.submission).
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import aiohttp
 from pydantic import SecretStr
 
-from daemon.errors import MinistryRefused, MinistryUnavailable
+from daemon.blobs import BlobStore
+from daemon.errors import HocbaError, MinistryRefused, MinistryUnavailable
 from daemon.packaging.container import MIMETYPE
 from daemon.packaging.submission import Receipt
 from daemon.settings import MinistrySettings
@@ -46,30 +48,38 @@ def retry_after_s(header: str | None, at: datetime) -> float | None:
 
 
 class MinistryClient:
-    def __init__(self, session: aiohttp.ClientSession, settings: MinistrySettings) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, settings: MinistrySettings, blobs: BlobStore
+    ) -> None:
         self._session = session
         self._base = settings.url.rstrip("/")
         self._settings = settings
+        self._blobs = blobs
         self._token: SecretStr | None = None
         self._timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout_s, sock_connect=settings.connect_timeout_s
         )
 
-    async def submit(self, path: Path, package_id: UUID) -> Receipt:
+    async def submit(self, sha256: str, package_id: UUID, size_bytes: int | None) -> Receipt:
         headers = {
             "Content-Type": MIMETYPE,
             "Idempotency-Key": str(package_id),
             **self._auth(),
         }
+        if size_bytes is not None:
+            headers["Content-Length"] = str(size_bytes)
+        body = _Body(self._blobs, sha256)
         try:
-            handle = await asyncio.to_thread(path.open, "rb")
-        except OSError as exc:
-            raise MinistryUnavailable(f"Cannot read package file {path}: {exc.strerror}.") from exc
-        try:
-            body = await self._request("POST", "/v1/packages", headers=headers, data=handle)
-        finally:
-            await asyncio.to_thread(handle.close)
-        return _receipt(body)
+            answer = await self._request(
+                "POST", "/v1/packages", headers=headers, data=body.chunks()
+            )
+        except (MinistryUnavailable, MinistryRefused):
+            # The store failed, not the ministry (which may have answered the broken
+            # body with a 400): say so, or the package would be taken for rejected.
+            body.raise_failure()
+            raise
+        body.raise_failure()
+        return _receipt(answer)
 
     async def receipt(self, receipt_id: str) -> Receipt:
         body = await self._request("GET", f"/v1/packages/{receipt_id}", headers=self._auth())
@@ -99,6 +109,29 @@ class MinistryClient:
             raise MinistryUnavailable(
                 f"{method} {path} failed: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+class _Body:
+    """The package streamed from the store; remembers a store failure, which aiohttp
+    would otherwise report as a broken connection."""
+
+    def __init__(self, blobs: BlobStore, sha256: str) -> None:
+        self._blobs = blobs
+        self._sha256 = sha256
+        self.failure: HocbaError | None = None
+
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async with contextlib.aclosing(self._blobs.open(self._sha256)) as stream:
+                async for chunk in stream:
+                    yield chunk
+        except HocbaError as exc:
+            self.failure = exc
+            raise
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
 
 
 def _json(text: str, status: int) -> dict[str, Any]:

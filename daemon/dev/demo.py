@@ -3,9 +3,9 @@
 Provision the dev environment, start the ministry simulator and the daemon, publish
 N records per school, take each to the next stage only when the previous status event
 has arrived, write the issued PDFs to `output_dir/<school_id>/<record_id>.pdf`, then
-package each school's round as `output_dir/<school_id>/<year>-round<R>.asice`, submit
-it to the simulator and follow it until accepted; validate every signature, and
-summarise in one JSON line.
+package each school's round, submit it to the simulator and follow it until accepted,
+copy each package from the blob store to `output_dir/<school_id>/<year>-round<R>.asice`;
+validate every signature, and summarise in one JSON line.
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ from typing import Any
 import aio_pika
 from pydantic import SecretStr
 
-from daemon import app, topology
+from daemon import app, blobs, topology
 from daemon.dev import env as devenv
-from daemon.dev import ministry_sim
+from daemon.dev import ministry_sim, pki_services
 from daemon.messages import RecordInfo
 from daemon.packaging.packages import Package, PackageState
 from daemon.packaging.runner import PackageRunner
 from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage, State
-from daemon.store import FileStore
 from producers.school_system import sample_pdf, sample_record, sign_request
 
 _NEXT = {State.SIGNED_BY_TEACHER: Stage.PRINCIPAL, State.SIGNED_BY_PRINCIPAL: Stage.SCHOOL_SEAL}
@@ -66,18 +65,23 @@ async def run(
     base: Path, records: int, schools: int, output_dir: Path, timeout_s: float = 900
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    env = await devenv.init(base, schools)
+    env = await devenv.init(base, schools, services_port=pki_services.DEFAULT_PORT)
     output_dir = await asyncio.to_thread(output_dir.resolve)
     stop = asyncio.Event()
     token = SecretStr(await asyncio.to_thread(devenv.ministry_token, env.base))
     async with ministry_sim.running(
         token, env.settings.signing.trust_roots, output_dir / "ministry"
     ) as url:
-        settings = _with_ministry(env.settings, url, token, output_dir)
-        async with app.started(settings, stop) as running:
-            driver = Driver(env, output_dir)
+        settings = _with_ministry(env.settings, url, token)
+        async with contextlib.AsyncExitStack() as stack:
+            if pki_services.load_config(env.base / "pki") is not None:  # OCSP, CRL, TSA
+                await stack.enter_async_context(pki_services.running(env.base / "pki"))
+            store = await blobs.open_store(settings.store, stack)
+            running = await stack.enter_async_context(app.started(settings, stop))
+            driver = Driver(env, output_dir, store)
             await driver.drive(records, timeout_s)
             finals = await _package_all(running.packages, env.schools, driver.rounds)
+            await _export(store, finals, output_dir)
             stop.set()
     progress = driver.progress
     roots = env.settings.signing.trust_roots
@@ -98,16 +102,14 @@ async def run(
     }
 
 
-def _with_ministry(settings: Settings, url: str, token: SecretStr, output_dir: Path) -> Settings:
-    """The dev settings, pointed at the in-process simulator; packages under output_dir."""
+def _with_ministry(settings: Settings, url: str, token: SecretStr) -> Settings:
+    """The dev settings, pointed at the in-process simulator, the schedule off."""
     return settings.model_copy(
         update={
             "ministry": settings.ministry.model_copy(
                 update={"url": url, "token": token, "poll_base_ms": 200, "poll_cap_ms": 1000}
             ),
-            "packaging": settings.packaging.model_copy(
-                update={"path": output_dir, "schedule_interval_s": None}
-            ),
+            "packaging": settings.packaging.model_copy(update={"schedule_interval_s": None}),
         }
     )
 
@@ -122,13 +124,21 @@ async def _package_all(
     return await runner.settled()
 
 
+async def _export(store: blobs.BlobStore, finals: list[Package], output_dir: Path) -> None:
+    """Each package's blob, copied to `output_dir/<school_id>/<file name>` to look at."""
+    for package in finals:
+        assert package.sha256 is not None
+        path = output_dir / package.school_id / package.file_name
+        await asyncio.to_thread(_write, path, await store.get(package.sha256))
+
+
 class Driver:
     """Publishes each record's first stage, then follows its status events to the seal."""
 
-    def __init__(self, env: devenv.DevEnv, output_dir: Path) -> None:
+    def __init__(self, env: devenv.DevEnv, output_dir: Path, store: blobs.BlobStore) -> None:
         self.env = env
         self.output_dir = output_dir
-        self.store = FileStore(env.settings.store.path)
+        self.store = store
         self.issued: list[Path] = []
         self.progress = Progress(total=0)
         self.rounds: set[tuple[str, int]] = set()

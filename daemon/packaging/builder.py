@@ -3,20 +3,20 @@
 `build` reserves the waiting records in a new package (or takes the round's package
 that was created but not yet sent), writes the container, seals its manifest with the
 school's seal key, and stores `built` with a `packaged` event per record, in one
-transaction. A crash in between leaves a `building` package with its records and its
-signing time; building it again yields the same bytes.
+transaction. The container is streamed into the blob store as it is written, and the
+package row keeps its digest. A crash in between leaves a `building` package with its
+records and its signing time; building it again yields the same bytes, the same blob.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol
 
+from daemon.blobs import BlobStore
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import ConcurrentUpdate, UnknownSigner
@@ -33,16 +33,11 @@ class CmsSigning(Protocol):
     async def sign_cms(self, key: KeyRef, data: bytes, signing_time: datetime) -> bytes: ...
 
 
-class StoredFiles(Protocol):
-    def path(self, sha256: str) -> Path: ...
-
-
 @dataclass(frozen=True)
 class Packager:
     db: Database
     signing: CmsSigning
-    store: StoredFiles
-    root: Path
+    blobs: BlobStore
     clock: Clock = vietnam_now
 
     async def build(self, school_id: str, year: str, round_: int) -> Package | None:
@@ -79,17 +74,13 @@ class Packager:
             raise UnknownSigner(f"School {package.school_id} has no active seal key.")
         key = KeyRef(package.school_id, *seal)
         signature = await self.signing.sign_cms(key, content.manifest_bytes(), package.signing_time)
-        target = self.root / package.school_id / package.file_name
-        written = await asyncio.to_thread(
-            container.write_container, target, content, signature, self.store.path
+        written = await self.blobs.put_stream(
+            container.container_chunks(content, signature, self.blobs)
         )
         try:
             async with self.db.transaction() as conn:
-                sets = {
-                    "sha256": written.sha256,
-                    "size_bytes": written.size_bytes,
-                    "path": str(written.path),
-                }
+                # `path` stays NULL: the package is the blob named by its sha256.
+                sets = {"sha256": written.sha256, "size_bytes": written.size_bytes}
                 package = await packages.move(
                     conn, package, PackageState.BUILT, sets, came_from=(PackageState.BUILDING,)
                 )

@@ -1,4 +1,4 @@
-"""ASiC-E containers (ETSI EN 319 162-1) of issued records: deterministic, streamed to a file.
+"""ASiC-E containers (ETSI EN 319 162-1) of issued records: deterministic, streamed.
 
 Entries, in this order: `mimetype` (first, stored), `META-INF/ASiCManifest.xml`,
 `META-INF/signature001.p7s`, `records.json`, then `records/<record_id>.pdf` sorted by
@@ -8,25 +8,27 @@ and no extra fields. So the same records and the same CAdES signature give the s
 bytes; the signature itself is deterministic for a fixed signing time (RSA PKCS#1
 v1.5), which is why a package's signing time is stored with it and reused on rebuild.
 
-The manifest is computed before any PDF is written (the store is content-addressed,
-so every PDF's digest is known), and PDFs are copied one by one in chunks, hashed on
-the way: a school of 2,000 records never sits in memory.
+The manifest is computed before any PDF is read (blobs are content-addressed, so
+every PDF's digest is known). `container_chunks` reads the PDFs one at a time through
+the blob reader and hands the container out in chunks, entry by entry, as it is
+written: a school of 2,000 records never sits in memory, and no local file is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import io
 import json
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
-from daemon.errors import StoreUnavailable
+from daemon.blobs import BlobReader
+from daemon.errors import StoreCorrupt
 
 MIMETYPE = "application/vnd.etsi.asic-e+zip"
 ASIC_NS = "http://uri.etsi.org/02918/v1.2.1#"
@@ -115,43 +117,71 @@ def manifest_xml(objects: list[tuple[str, str, bytes]]) -> bytes:
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
-@dataclass(frozen=True)
-class ContainerFile:
-    path: Path
-    sha256: str
-    size_bytes: int
+async def container_chunks(
+    content: PackageContent, signature: bytes, pdfs: BlobReader
+) -> AsyncGenerator[bytes, None]:
+    """The container's bytes, in order, one chunk per entry; each PDF read from `pdfs`."""
+    spool = _Spool()
+    archive = zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED)
+    archive.writestr(zip_info(MIMETYPE_ENTRY), MIMETYPE.encode("ascii"))
+    archive.writestr(zip_info(MANIFEST), content.manifest_bytes())
+    archive.writestr(zip_info(SIGNATURE), signature)
+    archive.writestr(zip_info(INDEX), content.index_bytes())
+    yield spool.take()
+    for record in content.sorted_records():
+        pdf = await pdfs.get(record.sha256)
+        if hashlib.sha256(pdf).hexdigest() != record.sha256:
+            # The manifest promises this digest; the reader should have refused already.
+            raise StoreCorrupt(
+                f"Stored version {record.sha256[:12]}… of record {record.record_id} is corrupt."
+            )
+        await asyncio.to_thread(archive.writestr, zip_info(record.entry), pdf)
+        yield spool.take()
+    archive.close()
+    yield spool.take()
 
 
-def write_container(
-    target: Path,
-    content: PackageContent,
-    signature: bytes,
-    source: Callable[[str], Path],
-) -> ContainerFile:
-    """Write the container atomically at `target`; `source(sha256)` is where each PDF lies.
+class _Spool:
+    """A write-only file for zipfile that hands its bytes out between entries.
 
-    Blocks (file I/O): call it from a thread.
+    zipfile goes back to rewrite an entry's local header (sizes, CRC) once the entry
+    is written, so it needs a seekable file; only the current entry is ever rewritten,
+    so everything before it can be handed out.
     """
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".asice")
-        os.close(fd)
-        try:
-            _write_zip(Path(tmp), content, signature, source)
-            _fsync(Path(tmp))
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        sha256, size = file_digest(target)
-    except OSError as exc:
-        raise StoreUnavailable(f"Cannot write package {target.name}: {exc.strerror}.") from exc
-    return ContainerFile(target, sha256, size)
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+        self._base = 0
+        self._pos = 0
+
+    def write(self, data: bytes, /) -> int:
+        offset = self._pos - self._base
+        self._held[offset : offset + len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or pos < self._base:
+            raise io.UnsupportedOperation("Those bytes were handed out already.")
+        self._pos = pos
+        return pos
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        """What was written since the last call; call between entries only."""
+        assert self._pos == self._base + len(self._held), "an entry is still being written"
+        data = bytes(self._held)
+        self._base += len(data)
+        self._held.clear()
+        return data
 
 
 def file_digest(path: Path) -> tuple[str, int]:
@@ -172,36 +202,3 @@ def zip_info(name: str) -> zipfile.ZipInfo:
     info.create_system = 3  # Unix, whatever the host
     info.external_attr = 0o100644 << 16
     return info
-
-
-def _write_zip(
-    path: Path, content: PackageContent, signature: bytes, source: Callable[[str], Path]
-) -> None:
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr(zip_info(MIMETYPE_ENTRY), MIMETYPE.encode("ascii"))
-        archive.writestr(zip_info(MANIFEST), content.manifest_bytes())
-        archive.writestr(zip_info(SIGNATURE), signature)
-        archive.writestr(zip_info(INDEX), content.index_bytes())
-        for record in content.sorted_records():
-            _copy_pdf(archive, record, source(record.sha256))
-
-
-def _copy_pdf(archive: zipfile.ZipFile, record: PackagedRecord, pdf: Path) -> None:
-    digest = hashlib.sha256()
-    if not pdf.is_file():
-        raise StoreUnavailable(
-            f"Stored version {record.sha256[:12]}… of record {record.record_id} is missing."
-        )
-    with pdf.open("rb") as src, archive.open(zip_info(record.entry), "w") as dst:
-        while chunk := src.read(CHUNK_BYTES):
-            digest.update(chunk)
-            dst.write(chunk)
-    if digest.hexdigest() != record.sha256:
-        raise StoreUnavailable(
-            f"Stored version {record.sha256[:12]}… of record {record.record_id} is corrupt."
-        )
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())

@@ -49,7 +49,11 @@ class Package:
     state: PackageState
     signing_time: datetime
     record_count: int
+    # The container's blob digest and size, once built.
     sha256: str | None
+    size_bytes: int | None
+    # Only packages built before packages were blobs have one (a local file): kept for
+    # them, never written now.
     path: str | None
     receipt_id: str | None
     attempts: int
@@ -61,7 +65,7 @@ class Package:
 
 
 _COLUMNS = """package_id, school_id, academic_year, submission_round, sequence, state,
-              signing_time, record_count, sha256, path, receipt_id, attempts"""
+              signing_time, record_count, sha256, size_bytes, path, receipt_id, attempts"""
 
 
 def _package(row: asyncpg.Record) -> Package:

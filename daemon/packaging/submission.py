@@ -10,7 +10,9 @@ ministry answers 404 for sends the package back to `submitting` under the same k
 `max_receipt_resends` such losses it stops in `attention`, no longer resumed until an
 operator resumes it (`hocba-signer package-resume`: back to `submitting`, losses
 counted from zero) or rejects it (`package-reject`). Only one instance follows a
-package at a time (a session advisory lock).
+package at a time (a session advisory lock). The package travels as a blob digest:
+the ministry client streams it from the blob store, so any instance can send a
+package any other built.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
+from daemon import blobs
 from daemon.backoff import retry_delay_ms
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
-from daemon.errors import MinistryRefused, MinistryUnavailable
+from daemon.errors import MinistryRefused, MinistryUnavailable, StoreCorrupt
 from daemon.messages import Reason
 from daemon.metrics import MINISTRY_ATTEMPTS, MINISTRY_LATENCY, PACKAGES_FINISHED
 from daemon.packaging import packages
@@ -53,8 +56,9 @@ class Receipt:
 
 
 class MinistryApi(Protocol):
-    async def submit(self, path: Path, package_id: UUID) -> Receipt:
-        """POST the package; raise MinistryUnavailable (retry) or MinistryRefused (don't)."""
+    async def submit(self, sha256: str, package_id: UUID, size_bytes: int | None) -> Receipt:
+        """POST the package blob `sha256`; raise MinistryUnavailable (retry) or
+        MinistryRefused (don't), or the store's error if the blob cannot be read whole."""
         ...
 
     async def receipt(self, receipt_id: str) -> Receipt: ...
@@ -65,6 +69,7 @@ class Submitter:
     db: Database
     ministry: MinistryApi
     settings: MinistrySettings
+    blobs: blobs.BlobStore
     clock: Clock = vietnam_now
 
     async def follow(self, package: Package) -> Package:
@@ -94,11 +99,14 @@ class Submitter:
                 package = await packages.move(
                     conn, package, PackageState.SUBMITTING, came_from=(PackageState.BUILT,)
                 )
-        assert package.path is not None
+        assert package.sha256 is not None
+        await self._adopt_legacy_file(package)
         for attempt in range(1, self.settings.max_attempts + 1):
             started = time.perf_counter()
             try:
-                receipt = await self.ministry.submit(Path(package.path), package.package_id)
+                receipt = await self.ministry.submit(
+                    package.sha256, package.package_id, package.size_bytes
+                )
             except MinistryUnavailable as exc:
                 await self._attempt(package, "submit", "retry", started, detail=exc.message)
                 await asyncio.sleep(self._delay_s(attempt, exc.retry_after_s, poll=False))
@@ -113,6 +121,17 @@ class Submitter:
             f"Package {package.package_id} not received after {self.settings.max_attempts} "
             "attempts; it will be resumed."
         )
+
+    async def _adopt_legacy_file(self, package: Package) -> None:
+        """A package built before packages were blobs lies in a local file: store it once."""
+        if package.path is None or package.sha256 is None:
+            return
+        if await self.blobs.exists(package.sha256):
+            return
+        stored = await self.blobs.put_stream(blobs.file_chunks(Path(package.path)))
+        if stored.sha256 != package.sha256:
+            raise StoreCorrupt(f"The file of package {package.package_id} has changed.")
+        log.info("Package %s moved from its file into the blob store.", package.package_id)
 
     async def _received(self, package: Package, receipt: Receipt, started: float) -> Package:
         # A resend after a lost receipt keeps the old receipt id until answered: its

@@ -16,9 +16,9 @@ from typing import Any
 import aio_pika
 import asyncpg
 
+from daemon.blobs import FsStore
 from daemon.pdf import validation
 from daemon.stages import FIELD_NAMES
-from daemon.store import FileStore
 from tests.chaos.driver import Driver, MqttRecorder
 from tests.chaos.ministry import MinistrySimulator
 
@@ -135,7 +135,7 @@ async def _verify(
     issued = await conn.fetch(
         "SELECT current_sha256 FROM records WHERE signatures = $1", len(FIELD_NAMES)
     )
-    store = FileStore(store_path)
+    store = FsStore(store_path)
     paths = [str(store.path(r["current_sha256"])) for r in issued]
     results = await asyncio.to_thread(_validate_all, paths, roots)
     bad_pdfs = [

@@ -18,15 +18,18 @@ import pytest
 from pydantic import SecretStr
 
 from daemon.app import Running
+from daemon.blobs import FsStore
+from daemon.database import Database
 from daemon.dev import ministry_sim
 from daemon.messages import RecordInfo
+from daemon.packaging import packages
 from daemon.packaging.builder import Packager
+from daemon.packaging.packages import Package
 from daemon.packaging.runner import PackageRunner
 from daemon.packaging.submission import Submitter
 from daemon.pdf import validation
 from daemon.settings import MinistrySettings, Settings
 from daemon.stages import ORDER
-from daemon.store import FileStore
 from producers.ministry import MinistryClient
 from tests.integration.conftest import SchoolSystem
 from tests.services import StatusEvents
@@ -88,7 +91,31 @@ class Packaging:
     runner: PackageRunner
     packager: Packager
     submitter: Submitter
-    root: Path
+    blobs: FsStore
+    db: Database
+
+    def file(self, package: Package) -> Path:
+        """The package's blob, where the `fs` backend keeps it (its documented layout)."""
+        assert package.sha256 is not None
+        return self.blobs.path(package.sha256)
+
+    def copy(self, package: Package, directory: Path) -> Path:
+        """A copy of the package as a local file, to open or change."""
+        path = directory / package.file_name
+        path.write_bytes(self.file(package).read_bytes())
+        return path
+
+    async def swap_container(self, package: Package, path: Path) -> Package:
+        """Store `path` as the package's container, as a faulty builder would."""
+        sha256 = await self.blobs.put(path.read_bytes())
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE packages SET sha256 = $2, size_bytes = $3 WHERE package_id = $1",
+                package.package_id,
+                sha256,
+                path.stat().st_size,
+            )
+            return await packages.get(conn, package.package_id)
 
 
 @pytest.fixture
@@ -101,18 +128,13 @@ async def packaging(
 
         def make(ministry: Ministry, **overrides: Any) -> Packaging:
             ministry_settings = ministry.settings(**overrides)
-            root = tmp_path / "packages"
-            packager = Packager(
-                daemon.db,
-                daemon.packages.packager.signing,
-                FileStore(settings.store.path),
-                root,
-            )
-            client = MinistryClient(session, ministry_settings)
-            submitter = Submitter(daemon.db, client, ministry_settings)
+            store = FsStore(settings.store.path)  # the running daemon's store
+            packager = Packager(daemon.db, daemon.packages.packager.signing, store)
+            client = MinistryClient(session, ministry_settings, store)
+            submitter = Submitter(daemon.db, client, ministry_settings, store)
             runner = PackageRunner(daemon.db, packager, submitter, settings.packaging)
             made.append(runner)
-            return Packaging(runner, packager, submitter, root)
+            return Packaging(runner, packager, submitter, store, daemon.db)
 
         yield make
         for runner in made:

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 import aio_pika
 
 from daemon import app, records, topology
+from daemon.blobs import FsStore
 from daemon.database import Database
 from daemon.messages import StatusEvent
 from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import Stage, State
-from daemon.store import FileStore
 from producers import status as status_relay
 from producers.transports import AmqpStatus, MqttStatus
 from tests.integration.conftest import SchoolSystem
@@ -70,7 +70,7 @@ async def test_concurrent_duplicates_across_instances_sign_each_stage_once(
             refused = next(o for o in outcomes if o["state"] == "rejected")
             assert refused["reason"]["code"] == "stage_out_of_order"
             signed_event = next(o for o in outcomes if o["state"] != "rejected")
-            pdf = await FileStore(settings.store.path).get(signed_event["document_sha256"])
+            pdf = await FsStore(settings.store.path).get(signed_event["document_sha256"])
             roots = validation.load_certificates(settings.signing.trust_roots)
             reports = await asyncio.to_thread(validation.validate_pdf, pdf, roots)
             assert [r.field_name for r in reports] == ["GVCN", "HieuTruong"]

@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from daemon.blobs import FsStore
 from daemon.database import Database
 from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
@@ -23,7 +24,6 @@ from daemon.messages import decode_sign_request
 from daemon.pipeline import Pipeline
 from daemon.settings import Settings
 from daemon.stages import Stage
-from daemon.store import FileStore
 from producers.school_system import sample_pdf, sample_record, sign_request
 from tests.integration import extras
 
@@ -101,7 +101,7 @@ async def harness(dev_env: devenv.DevEnv, settings: Settings, tmp_path) -> Async
     async with aiohttp.ClientSession() as http:
         documents = DocumentSource(http, settings.signing)
         yield Harness(
-            dev_env, Pipeline(db, signing, FileStore(tmp_path / "docs"), documents), signing
+            dev_env, Pipeline(db, signing, FsStore(tmp_path / "docs"), documents), signing
         )
     await db.close()
 

@@ -50,7 +50,7 @@ async def test_a_package_is_accepted_and_every_record_told(
     # Then the ministry accepted it, once, with every record
     assert final.state is PackageState.ACCEPTED
     assert list(sim.sim.by_key) == [str(built.package_id)]
-    assert built.path == str(pkg.root / SCHOOL / f"{year}-round1.asice")
+    assert built.path is None and pkg.file(built).is_file()  # a blob, not a file of its own
     # And every record was told packaged, submitted, accepted, in that order
     ids = {i.record_id for i in infos}
     await told_each_state_once(status, ids)
@@ -79,9 +79,9 @@ async def test_openssl_accepts_the_seal_and_every_digest_matches(
     await issue(school_system, status, SCHOOL, year, 2)
     pkg: Packaging = packaging(await ministry())
     built = await pkg.runner.package(SCHOOL, year, 1, submit=False)
-    assert built is not None and built.path is not None
+    assert built is not None
 
-    with zipfile.ZipFile(built.path) as archive:
+    with zipfile.ZipFile(pkg.file(built)) as archive:
         archive.extract(container.MANIFEST, tmp_path)
         archive.extract(container.SIGNATURE, tmp_path)
     done = await asyncio.to_thread(
@@ -99,7 +99,7 @@ async def test_openssl_accepts_the_seal_and_every_digest_matches(
     assert done.returncode == 0, done.stderr
     assert "Verification successful" in done.stderr
     roots = validation.load_certificates(settings.signing.trust_roots)
-    report = await asyncio.to_thread(check.check_package, Path(built.path), roots)
+    report = await asyncio.to_thread(check.check_package, pkg.file(built), roots)
     assert report.valid, report.problems
     assert report.pdfs_checked == 2
     assert report.cades is not None and report.cades.trusted
@@ -145,16 +145,19 @@ async def test_a_tampered_pdf_is_rejected_with_a_precise_error_then_repackaged(
     status: StatusEvents,
     ministry,
     packaging,
+    tmp_path: Path,
 ) -> None:
-    # Given a built package whose file is changed afterwards: one PDF's bytes replaced
+    # Given a built package whose container is replaced: one PDF's bytes changed
     year = fresh_year()
     infos = await issue(school_system, status, SCHOOL, year, 2)
     sim: Ministry = await ministry()
     pkg: Packaging = packaging(sim)
     built = await pkg.runner.package(SCHOOL, year, 1, submit=False)
-    assert built is not None and built.path is not None
+    assert built is not None
     victim = sorted(i.record_id for i in infos)[0]
-    await asyncio.to_thread(_replace_entry, Path(built.path), f"records/{victim}.pdf", _flip)
+    tampered = pkg.copy(built, tmp_path)
+    await asyncio.to_thread(_replace_entry, tampered, f"records/{victim}.pdf", _flip)
+    built = await pkg.swap_container(built, tampered)
 
     # When it is submitted
     final = await pkg.submitter.follow(built)
@@ -180,20 +183,26 @@ async def test_a_tampered_pdf_is_rejected_with_a_precise_error_then_repackaged(
 
 
 async def test_a_tampered_manifest_breaks_the_seal(
-    school_system: SchoolSystem, status: StatusEvents, ministry, packaging, settings: Settings
+    school_system: SchoolSystem,
+    status: StatusEvents,
+    ministry,
+    packaging,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     year = fresh_year()
     await issue(school_system, status, SCHOOL, year, 1)
     pkg: Packaging = packaging(await ministry())
     built = await pkg.runner.package(SCHOOL, year, 1, submit=False)
-    assert built is not None and built.path is not None
+    assert built is not None
+    tampered = pkg.copy(built, tmp_path)
 
     def add_space(data: bytes) -> bytes:
         return data.replace(b"</asic:ASiCManifest>", b"</asic:ASiCManifest> ")
 
-    await asyncio.to_thread(_replace_entry, Path(built.path), container.MANIFEST, add_space)
+    await asyncio.to_thread(_replace_entry, tampered, container.MANIFEST, add_space)
     roots = validation.load_certificates(settings.signing.trust_roots)
-    report = await asyncio.to_thread(check.check_package, Path(built.path), roots)
+    report = await asyncio.to_thread(check.check_package, tampered, roots)
     assert [p.code for p in report.problems] == ["signature_invalid"]
     assert "the manifest was changed" in report.problems[0].message
 
@@ -349,8 +358,8 @@ async def test_records_issued_after_submission_go_into_a_follow_up_package(
 
     # Then they go into a follow-up package, and only they
     assert second is not None and second.sequence == 2
-    assert second.path is not None and second.path.endswith(f"{year}-round1-2.asice")
-    with zipfile.ZipFile(second.path) as archive:
+    assert second.file_name == f"{year}-round1-2.asice"
+    with zipfile.ZipFile(pkg.file(second)) as archive:
         pdfs = sorted(n for n in archive.namelist() if n.startswith("records/"))
     assert pdfs == [f"records/{late[0].record_id}.pdf"]
     assert await pkg.runner.package(SCHOOL, year, 1, submit=False) == second

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from consumers.sign_requests import SignRequestConsumer
 from daemon import app, topology
+from daemon.blobs import FsStore
 from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
 from daemon.messages import SignRequest
@@ -21,7 +22,6 @@ from daemon.pdf import validation
 from daemon.pipeline import Outcome, Pipeline
 from daemon.settings import Settings
 from daemon.stages import Stage
-from daemon.store import FileStore
 from tests.integration.conftest import SchoolSystem
 from tests.services import StatusEvents, dead_letters, rabbitmqctl, status_collector
 
@@ -53,7 +53,7 @@ async def crashing_instance(settings: Settings) -> AsyncIterator[asyncio.Event]:
         await channel.set_qos(prefetch_count=1)
         topo = await topology.declare(channel, settings.amqp)
         pipeline = CrashAfterStoring(
-            db, pool, FileStore(settings.store.path), DocumentSource(http, settings.signing)
+            db, pool, FsStore(settings.store.path), DocumentSource(http, settings.signing)
         )
         crashed = asyncio.Event()
         object.__setattr__(pipeline, "crashed", crashed)
@@ -86,7 +86,7 @@ async def test_a_crash_between_signing_and_acknowledging_signs_once(
     # Then the request has one outcome, repeated, and the PDF one teacher signature
     assert {e["event_id"] for e in events} == {events[0]["event_id"]}
     assert count == 1
-    pdf = await FileStore(settings.store.path).get(events[0]["document_sha256"])
+    pdf = await FsStore(settings.store.path).get(events[0]["document_sha256"])
     roots = validation.load_certificates(settings.signing.trust_roots)
     reports = await asyncio.to_thread(validation.validate_pdf, pdf, roots)
     assert [r.field_name for r in reports] == ["GVCN"]

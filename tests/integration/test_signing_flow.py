@@ -10,10 +10,10 @@ import aiohttp
 
 from daemon import verify
 from daemon.app import Running
+from daemon.blobs import FsStore
 from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage
-from daemon.store import FileStore
 from tests.integration.conftest import SchoolSystem
 from tests.services import MqttEvents, StatusEvents
 
@@ -43,7 +43,7 @@ async def test_three_stages_issue_a_record_that_validates(
     assert event["state"] == "issued"
     assert event["signatures"] == 3
     assert status.routing_keys[event["event_id"]] == f"status.{SCHOOL}.issued"
-    issued = await FileStore(settings.store.path).get(event["document_sha256"])
+    issued = await FsStore(settings.store.path).get(event["document_sha256"])
     report = await asyncio.to_thread(verify.report, issued, settings.signing.trust_roots)
     assert report["valid"] and report["issued"], report
     assert [s["field"] for s in report["signatures"]] == ["GVCN", "HieuTruong", "DauTruong"]
@@ -65,7 +65,7 @@ async def test_three_stages_issue_a_record_that_validates(
     assert versions == 4
     for digest in digests:
         assert (
-            hashlib.sha256(await FileStore(settings.store.path).get(digest)).hexdigest() == digest
+            hashlib.sha256(await FsStore(settings.store.path).get(digest)).hexdigest() == digest
         )
     # And the MQTT status of the record is retained as issued
     topic = f"{settings.mqtt.topic_prefix}/{SCHOOL}/records/{info.record_id}/status"
@@ -82,7 +82,7 @@ async def test_a_change_after_the_seal_is_detected(
     for stage in ORDER[1:]:
         sent = await school_system.sign(SCHOOL, info, stage, event["document_sha256"])
         event = (await status.wait(sent.request_id))[0]
-    issued = await FileStore(settings.store.path).get(event["document_sha256"])
+    issued = await FsStore(settings.store.path).get(event["document_sha256"])
 
     # When someone appends an incremental update that changes the document
     tampered = await asyncio.to_thread(_append_annotation, issued)

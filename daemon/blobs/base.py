@@ -1,0 +1,98 @@
+"""The blob store's one interface, and the digest check every backend shares.
+
+A blob is named by the sha256 of its bytes, so a name can always be checked: `get`
+checks the whole object, `open` checks it as it streams and holds back the last chunk
+until the digest matched, so a consumer never receives the whole of a corrupt object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from daemon.errors import StoreCorrupt
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha256: str
+    size_bytes: int
+
+
+class BlobReader(Protocol):
+    async def get(self, sha256: str) -> bytes:
+        """The bytes stored under `sha256`, checked against it."""
+        ...
+
+
+class BlobStore(BlobReader, Protocol):
+    """Content-addressed blobs: every version of every record, and every package.
+
+    Raises StoreUnavailable when the store is down, unreachable or lacks the object,
+    and StoreCorrupt when an object's bytes do not match its digest.
+    """
+
+    async def put(self, data: bytes) -> str:
+        """Store `data`; return its sha256 hex. Storing the same bytes twice is a no-op."""
+        ...
+
+    async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
+        """Store bytes arriving in chunks (a package being built), never all in memory."""
+        ...
+
+    def open(self, sha256: str) -> AsyncGenerator[bytes, None]:
+        """The object's bytes in chunks; raises StoreCorrupt before the last one if they
+        do not match `sha256`. Close it (`contextlib.aclosing`) when stopping early."""
+        ...
+
+    async def exists(self, sha256: str) -> bool: ...
+
+
+def key_of(sha256: str) -> str:
+    """`ab/cd/abcd…`: the object's place in either backend (a file path, an S3 key)."""
+    if not _SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"Not a sha256 hex digest: {sha256[:70]!r}.")
+    return f"{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def corrupt(sha256: str, backend: str) -> StoreCorrupt:
+    """The error for an object whose bytes do not match its name, logged loudly once."""
+    log.error("Stored object %s in the %s store does not match its digest: refused.",
+              sha256, backend)  # fmt: skip
+    return StoreCorrupt(f"Stored object {sha256[:12]}… is corrupt; it was not served.")
+
+
+def check(data: bytes, sha256: str, backend: str) -> bytes:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise corrupt(sha256, backend)
+    return data
+
+
+async def verified(
+    chunks: AsyncGenerator[bytes, None], sha256: str, backend: str
+) -> AsyncGenerator[bytes, None]:
+    """`chunks`, passed on one behind, the last only once the whole digest matched."""
+    digest = hashlib.sha256()
+    held: bytes | None = None
+    async with contextlib.aclosing(chunks) as source:
+        async for chunk in source:
+            if not chunk:
+                continue
+            digest.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+    if digest.hexdigest() != sha256:
+        raise corrupt(sha256, backend)
+    if held is not None:
+        yield held
