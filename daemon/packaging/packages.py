@@ -36,8 +36,6 @@ class PackageState(StrEnum):
     ATTENTION = "attention"
 
 
-FINAL = (PackageState.ACCEPTED, PackageState.REJECTED)
-
 
 @dataclass(frozen=True)
 class Package:
