@@ -170,6 +170,42 @@ async def _verify(args: argparse.Namespace) -> int:
     return verify.exit_code(report)
 
 
+async def _verify_server(args: argparse.Namespace) -> int:
+    from daemon import app
+    from daemon.verification import server
+
+    settings = _settings(args)
+    if args.host or args.port is not None:
+        update = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+        section = settings.verify_server.model_copy(update=update)
+        settings = settings.model_copy(update={"verify_server": section})
+    await _preflight(settings, rabbitmq=False, mqtt=False)
+    stop = asyncio.Event()
+    app.install_signal_handlers(stop)
+    await server.serve(settings, stop)
+    return 0
+
+
+async def _print_copy(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from daemon import blobs
+    from daemon.database import Database
+    from daemon.verification import printed
+
+    settings = _settings(args)
+    async with contextlib.AsyncExitStack() as stack:
+        db = Database(settings.database)
+        await db.open()
+        stack.push_async_callback(db.close)
+        store = await blobs.open_store(settings.store, stack)
+        pdf = await printed.make(db, store, settings, args.school, args.record)
+    out = args.out or Path(f"{args.record}-ban-in.pdf")
+    out.write_bytes(pdf)
+    print(out)
+    return 0
+
+
 async def _package(args: argparse.Namespace) -> int:
     from daemon import package_commands as package_cli
 
@@ -349,6 +385,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_verify)
+
+    cmd = sub.add_parser("verify-server", help="the public verification page and API")
+    cmd.add_argument("--host", help="default: verify_server.host")
+    cmd.add_argument("--port", type=int, help="default: verify_server.port (9470)")
+    cmd.set_defaults(handler=_verify_server)
+    cmd = sub.add_parser("print", help="a printed copy of an issued record, with a QR code")
+    cmd.add_argument("--school", required=True)
+    cmd.add_argument("--record", required=True)
+    cmd.add_argument("--out", type=Path, help="default: <record>-ban-in.pdf")
+    cmd.set_defaults(handler=_print_copy)
     return parser
 
 

@@ -72,6 +72,7 @@ class SigningPool:
     def __init__(self, hsm: HsmSettings, signing: SigningSettings) -> None:
         self._hsm = hsm
         self._bytes_reserved = signing.bytes_reserved
+        self._unsigned_bytes = signing.timestamp_bytes_reserved if signing.timestamped else 0
         self._slots = asyncio.Semaphore(hsm.workers)
         self._executor: ProcessPoolExecutor | None = None
 
@@ -98,7 +99,9 @@ class SigningPool:
 
     async def sign(self, job: SignJob) -> SignResult:
         authorize(job.key, self._hsm.token_label)
-        request = worker.PdfJob(job.pdf, job.stage, job.key.key_label, self._bytes_reserved)
+        request = worker.PdfJob(
+            job.pdf, job.stage, job.key.key_label, self._bytes_reserved, self._unsigned_bytes
+        )
         signed = await self._call(worker.sign_pdf, request)
         return signed.result(job.pdf)
 
@@ -110,6 +113,10 @@ class SigningPool:
         authorize(key, self._hsm.token_label)
         der = await self._call(worker.certificate_der, key.key_label)
         return x509.Certificate.load(der)
+
+    async def chain(self) -> list[x509.Certificate]:
+        """The CA certificates the token holds for every signature (the signers' issuers)."""
+        return [x509.Certificate.load(der) for der in await self._call(worker.chain_der)]
 
     async def sign_cms(self, key: KeyRef, data: bytes, signing_time: datetime) -> bytes:
         """A CAdES detached signature (DER) over `data`; same time, same bytes (RSA PKCS#1 v1.5)."""

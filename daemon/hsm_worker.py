@@ -115,6 +115,7 @@ class PdfJob:
     stage: Stage
     key_label: str
     bytes_reserved: int
+    unsigned_bytes: int = 0  # room for a signature timestamp added afterwards
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,16 @@ def certificate_der(label: str) -> bytes:
     return worker.run(dump)
 
 
+def chain_der() -> list[bytes]:
+    """The chain certificates (`CHAIN_CERT_LABEL`) every signature embeds."""
+    worker = _current()
+
+    def dump(session: Any) -> list[bytes]:
+        return [cert.dump() for cert in worker.chain]  # read when the session opened
+
+    return worker.run(dump)
+
+
 def sign_pdf(request: PdfJob) -> Signed:
     worker = _current()
 
@@ -300,6 +311,7 @@ def sign_pdf(request: PdfJob) -> Signed:
             key.raw_sign,
             bytes_reserved=request.bytes_reserved,
             signing_time=now,
+            unsigned_bytes=request.unsigned_bytes,
         )
         pdf = signed.pdf
         if not pdf.startswith(request.pdf):

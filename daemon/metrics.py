@@ -161,3 +161,43 @@ RECORDS_WAITING = Gauge(
     "Issued records in no live package yet, by academic year and submission round.",
     ["academic_year", "round"],
 )
+
+
+# --- timestamps and certificate status ----------------------------------------
+
+TSA_DURATION = Histogram(
+    "hocba_tsa_request_duration_seconds",
+    "Time for one RFC 3161 request to the timestamp authority, by kind (signature, document).",
+    ["kind"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+TSA_ERRORS = Counter(
+    "hocba_tsa_errors",
+    "Timestamp requests that failed, by kind (unreachable, timeout, refused, invalid).",
+    ["kind"],
+)
+STATUS_DURATION = Histogram(
+    "hocba_certificate_status_request_duration_seconds",
+    "Time for one certificate status request, by source (ocsp, crl).",
+    ["source"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+STATUS_ERRORS = Counter(
+    "hocba_certificate_status_errors",
+    "Certificate status requests that gave no usable answer, by source (ocsp, crl).",
+    ["source"],
+)
+STATUS_LOOKUPS = Counter(
+    "hocba_certificate_status_lookups",
+    "Certificate status answers used, by where they came from (memory, database, ocsp, crl, "
+    "undeclared) and the status (good, revoked).",
+    ["origin", "status"],
+)
+# Every series these alerts read exists from the start, at zero, on every instance.
+for _kind in ("unreachable", "timeout", "refused", "invalid"):
+    TSA_ERRORS.labels(_kind)
+for _kind in ("signature", "document"):
+    TSA_DURATION.labels(_kind)
+for _source in ("ocsp", "crl"):
+    STATUS_ERRORS.labels(_source)
+    STATUS_DURATION.labels(_source)

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon import migrate
 from daemon.consent import Alg
-from daemon.dev import pki
+from daemon.dev import pki, pki_services
 from daemon.settings import Settings, load_settings
 from producers.school_system import ConsentSigner
 
@@ -65,10 +65,16 @@ async def init(
     schools: int,
     dsn: str = "postgresql://postgres@127.0.0.1:5432/hocba",
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/",
+    services_port: int | None = None,
 ) -> DevEnv:
-    """Provision (or reuse) the dev HSM token, PKI, config, database and registry."""
+    """Provision (or reuse) the dev HSM token, PKI, config, database and registry.
+
+    With `services_port`, the dev PKI gets its OCSP responder, CRLs and TSA on that
+    port (daemon/dev/pki_services.py): new certificates name them, and a new
+    configuration signs at B-LTA.
+    """
     ids = school_ids(schools)
-    base, result = await asyncio.to_thread(_provision, base, ids, dsn, amqp_url)
+    base, result = await asyncio.to_thread(_provision, base, ids, dsn, amqp_url, services_port)
     settings = load_settings(base / CONFIG_NAME)
     await ensure_database(settings.database.dsn)
     conn = await asyncpg.connect(settings.database.dsn)
@@ -84,7 +90,7 @@ async def init(
 
 
 def _provision(
-    base: Path, ids: tuple[str, ...], dsn: str, amqp_url: str
+    base: Path, ids: tuple[str, ...], dsn: str, amqp_url: str, services_port: int | None = None
 ) -> tuple[Path, pki.ProvisionResult]:
     """The blocking part: files, the SoftHSM token, keys generated inside it."""
     base = base.resolve()
@@ -92,10 +98,19 @@ def _provision(
     pin = _secret_file(base / "hsm-pin")
     so_pin = _secret_file(base / "hsm-so-pin")
     env = pki.ensure_softhsm_token(base / "hsm", TOKEN_LABEL, pin, so_pin)
+    if services_port is not None:
+        pki_services.configure(base / "pki", services_port)
     result = pki.provision(base, token_label=TOKEN_LABEL, pin=pin, schools=ids, env=env)
+    services = pki_services.load_config(base / "pki")
+    if services is not None:
+        pki_services.ensure_tsa(base / "pki")
     config = base / CONFIG_NAME
     if not config.exists():
-        config.write_text(_config_text(base, env, dsn, amqp_url, result.root_pem), "utf-8")
+        text = _config_text(base, env, dsn, amqp_url, result.root_pem)
+        if services is not None:
+            level = f'level = "B-LTA"\ntsa_url = "{services.tsa_url}"\n'
+            text = text.replace("[signing]\n", f"[signing]\n{level}", 1)
+        config.write_text(text, "utf-8")
     return base, result
 
 

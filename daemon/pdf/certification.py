@@ -83,7 +83,9 @@ def prepare_certification(
     values: dict[Ref, PdfObject] = {
         source.root: _catalog(source, form, signature),
         **_annotations(source, fields),
-        form: {"Fields": list(fields), "SigFlags": 1},
+        # SignaturesExist | AppendOnly, as pyHanko sets them when it writes a signature:
+        # a document timestamp added later (B-LTA) then changes nothing in the form.
+        form: {"Fields": list(fields), "SigFlags": 3},
         **_fields(field_names, fields, source.page, signature, lock),
         lock: {"Action": "All", "Type": "SigFieldLock", "P": _NO_CHANGES},
     }

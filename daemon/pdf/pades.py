@@ -45,6 +45,7 @@ _BUILTIN_PARSE_ERRORS = (
     AttributeError,
     AssertionError,
     RecursionError,
+    ArithmeticError,  # decimal.InvalidOperation, on a number such as "."
 )
 
 
@@ -217,8 +218,12 @@ def prepare_and_sign(
     *,
     bytes_reserved: int,
     signing_time: datetime,
+    unsigned_bytes: int = 0,
 ) -> SignedPdf:
     """The PDF with one more PAdES B-B signature, for `stage`, and its SHA-256.
+
+    `unsigned_bytes` leaves that much room after the CMS in /Contents, for unsigned
+    attributes added once it is signed (a signature timestamp, daemon/timestamps.py).
 
     The signature is an incremental update, what pyHanko's PdfSigner would write
     (fields, DocMDP/FieldMDP references, byte range); the CMS comes from the signer's
@@ -227,15 +232,22 @@ def prepare_and_sign(
     objects they change and hashing as they write; pyHanko writes any document those
     modules do not expect, refusing it if it must.
     """
+    contents_bytes = template.size + unsigned_bytes
     try:
-        prepared = _prepare_fast(pdf, stage, template.size, signing_time)
+        prepared = _prepare_fast(pdf, stage, contents_bytes, signing_time)
     except Unsupported as exc:
         log.debug("Signing stage %s with pyHanko: %s", stage.value, exc)
     else:
-        _check_reserved(template, bytes_reserved)
+        _check_reserved(contents_bytes, bytes_reserved)
         return prepared.signed(_cms(template, prepared.document_digest, raw_sign))
     signed = _prepare_and_sign_pyhanko(
-        pdf, stage, template, raw_sign, bytes_reserved=bytes_reserved, signing_time=signing_time
+        pdf,
+        stage,
+        template,
+        raw_sign,
+        bytes_reserved=bytes_reserved,
+        signing_time=signing_time,
+        contents_bytes=contents_bytes,
     )
     return SignedPdf(signed, hashlib.sha256(signed).digest())
 
@@ -257,10 +269,10 @@ def _prepare_fast(
     )
 
 
-def _check_reserved(template: SignedDataTemplate, bytes_reserved: int) -> None:
-    if template.size > bytes_reserved:
+def _check_reserved(contents_bytes: int, bytes_reserved: int) -> None:
+    if contents_bytes > bytes_reserved:
         raise ConfigError(
-            f"A signature needs {template.size} bytes; signing.bytes_reserved is {bytes_reserved}."
+            f"A signature needs {contents_bytes} bytes; signing.bytes_reserved is {bytes_reserved}."
         )
 
 
@@ -276,6 +288,21 @@ def _cms(template: SignedDataTemplate, document_digest: bytes, raw_sign: RawSign
         raise NotAPdf(f"The document cannot be signed: {exc}") from exc
 
 
+def _append_only(writer: IncrementalPdfFileWriter) -> None:
+    """/SigFlags 3 (SignaturesExist | AppendOnly), as certification.py writes it.
+
+    pyHanko sets it so whenever it writes a signature, so a document timestamp added
+    after the seal (B-LTA) changes nothing in the form. Unlike pyHanko's
+    `ensure_sig_flags`, a form's /NeedAppearances is kept: removing it changes how
+    viewers draw the form's fields (LibreOffice forms).
+    """
+    from pyhanko.pdf_utils import generic
+
+    form = writer.root["/AcroForm"]
+    form["/SigFlags"] = generic.NumberObject(3)
+    writer.update_container(form)
+
+
 def _prepare_and_sign_pyhanko(
     pdf: bytes,
     stage: Stage,
@@ -284,6 +311,7 @@ def _prepare_and_sign_pyhanko(
     *,
     bytes_reserved: int,
     signing_time: datetime,
+    contents_bytes: int | None = None,
 ) -> bytes:
     """`prepare_and_sign` with pyHanko reading the whole document and writing the update."""
     from pyhanko.sign.fields import SigSeedSubFilter, append_signature_field
@@ -292,14 +320,16 @@ def _prepare_and_sign_pyhanko(
 
     reader = read_pdf(pdf)
     field_ref = _field_to_fill(stage, reader)
-    _check_reserved(template, bytes_reserved)
-    reserved = 2 * template.size  # hex digits
+    contents_bytes = contents_bytes or template.size
+    _check_reserved(contents_bytes, bytes_reserved)
+    reserved = 2 * contents_bytes  # hex digits
     try:
         writer = _update_writer().from_reader(reader)
         writer.register_extension(constants.ESIC_EXTENSION_1)
         if field_ref is None:
             for spec in _field_specs():
                 append_signature_field(writer, spec)
+            _append_only(writer)
             field_ref = _sig_fields(writer)[stage.field_name]
         signature = SignatureObject(
             timestamp=signing_time, subfilter=SigSeedSubFilter.PADES, bytes_reserved=reserved

@@ -1,0 +1,168 @@
+"""Long-term validation at the seal: the DSS of all three signatures, then a document timestamp.
+
+At B-LT and B-LTA the seal stage ends the record with one more incremental update,
+written by pyHanko (once per record, so its full parse is affordable; see the README's
+measurements): a document security store holding every certificate of the three
+signatures and their timestamps, and the OCSP responses (or CRLs) that said each was
+good, so the record validates with no network; at B-LTA a document timestamp then
+covers it all, so that the data stays provably unchanged after the TSA's certificate
+expires, until the next renewal. The status answers are the ones
+daemon/certstatus.py cached when each key was about to sign, so building the DSS
+usually costs no request at all. pyHanko's parse and write run in a thread; the TSA
+request goes back to the event loop, where the TSA client lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import TYPE_CHECKING
+
+from asn1crypto import cms, ocsp
+from asn1crypto import crl as asn1_crl
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from pyhanko.sign.timestamps.api import TimeStamper
+
+from daemon.errors import NotAPdf
+from daemon.pdf.pades import parse_errors, read_pdf
+from daemon.timestamps import TsaClient
+
+if TYPE_CHECKING:
+    from daemon.certstatus import CertificateStatus
+
+# Room for the document timestamp token in its /Contents (hex digits: twice this).
+DOC_TIMESTAMP_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class _Chains:
+    """The certificates of a record's signatures and timestamps, and whose status to embed."""
+
+    certs: list[asn1_x509.Certificate] = field(default_factory=list)
+    checked: list[tuple[asn1_x509.Certificate, asn1_x509.Certificate]] = field(default_factory=list)
+
+
+async def extend(
+    pdf: bytes,
+    status: CertificateStatus,
+    tsa: TsaClient,
+    trust_roots: list[asn1_x509.Certificate],
+    *,
+    archive: bool,
+) -> bytes:
+    """`pdf` with a DSS for every signature and, if `archive`, a document timestamp.
+
+    The DSS holds every certificate up to `trust_roots` and the status of each one
+    below them (signers, the TSA, the issuing CA), so nothing must be fetched later.
+    """
+    chains = await asyncio.to_thread(_collect, pdf, trust_roots)
+    ocsps: list[bytes] = []
+    crls: list[bytes] = []
+    for cert, issuer in chains.checked:
+        answer = await status.answer(_crypto(cert), _crypto(issuer))
+        if answer is None:
+            continue
+        (ocsps if answer.source == "ocsp" else crls).append(answer.answer)
+    loop = asyncio.get_running_loop()
+    return await asyncio.to_thread(
+        _write, pdf, chains.certs, _unique(ocsps), _unique(crls), tsa if archive else None, loop
+    )
+
+
+def _collect(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> _Chains:
+    reader = read_pdf(pdf)
+    chains = _Chains()
+    try:
+        for sig in reader.embedded_signatures:
+            for signed_data in _signed_datas(sig.signed_data):
+                certs = signed_data["certificates"] or []
+                chains.certs.extend(c.chosen for c in certs if c.name == "certificate")
+    except parse_errors() as exc:
+        raise NotAPdf(f"The record's signatures cannot be read: {exc}") from exc
+    unique = {c.dump(): c for c in [*chains.certs, *trust_roots]}
+    chains.certs[:] = unique.values()
+    by_subject = {c.subject.dump(): c for c in chains.certs}
+    for cert in chains.certs:
+        issuer = by_subject.get(cert.issuer.dump())
+        if issuer is not None and cert.self_signed == "no":
+            chains.checked.append((cert, issuer))
+    return chains
+
+
+def _signed_datas(signed_data: cms.SignedData) -> Iterator[cms.SignedData]:
+    """A signature's SignedData, then those of its signature timestamp tokens."""
+    yield signed_data
+    for info in signed_data["signer_infos"]:
+        for attr in info["unsigned_attrs"] or []:
+            if attr["type"].native == "signature_time_stamp_token":
+                for token in attr["values"]:
+                    yield token["content"]
+
+
+def _write(
+    pdf: bytes,
+    certs: list[asn1_x509.Certificate],
+    ocsps: list[bytes],
+    crls: list[bytes],
+    tsa: TsaClient | None,
+    loop: asyncio.AbstractEventLoop,
+) -> bytes:
+    from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+    from pyhanko.sign.signers.pdf_signer import PdfTimeStamper
+    from pyhanko.sign.validation.dss import DocumentSecurityStore
+
+    try:
+        writer = IncrementalPdfFileWriter(BytesIO(pdf), strict=False)
+        DocumentSecurityStore.supply_dss_in_writer(
+            writer,
+            None,
+            certs=certs,
+            ocsps=[ocsp.OCSPResponse.load(der) for der in ocsps],
+            crls=[asn1_crl.CertificateList.load(der) for der in crls],
+        )
+        if tsa is None:
+            out = BytesIO()
+            writer.write(out)
+            return out.getvalue()
+        stamper = PdfTimeStamper(_LoopTimeStamper(tsa, loop), field_name="DocTimeStamp")
+        stamped = stamper.timestamp_pdf(writer, "sha256", bytes_reserved=2 * DOC_TIMESTAMP_BYTES)
+        return bytes(stamped.getvalue())
+    except parse_errors() as exc:
+        raise NotAPdf(f"The record cannot be extended for long-term validation: {exc}") from exc
+
+
+class _LoopTimeStamper(TimeStamper):
+    """pyHanko's TimeStamper, asking through our TSA client on the daemon's event loop."""
+
+    def __init__(self, tsa: TsaClient, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(include_nonce=True)
+        self._tsa = tsa
+        self._loop = loop
+
+    async def async_timestamp(self, message_digest: bytes, md_algorithm: str) -> cms.ContentInfo:
+        if md_algorithm != "sha256":
+            raise ValueError(f"Only sha256 timestamps are asked for, not {md_algorithm}.")
+        future: Future[cms.ContentInfo] = asyncio.run_coroutine_threadsafe(
+            self._tsa.stamp(message_digest, "document"), self._loop
+        )
+        return await asyncio.wrap_future(future)
+
+
+def _crypto(cert: asn1_x509.Certificate) -> x509.Certificate:
+    return x509.load_der_x509_certificate(cert.dump())
+
+
+def _unique(items: list[bytes]) -> list[bytes]:
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        digest = hashlib.sha256(item).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(item)
+    return kept
