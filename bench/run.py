@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import end_to_end, hsm_raw, naive, render, sign_path
+from bench import end_to_end, hsm_raw, naive, render, sign_path, verify_server
 from bench.environment import BenchEnv, bench_env, samples
 from bench.report import ratios, signing_rates, table
 from bench.validation import validate
@@ -75,11 +75,16 @@ async def bench(sizes: Sizes, mode: str) -> dict[str, Any]:
         _progress("render")
         doc["render"] = await asyncio.to_thread(render.measure, max(10, 3 * sizes.naive_records))
         doc["end_to_end"] = await _end_to_end(env, records[: sizes.e2e_records], sizes, issued)
+        _progress("verify_server")
+        doc["verify_server"] = await verify_server.measure(
+            env.dev.settings, issued["end_to_end_1"], uploads=2 * sizes.e2e_records
+        )
         _progress("validation")
         doc["validation"] = await asyncio.to_thread(
             validate, issued, env.dev.settings.signing.trust_roots
         )
     doc["valid"] = all(not v["errors"] for v in doc["validation"].values())
+    doc["valid"] = doc["valid"] and doc["verify_server"]["concurrency_8"]["valid"]
     doc["ratios"] = ratios(doc)
     doc["bench_seconds"] = round(time.perf_counter() - started, 1)
     doc["phase_seconds"] = _phase_seconds(time.perf_counter())
