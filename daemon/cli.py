@@ -156,7 +156,7 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _verify(args: argparse.Namespace) -> int:
-    from daemon import verify
+    from daemon.verification import report as verify
 
     settings = _settings(args) if args.config or not args.trust_root else None
     roots = args.trust_root or (settings.signing.trust_roots if settings else [])

@@ -3,7 +3,7 @@
 Validation (pyHanko) is CPU-bound and a package holds many records, so each check runs
 in a worker process (`check` is what `loop.run_in_executor` calls; everything it takes
 and returns is plain data). The verdict and the reports are `hocba-signer verify`'s
-(daemon.verify, daemon.verification.verdict); this module only shapes them as
+(daemon.verification.report, daemon.verification.verdict); this module only shapes them as
 DESIGN.md's public report, without the student id.
 """
 
@@ -48,14 +48,14 @@ def kind_of(content_type: str, head: bytes) -> str | None:
 
 def warm() -> None:
     """Import the validator once per worker, before the first upload waits for it."""
-    from daemon import verify  # noqa: F401
+    from daemon.verification import report as verify  # noqa: F401
 
 
 def check(
     kind: str, body: bytes, trust_roots: tuple[str, ...], rules: dict[str, Any]
 ) -> dict[str, Any]:
     """The public report on `body`, without `registered` (the server adds it)."""
-    from daemon import verify
+    from daemon.verification import report as verify
 
     settings = VerificationSettings.model_validate(rules)
     roots = [Path(p) for p in trust_roots]

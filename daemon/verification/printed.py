@@ -93,7 +93,7 @@ async def make(
     record_id: str,
 ) -> bytes:
     """The printed copy of an issued record: read from the database and the store, checked."""
-    from daemon import verify
+    from daemon.verification import report as verify
 
     row = await record_row(db, school_id, record_id)
     pdf = await store.get(row["current_sha256"])

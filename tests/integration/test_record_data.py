@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from daemon import verify
 from daemon.app import Running
 from daemon.blobs import FsStore
 from daemon.record.attached import attached_record_xml
 from daemon.record.xml import canonical_xml, record_sha256
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage
+from daemon.verification import report as verify
 from producers.school_system import sample_record_data, sign_request_v2
 from tests.integration.conftest import SchoolSystem
 from tests.services import StatusEvents

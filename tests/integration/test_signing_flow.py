@@ -8,12 +8,12 @@ import json
 
 import aiohttp
 
-from daemon import verify
 from daemon.app import Running
 from daemon.blobs import FsStore
 from daemon.pdf import validation
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage
+from daemon.verification import report as verify
 from tests.integration.conftest import SchoolSystem
 from tests.services import MqttEvents, StatusEvents
 
