@@ -15,12 +15,12 @@ REQUESTS = Counter(
 )
 RETRIES = Counter(
     "hocba_retries",
-    "Sign requests sent back for a delayed retry after a transient failure, by reason code.",
+    "Inbound messages sent to a delay queue after a transient failure, by reason code.",
     ["reason"],
 )
 DEAD_LETTERS = Counter(
     "hocba_dead_letters",
-    "Sign requests dead-lettered, by reason code.",
+    "Inbound messages dead-lettered by their consumer, by reason code.",
     ["reason"],
 )
 SIGN_DURATION = Histogram(

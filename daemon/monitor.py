@@ -21,8 +21,7 @@ from typing import Any, Protocol
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import Gauge
 
-from daemon import metrics, topology
-from daemon.backoff import retry_delays_ms
+from daemon import amqp, metrics, outbox, topology
 from daemon.clock import VIETNAM
 from daemon.database import Database
 from daemon.errors import BrokerUnavailable, HocbaError
@@ -53,15 +52,6 @@ SELECT school_id,
        min(cert_not_after) AS soonest
 FROM signers WHERE active GROUP BY school_id
 """
-OUTBOX_SQL = """
-SELECT count(*) FILTER (WHERE amqp_published_at IS NULL) AS amqp_backlog,
-       count(*) FILTER (WHERE mqtt_published_at IS NULL) AS mqtt_backlog,
-       coalesce(extract(epoch FROM now() - min(created_at)
-                FILTER (WHERE amqp_published_at IS NULL)), 0) AS amqp_age_s,
-       coalesce(extract(epoch FROM now() - min(created_at)
-                FILTER (WHERE mqtt_published_at IS NULL)), 0) AS mqtt_age_s
-FROM outbox WHERE amqp_published_at IS NULL OR mqtt_published_at IS NULL
-"""
 
 
 class QueueStats(Protocol):
@@ -72,10 +62,8 @@ class QueueStats(Protocol):
 
 def queue_names(settings: AmqpSettings) -> list[str]:
     """The sign and package queues, their dead-letter and delay queues, as declared."""
-    delays = retry_delays_ms(settings.max_attempts, settings.retry_base_ms, settings.retry_cap_ms)
-    retries = [f"{topology.SIGN_QUEUE}.retry.{delay_ms}" for delay_ms in delays]
     dead = [topology.DEAD_QUEUE, topology.PACKAGE_QUEUE, topology.PACKAGE_DEAD_QUEUE]
-    return [topology.SIGN_QUEUE, *dead, *retries]
+    return [topology.SIGN_QUEUE, *dead, *topology.retry_queue_names(settings)]
 
 
 class AmqpQueues:
@@ -90,14 +78,12 @@ class AmqpQueues:
         if not self._connection.connected.is_set():
             raise BrokerUnavailable("not connected")
         result: dict[str, tuple[int, int]] = {}
-        try:
+        with amqp.translated("reading queue depths"):
             async with self._connection.channel() as channel:
                 underlay = await channel.get_underlay_channel()
                 for name in self._names:
                     declared = await underlay.queue_declare(name, passive=True)
                     result[name] = (declared.message_count or 0, declared.consumer_count or 0)
-        except topology.BROKER_ERRORS as exc:
-            raise BrokerUnavailable(f"Queue depths unknown: {type(exc).__name__}.") from exc
         return result
 
 
@@ -196,7 +182,7 @@ class Monitor:
             async with self._db.connection() as conn:
                 rows = await conn.fetch(RECORDS_SQL)
                 certificates = await conn.fetch(CERTIFICATES_SQL, EXPIRY_WINDOW_DAYS)
-                outbox = await conn.fetchrow(OUTBOX_SQL)
+                pending = await conn.fetchrow(outbox.BACKLOGS_SQL)
         except HocbaError as exc:
             log.warning("Record and outbox gauges not refreshed: %s", exc.message)
             return
@@ -206,10 +192,10 @@ class Monitor:
         self._deadline_gauge.replace(counts.deadlines)
         self._expiring.replace({(r["school_id"],): float(r["expiring"]) for r in certificates})
         self._soonest.replace({(r["school_id"],): r["soonest"].timestamp() for r in certificates})
-        if outbox is not None:
-            for transport in ("amqp", "mqtt"):
-                metrics.OUTBOX_BACKLOG.labels(transport).set(outbox[f"{transport}_backlog"])
-                metrics.OUTBOX_OLDEST_AGE.labels(transport).set(float(outbox[f"{transport}_age_s"]))
+        if pending is not None:
+            for transport, (backlog, age_s) in outbox.backlogs(pending).items():
+                metrics.OUTBOX_BACKLOG.labels(transport).set(backlog)
+                metrics.OUTBOX_OLDEST_AGE.labels(transport).set(age_s)
 
     async def _broker(self) -> None:
         try:

@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncpg
 
+from daemon import outbox
 from daemon.database import Database, translated
 from daemon.errors import BrokerUnavailable, DatabaseUnavailable
 from daemon.metrics import OUTBOX_BACKLOG, STATUS_PUBLISH_DELAY, STATUS_PUBLISHED
@@ -31,31 +31,6 @@ _LEADER_LOCK = 0x68_6F_63_62_62  # any constant shared by all instances
 BATCH = 200
 
 
-def _pending_sql(transports: Iterable[str]) -> str:
-    """Rows any of these transports still has to publish, oldest first.
-
-    One statement text per set of transports, so each is planned on its own partial
-    indexes (a broker that is down does not make the others scan its backlog).
-    """
-    lacking = " OR ".join(f"{name}_published_at IS NULL" for name in transports)
-    return (
-        "SELECT id, payload, repeat, created_at, amqp_published_at, mqtt_published_at "
-        f"FROM outbox WHERE {lacking} ORDER BY id LIMIT $1"
-    )
-
-
-def _mark_sql(transports: Iterable[str]) -> str:
-    """Mark, in one statement, the rows each of these transports took ($1, $2, … in order)."""
-    names = list(transports)
-    sets = ", ".join(
-        f"{name}_published_at = CASE WHEN id = ANY(${n}::bigint[]) THEN now() "
-        f"ELSE {name}_published_at END"
-        for n, name in enumerate(names, 1)
-    )
-    took = " OR ".join(f"id = ANY(${n}::bigint[])" for n in range(1, len(names) + 1))
-    return f"UPDATE outbox SET {sets} WHERE {took}"
-
-
 @dataclass(frozen=True)
 class Pending:
     """An outbox row: the event as published, and whether it repeats an earlier one."""
@@ -64,8 +39,10 @@ class Pending:
     repeat: bool
 
 
-class Transport(Protocol):
-    name: str
+class StatusPublisher(Protocol):
+    """One transport's publisher; `name` says which outbox column it marks."""
+
+    name: outbox.Transport
 
     async def publish(self, events: list[Pending]) -> None:
         """Publish every event, in order, or raise BrokerUnavailable."""
@@ -73,7 +50,9 @@ class Transport(Protocol):
 
 
 class StatusRelay:
-    def __init__(self, db: Database, transports: list[Transport], sweep_s: float = 5.0) -> None:
+    def __init__(
+        self, db: Database, transports: list[StatusPublisher], sweep_s: float = 5.0
+    ) -> None:
         self._db = db
         self._transports = transports
         self._sweep_s = sweep_s
@@ -121,7 +100,7 @@ class StatusRelay:
         """
         healthy = list(self._transports)
         while healthy:
-            rows = await conn.fetch(_pending_sql(t.name for t in healthy), BATCH)
+            rows = await conn.fetch(outbox.pending_sql(t.name for t in healthy), BATCH)
             if not rows:
                 break
             # Each row's event is parsed once, whichever transports still lack it.
@@ -129,7 +108,7 @@ class StatusRelay:
             taken = await asyncio.gather(*(self._publish(t, rows, parsed) for t in healthy))
             marks = {t.name: ids for t, ids in zip(healthy, taken, strict=True) if ids}
             if marks:
-                await conn.execute(_mark_sql(marks), *marks.values())
+                await conn.execute(outbox.mark_sql(marks), *marks.values())
             down = [t for t, ids in zip(healthy, taken, strict=True) if ids is None]
             healthy = [t for t in healthy if t not in down]
             if len(rows) < BATCH and not down:
@@ -138,15 +117,14 @@ class StatusRelay:
             if transport in healthy:
                 OUTBOX_BACKLOG.labels(transport.name).set(0)
                 continue
-            column = f"{transport.name}_published_at"
-            backlog = await conn.fetchval(f"SELECT count(*) FROM outbox WHERE {column} IS NULL")
+            backlog = await conn.fetchval(outbox.backlog_sql(transport.name))
             OUTBOX_BACKLOG.labels(transport.name).set(backlog)
 
     async def _publish(
-        self, transport: Transport, rows: list[asyncpg.Record], parsed: dict[int, Pending]
+        self, transport: StatusPublisher, rows: list[asyncpg.Record], parsed: dict[int, Pending]
     ) -> list[int] | None:
         """Publish the rows this transport lacks: the ids it took, None if it is down."""
-        column = f"{transport.name}_published_at"
+        column = outbox.column(transport.name)
         mine = [row for row in rows if row[column] is None]
         if not mine:
             return []

@@ -13,8 +13,9 @@ import aio_pika
 import aiomqtt
 from aio_pika.abc import AbstractExchange
 
-from daemon import topology
+from daemon import amqp
 from daemon.errors import BrokerUnavailable
+from daemon.outbox import Transport
 from daemon.settings import MqttSettings
 from producers.status import Pending
 
@@ -28,19 +29,17 @@ MQTT_IN_FLIGHT = 10
 class AmqpStatus:
     """Publishes to `hocba.status` with key `status.<school_id>.<state>`, confirmed."""
 
-    name = "amqp"
+    name = Transport.AMQP
 
     def __init__(self, exchange: AbstractExchange) -> None:
         self._exchange = exchange
 
     async def publish(self, events: list[Pending]) -> None:
-        try:
-            # A broker under a memory or disk alarm blocks publishers: give up in time
-            # so the relay can retry (and MQTT is not held up behind it).
+        # A broker under a memory or disk alarm blocks publishers: give up in time so
+        # the relay can retry (and MQTT is not held up behind it).
+        with amqp.translated("confirming status events"):
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await asyncio.gather(*(self._publish_one(p.event) for p in events))
-        except topology.SEND_ERRORS as exc:
-            raise BrokerUnavailable(f"RabbitMQ did not confirm: {type(exc).__name__}.") from exc
 
     async def _publish_one(self, event: dict[str, Any]) -> None:
         message = aio_pika.Message(
@@ -62,7 +61,7 @@ class MqttStatus:
     (undecodable requests) go to `<prefix>/<school_id>/requests/rejected`.
     """
 
-    name = "mqtt"
+    name = Transport.MQTT
 
     def __init__(self, settings: MqttSettings) -> None:
         self._settings = settings

@@ -1,16 +1,15 @@
-"""The consumer's ack policy, with small fakes at its seams: what happens to a delivery."""
+"""The sign consumer, with small fakes at its seams: what happens to a delivery."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
-from aiormq.exceptions import AMQPError
 
-from consumers.sign_requests import ATTEMPT_HEADER, SignRequestConsumer
+from consumers.settle import ATTEMPT_HEADER
+from consumers.sign_requests import SignRequestConsumer
 from daemon import topology
 from daemon.errors import (
     DatabaseUnavailable,
@@ -20,10 +19,11 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.messages import Reason, RecordInfo, SignRequest, StatusEvent
-from daemon.pipeline import Outcome
+from daemon.pipeline import Outcome, Unreadable
 from daemon.settings import AmqpSettings
 from daemon.stages import Stage, State
 from producers.school_system import sign_request
+from tests.unit.amqp_fakes import FakeExchange, FakeMessage, FakeQueue
 
 SETTINGS = AmqpSettings(max_attempts=3, retry_base_ms=100, retry_cap_ms=1000, delivery_limit=5)
 INFO = RecordInfo(
@@ -35,35 +35,6 @@ INFO = RecordInfo(
     submission_round=1,
 )
 _, BODY, _ = sign_request("31000123", INFO, Stage.PRINCIPAL, "BGH-0001", "a.b.c")
-
-
-@dataclass
-class FakeMessage:
-    body: bytes = BODY
-    headers: dict[str, Any] = field(default_factory=dict)
-    routing_key: str = "sign.31000123"
-    message_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    content_type: str = "application/json"
-    correlation_id: str | None = None
-    timestamp: datetime | None = None
-    settled: list[str] = field(default_factory=list)
-
-    async def ack(self) -> None:
-        self.settled.append("ack")
-
-    async def nack(self, requeue: bool = True) -> None:
-        self.settled.append(f"nack(requeue={requeue})")
-
-
-@dataclass
-class FakeExchange:
-    published: list[tuple[Any, str]] = field(default_factory=list)
-    fail: bool = False
-
-    async def publish(self, message: Any, routing_key: str, mandatory: bool = False) -> None:
-        if self.fail:
-            raise AMQPError("unroutable")
-        self.published.append((message, routing_key))
 
 
 def _event(state: State, reason: Reason | None = None) -> StatusEvent:
@@ -83,31 +54,28 @@ def _event(state: State, reason: Reason | None = None) -> StatusEvent:
 
 @dataclass
 class FakeHandler:
-    """Decides as told: an outcome, or an error to raise; records refusals."""
+    """Decides as told: an outcome, or an error to raise; records what it gave up on."""
 
     raises: Exception | None = None
     outcome: Outcome | None = None
     refuse_fails: bool = False
     refused: list[str] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+    handled: int = 0
 
     async def handle(self, request: SignRequest) -> Outcome:
+        self.handled += 1
         if self.raises is not None:
             raise self.raises
         assert self.outcome is not None
         return self.outcome
 
-    async def refuse(
-        self,
-        error: HocbaError,
-        school_id: str,
-        request: SignRequest | None = None,
-        *,
-        request_id: uuid.UUID | None = None,
-        remember: bool = True,
-    ) -> Outcome:
+    async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome:
         if self.refuse_fails:
             raise DatabaseUnavailable("down")
         self.refused.append(error.code)
+        if isinstance(request, Unreadable):
+            self.unreadable.append(request)
         return Outcome(_event(State.REJECTED, Reason(code=error.code, message=error.message)))
 
 
@@ -116,24 +84,32 @@ def exchanges() -> dict[str, FakeExchange]:
     return {"retry": FakeExchange(), "dead": FakeExchange()}
 
 
-def _consumer(handler: FakeHandler, exchanges: dict[str, FakeExchange]) -> SignRequestConsumer:
+@dataclass(frozen=True)
+class Wired:
+    consumer: SignRequestConsumer
+    queue: FakeQueue
+
+
+def _consumer(handler: FakeHandler, exchanges: dict[str, FakeExchange]) -> Wired:
+    queue = FakeQueue()
     topo = topology.Topology(
         requests=None,
         status=None,
         dead=exchanges["dead"],
         retry=exchanges["retry"],  # type: ignore[arg-type]
-        sign_queue=None,  # type: ignore[arg-type]
+        sign_queue=queue,  # type: ignore[arg-type]
     )
-    return SignRequestConsumer(topo, handler, SETTINGS, "test")
+    return Wired(SignRequestConsumer(topo, handler, SETTINGS, "test"), queue)
 
 
-async def _deliver(consumer: SignRequestConsumer, message: FakeMessage) -> None:
-    decision = await consumer._decide(message)  # type: ignore[arg-type]
-    await consumer._settle(message, decision)  # type: ignore[arg-type]
+async def _deliver(wired: Wired, message: FakeMessage) -> None:
+    """Through the consumer's public face: started, then the broker delivers."""
+    await wired.consumer.start()
+    await wired.queue.deliver(message)
 
 
 async def test_a_signed_request_is_acknowledged_and_nothing_else(exchanges) -> None:
-    message = FakeMessage()
+    message = FakeMessage(body=BODY)
     await _deliver(
         _consumer(FakeHandler(outcome=Outcome(_event(State.SIGNED_BY_TEACHER))), exchanges), message
     )
@@ -143,7 +119,7 @@ async def test_a_signed_request_is_acknowledged_and_nothing_else(exchanges) -> N
 
 async def test_a_refusal_is_dead_lettered_with_its_reason_then_acknowledged(exchanges) -> None:
     refused = Outcome(_event(State.REJECTED, Reason(code="stage_out_of_order", message="m")))
-    message = FakeMessage()
+    message = FakeMessage(body=BODY)
     await _deliver(_consumer(FakeHandler(outcome=refused), exchanges), message)
     ((letter, key),) = exchanges["dead"].published
     assert letter.headers["x-hocba-reason-code"] == "stage_out_of_order"
@@ -152,7 +128,7 @@ async def test_a_refusal_is_dead_lettered_with_its_reason_then_acknowledged(exch
 
 
 async def test_a_transient_failure_goes_to_a_delay_queue(exchanges) -> None:
-    message = FakeMessage()
+    message = FakeMessage(body=BODY)
     await _deliver(_consumer(FakeHandler(raises=HsmUnavailable("x")), exchanges), message)
     ((copy, _),) = exchanges["retry"].published
     assert copy.headers[ATTEMPT_HEADER] == 1
@@ -162,7 +138,7 @@ async def test_a_transient_failure_goes_to_a_delay_queue(exchanges) -> None:
 
 async def test_the_last_attempt_is_refused_and_dead_lettered(exchanges) -> None:
     handler = FakeHandler(raises=HsmUnavailable("x"))
-    message = FakeMessage(headers={ATTEMPT_HEADER: SETTINGS.max_attempts - 1})
+    message = FakeMessage(body=BODY, headers={ATTEMPT_HEADER: SETTINGS.max_attempts - 1})
     await _deliver(_consumer(handler, exchanges), message)
     assert handler.refused == ["hsm_unavailable"]
     ((letter, _),) = exchanges["dead"].published
@@ -172,7 +148,7 @@ async def test_the_last_attempt_is_refused_and_dead_lettered(exchanges) -> None:
 
 async def test_without_a_stored_refusal_nothing_is_dead_lettered(exchanges) -> None:
     handler = FakeHandler(raises=HsmUnavailable("x"), refuse_fails=True)
-    message = FakeMessage(headers={ATTEMPT_HEADER: SETTINGS.max_attempts - 1})
+    message = FakeMessage(body=BODY, headers={ATTEMPT_HEADER: SETTINGS.max_attempts - 1})
     await _deliver(_consumer(handler, exchanges), message)
     assert not exchanges["dead"].published
     assert len(exchanges["retry"].published) == 1
@@ -180,14 +156,14 @@ async def test_without_a_stored_refusal_nothing_is_dead_lettered(exchanges) -> N
 
 async def test_a_crash_loop_is_refused_before_the_broker_drops_it(exchanges) -> None:
     handler = FakeHandler(outcome=Outcome(_event(State.SIGNED_BY_TEACHER)))
-    message = FakeMessage(headers={"x-delivery-count": SETTINGS.delivery_limit - 1})
+    message = FakeMessage(body=BODY, headers={"x-delivery-count": SETTINGS.delivery_limit - 1})
     await _deliver(_consumer(handler, exchanges), message)
     assert handler.refused == ["internal_error"]
     assert exchanges["dead"].published
 
 
 async def test_an_unexpected_error_is_retried_not_lost(exchanges) -> None:
-    message = FakeMessage()
+    message = FakeMessage(body=BODY)
     await _deliver(_consumer(FakeHandler(raises=KeyError("bug")), exchanges), message)
     ((copy, _),) = exchanges["retry"].published
     assert copy.headers[ATTEMPT_HEADER] == 1
@@ -196,7 +172,7 @@ async def test_an_unexpected_error_is_retried_not_lost(exchanges) -> None:
 async def test_a_copy_the_broker_refuses_is_handed_back_not_acknowledged(exchanges) -> None:
     exchanges["dead"].fail = True
     refused = Outcome(_event(State.REJECTED, Reason(code="not_a_pdf", message="m")))
-    message = FakeMessage()
+    message = FakeMessage(body=BODY)
     await _deliver(_consumer(FakeHandler(outcome=refused), exchanges), message)
     assert message.settled == ["nack(requeue=True)"]
 
@@ -204,3 +180,48 @@ async def test_a_copy_the_broker_refuses_is_handed_back_not_acknowledged(exchang
 def test_errors_say_what_the_caller_must_do() -> None:
     assert isinstance(HsmUnavailable("x"), TransientError)
     assert not isinstance(StageOutOfOrder("x"), TransientError)
+
+
+async def test_an_undecodable_body_is_refused_once_by_the_pipeline_and_dead_lettered(
+    exchanges,
+) -> None:
+    handler = FakeHandler(outcome=Outcome(_event(State.SIGNED_BY_TEACHER)))
+    request_id = uuid.uuid4()
+    message = FakeMessage(body=b"not json", message_id=str(request_id))
+    await _deliver(_consumer(handler, exchanges), message)
+    # The pipeline refuses it from what the envelope says; nothing was signed
+    assert handler.refused == ["invalid_message"] and handler.handled == 0
+    assert handler.unreadable == [Unreadable("31000123", request_id)]
+    ((letter, key),) = exchanges["dead"].published
+    assert letter.headers["x-hocba-reason-code"] == "invalid_message"
+    assert key == "sign.31000123" and message.settled == ["ack"]
+
+
+async def test_an_undecodable_body_with_a_foreign_routing_key_names_no_school(exchanges) -> None:
+    handler = FakeHandler()
+    message = FakeMessage(body=b"{", routing_key="sign.31000123.extra", message_id="not-a-uuid")
+    await _deliver(_consumer(handler, exchanges), message)
+    assert handler.unreadable == [Unreadable("unknown", None)]
+
+
+async def test_giving_up_hands_the_pipeline_the_request_already_decoded(exchanges) -> None:
+    handler = FakeHandler(raises=DatabaseUnavailable("x"))
+    message = FakeMessage(body=BODY, headers={ATTEMPT_HEADER: SETTINGS.max_attempts - 1})
+    await _deliver(_consumer(handler, exchanges), message)
+    assert handler.refused == ["database_unavailable"] and handler.unreadable == []
+    ((letter, _),) = exchanges["dead"].published
+    assert letter.headers["x-hocba-instance"] == "test"
+    assert message.settled == ["ack"]
+
+
+async def test_a_give_up_that_cannot_be_stored_waits_in_a_declared_delay_queue(exchanges) -> None:
+    # Given a request long past its last attempt, and a database still down
+    handler = FakeHandler(raises=HsmUnavailable("x"), refuse_fails=True)
+    message = FakeMessage(body=BODY, headers={ATTEMPT_HEADER: SETTINGS.max_attempts + 5})
+    # When it is delivered
+    await _deliver(_consumer(handler, exchanges), message)
+    # Then it waits in a delay queue that exists, and is not dead-lettered
+    ((copy, _),) = exchanges["retry"].published
+    assert int(copy.headers[topology.RETRY_HEADER]) in topology.delays_ms(SETTINGS)
+    assert copy.headers[ATTEMPT_HEADER] == SETTINGS.max_attempts + 6
+    assert not exchanges["dead"].published and message.settled == ["ack"]
