@@ -1,3 +1,7 @@
+import base64
+import hashlib
+import hmac
+import json
 import time
 from datetime import UTC, datetime
 
@@ -100,3 +104,114 @@ def test_garbage_is_unauthorized(keys, token: str) -> None:
 
 def test_the_key_never_prints() -> None:
     assert "secret" not in repr(consent.ConsentKey("HS256", b"secret"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _hand_made(header: object, claims: object, signature: bytes = b"") -> str:
+    """A token built without the library, as an attacker would."""
+    head = _b64(json.dumps(header).encode())
+    return f"{head}.{_b64(json.dumps(claims).encode())}.{_b64(signature)}"
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", ""])
+def test_an_unsigned_consent_is_refused_whatever_the_school(keys, alg: str) -> None:
+    key, _ = keys
+    with pytest.raises(Unauthorized, match=f"must be {key.alg}"):
+        consent.verify(_hand_made({"alg": alg, "typ": "JWT"}, _claims()), key, SUBJECT, NOW)
+
+
+def test_hs256_keyed_with_the_schools_own_public_key_is_refused() -> None:
+    # The classic confusion: the attacker knows the public key and uses it as an HMAC secret.
+    private = Ed25519PrivateKey.generate()
+    public = private.public_key().public_bytes_raw()
+    key = consent.ConsentKey("EdDSA", public)
+    assert consent.verify(
+        consent.mint(_claims(), "EdDSA", private.private_bytes_raw()), key, SUBJECT, NOW
+    )
+    header, payload = _hand_made({"alg": "HS256", "typ": "JWT"}, _claims()).split(".")[:2]
+    mac = hmac.new(public, f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    with pytest.raises(Unauthorized, match="must be EdDSA"):
+        consent.verify(f"{header}.{payload}.{_b64(mac)}", key, SUBJECT, NOW)
+    with pytest.raises(Unauthorized, match="must be EdDSA"):
+        consent.verify(consent.mint(_claims(), "HS256", public), key, SUBJECT, NOW)
+
+
+def test_an_eddsa_consent_is_refused_for_a_school_registered_with_hs256() -> None:
+    private = Ed25519PrivateKey.generate()
+    token = consent.mint(_claims(), "EdDSA", private.private_bytes_raw())
+    # Even with the secret set to the very public key that verifies this token.
+    for secret in (b"s" * 32, private.public_key().public_bytes_raw()):
+        with pytest.raises(Unauthorized, match="must be HS256"):
+            consent.verify(token, consent.ConsentKey("HS256", secret), SUBJECT, NOW)
+
+
+def test_a_payload_changed_after_signing_is_refused(keys) -> None:
+    key, private = keys
+    header, _, signature = consent.mint(_claims(dig="cd" * 32), key.alg, private).split(".")
+    # The signer approved another version; the attacker swaps in the digest of this one.
+    payload = _b64(json.dumps(_claims(dig="cd" * 32) | {"dig": "ab" * 32}).encode())
+    with pytest.raises(Unauthorized, match="signature does not verify"):
+        consent.verify(f"{header}.{payload}.{signature}", key, SUBJECT, NOW)
+
+
+def test_a_consent_past_its_exp_is_accepted_within_the_leeway_and_refused_after(keys) -> None:
+    key, private = keys
+    now_s = int(NOW.timestamp())
+    within = consent.mint(_claims(exp=now_s - consent.LEEWAY_S + 1), key.alg, private)
+    assert consent.verify(within, key, SUBJECT, NOW)["sub"] == "GV-0042"
+    after = consent.mint(_claims(exp=now_s - consent.LEEWAY_S - 1), key.alg, private)
+    with pytest.raises(ConsentExpired):
+        consent.verify(after, key, SUBJECT, NOW)
+
+
+@pytest.mark.parametrize("exp", [float("inf"), float("nan"), True])
+def test_an_exp_that_is_no_point_in_time_is_unauthorized(keys, exp: object) -> None:
+    key, private = keys
+    with pytest.raises(Unauthorized, match="numeric exp"):
+        consent.verify(consent.mint(_claims(exp=exp), key.alg, private), key, SUBJECT, NOW)
+
+
+def test_an_expired_consent_for_something_else_is_unauthorized_not_expired(keys) -> None:
+    key, private = keys
+    token = consent.mint(
+        _claims(rec="2025-2026-5A-08", exp=int(time.time()) - 3600), key.alg, private
+    )
+    # Not ConsentExpired (a sibling class): "ask the signer again" would not help here.
+    with pytest.raises(Unauthorized, match="claim rec"):
+        consent.verify(token, key, SUBJECT, NOW)
+
+
+def test_a_consent_minted_by_another_school_is_unauthorized(keys) -> None:
+    key, _ = keys
+    if key.alg == "HS256":
+        other = b"o" * 32
+    else:
+        other = Ed25519PrivateKey.generate().private_bytes_raw()
+    # Naming this school as issuer does not help: the other school's key signed it.
+    for iss in ("31000999", "31000123"):
+        token = consent.mint(_claims(iss=iss), key.alg, other)
+        with pytest.raises(Unauthorized):
+            consent.verify(token, key, SUBJECT, NOW)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["alg", ["alg"], {"alg": ["HS256"]}, {"alg": None}, {"alg": "HS256", "crit": ["zz"]}],
+)
+def test_a_malformed_header_is_unauthorized(keys, header: object) -> None:
+    key, _ = keys
+    with pytest.raises(Unauthorized):
+        consent.verify(_hand_made(header, _claims(), b"x" * 64), key, SUBJECT, NOW)
+
+
+def test_a_malformed_registered_key_is_refused_and_named() -> None:
+    with pytest.raises(Unauthorized, match="registered consent key is malformed"):
+        consent.verify(
+            _hand_made({"alg": "EdDSA"}, _claims()),
+            consent.ConsentKey("EdDSA", b"short"),
+            SUBJECT,
+            NOW,
+        )
