@@ -16,9 +16,9 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from consumers.queue import QueueConsumer
 from consumers.settle import Done, Refused, Settler, Transient, Verdict
-from daemon import amqp
-from daemon.errors import BrokerUnavailable, HocbaError, InternalError, TransientError
+from daemon.errors import HocbaError, InternalError, TransientError
 from daemon.messages import decode_package_request
 from daemon.packaging.packages import Package
 from daemon.settings import AmqpSettings
@@ -35,37 +35,16 @@ class Packaging(Protocol):
     ) -> Package | None: ...
 
 
-class PackageRequestConsumer:
+class PackageRequestConsumer(QueueConsumer):
     def __init__(
         self, topo: Topology, runner: Packaging, settings: AmqpSettings, instance: str
     ) -> None:
         assert topo.package_queue is not None and topo.package_retry is not None
-        self._queue = topo.package_queue
+        settler = Settler("package request", topo.package_retry, topo.dead, settings, instance)
+        super().__init__(PACKAGE_QUEUE, topo.package_queue, settler)
         self._runner = runner
-        self._settler = Settler(
-            "package request", topo.package_retry, topo.dead, settings, instance
-        )
-        self._tag: str | None = None
 
-    async def start(self) -> None:
-        with amqp.translated("consuming"):
-            self._tag = await self._queue.consume(self._on_message)
-        log.info("Consuming %s.", PACKAGE_QUEUE)
-
-    async def stop(self) -> None:
-        if self._tag is None:
-            return
-        try:
-            with amqp.translated("cancelling"):
-                await self._queue.cancel(self._tag)
-        except BrokerUnavailable:
-            log.warning("Could not cancel the package consumer cleanly.")
-        self._tag = None
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._settler.settle(message, await self._verdict(message))
-
-    async def _verdict(self, message: AbstractIncomingMessage) -> Verdict:
+    async def verdict(self, message: AbstractIncomingMessage) -> Verdict:
         if self._settler.crash_looping(message):
             return Refused.because(InternalError("The request was redelivered too often."))
         try:

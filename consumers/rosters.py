@@ -17,9 +17,9 @@ from typing import Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from consumers.queue import QueueConsumer
 from consumers.settle import Done, Postponed, Refused, Settler, Transient, Verdict
-from daemon import amqp
-from daemon.errors import BrokerUnavailable, HocbaError, InternalError, TransientError
+from daemon.errors import HocbaError, InternalError, TransientError
 from daemon.messages import Roster, decode_roster
 from daemon.registry.rosters import RosterOutcome
 from daemon.settings import AmqpSettings
@@ -40,35 +40,16 @@ class Rosters(Protocol):
     ) -> None: ...
 
 
-class RosterConsumer:
+class RosterConsumer(QueueConsumer):
     def __init__(
         self, topo: Topology, rosters: Rosters, settings: AmqpSettings, instance: str
     ) -> None:
         assert topo.roster_queue is not None and topo.roster_retry is not None
-        self._queue = topo.roster_queue
+        settler = Settler("roster", topo.roster_retry, topo.dead, settings, instance)
+        super().__init__(ROSTER_QUEUE, topo.roster_queue, settler)
         self._rosters = rosters
-        self._settler = Settler("roster", topo.roster_retry, topo.dead, settings, instance)
-        self._tag: str | None = None
 
-    async def start(self) -> None:
-        with amqp.translated("consuming"):
-            self._tag = await self._queue.consume(self._on_message)
-        log.info("Consuming %s.", ROSTER_QUEUE)
-
-    async def stop(self) -> None:
-        if self._tag is None:
-            return
-        try:
-            with amqp.translated("cancelling"):
-                await self._queue.cancel(self._tag)
-        except BrokerUnavailable:
-            log.warning("Could not cancel the roster consumer cleanly.")
-        self._tag = None
-
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        await self._settler.settle(message, await self._verdict(message))
-
-    async def _verdict(self, message: AbstractIncomingMessage) -> Verdict:
+    async def verdict(self, message: AbstractIncomingMessage) -> Verdict:
         if self._settler.crash_looping(message):
             return await self._refuse(
                 message, InternalError("The roster was redelivered too often.")
