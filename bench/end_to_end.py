@@ -53,8 +53,8 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def instances(env: BenchEnv, count: int) -> AsyncIterator[list[Instance]]:
-    """`count` daemons consuming the same queue; stopped with SIGTERM afterwards."""
+async def instances(env: BenchEnv, count: int, level: str = "B-B") -> AsyncIterator[list[Instance]]:
+    """`count` daemons signing at `level`, consuming the same queue; SIGTERM afterwards."""
     exe = Path(sys.executable).parent / "hocba-signer"
     started: list[Instance] = []
     try:
@@ -67,6 +67,7 @@ async def instances(env: BenchEnv, count: int) -> AsyncIterator[list[Instance]]:
                 "HOCBA_HTTP__PORT": str(port),
                 "HOCBA_MQTT__TOPIC_PREFIX": env.mqtt_prefix,
                 "HOCBA_MQTT__CLIENT_ID_PREFIX": name,
+                "HOCBA_SIGNING__LEVEL": level,
             }
             with log.open("wb") as out:
                 process = await asyncio.create_subprocess_exec(
@@ -108,6 +109,30 @@ async def _ready(instance: Instance) -> None:
                         return
             await asyncio.sleep(0.2)
     raise RuntimeError(f"{instance.name} was not ready in {READY_TIMEOUT_S}s; see {instance.log}")
+
+
+# Requests the daemons made to the TSA and the status responders: the _count series.
+_CALLS = {
+    "tsa": "hocba_tsa_request_duration_seconds_count",
+    "ocsp": 'hocba_certificate_status_request_duration_seconds_count{source="ocsp"}',
+    "crl": 'hocba_certificate_status_request_duration_seconds_count{source="crl"}',
+}
+
+
+async def _calls(running: list[Instance]) -> dict[str, float]:
+    """TSA, OCSP and CRL requests so far, all instances, read from their /metrics."""
+    totals = dict.fromkeys(_CALLS, 0.0)
+    async with aiohttp.ClientSession() as http:
+        for instance in running:
+            url = f"http://127.0.0.1:{instance.http_port}/metrics"
+            async with http.get(url) as response:
+                text = await response.text()
+            for line in text.splitlines():
+                name, _, value = line.rpartition(" ")
+                for kind, series in _CALLS.items():
+                    if name == series or (kind == "tsa" and name.startswith(series + "{")):
+                        totals[kind] += float(value)
+    return totals
 
 
 @dataclass
@@ -156,8 +181,12 @@ class Driver:
             await asyncio.wait_for(self._done.wait(), timeout_s)
 
     def _first(self, sample: Sample) -> tuple[str, RecordInfo, bytes, str]:
+        # A student has one live record per year and round: each run has its own students.
         info = sample.info.model_copy(
-            update={"record_id": f"{sample.info.record_id}-{self.run_tag}"}
+            update={
+                "record_id": f"{sample.info.record_id}-{self.run_tag}",
+                "student_id": f"{sample.info.student_id}-{self.run_tag}",
+            }
         )
         stage = Stage.HOMEROOM_TEACHER
         _, body, rid = self._request(sample.school, info, stage, sample.sha256, sample.pdf)
@@ -247,9 +276,16 @@ async def measure(
     run_tag: str,
     rate_per_s: float | None = None,
     timeout_s: float = 900,
+    level: str = "B-B",
+    pki_pid: int | None = None,
 ) -> tuple[dict[str, Any], list[bytes]]:
-    """One run against already started instances; figures and the issued PDFs."""
+    """One run against already started instances; figures and the issued PDFs.
+
+    `pki_pid`: the dev TSA and OCSP process, whose CPU is counted with the services'.
+    """
     before = [procs.TreeSample.of(i.process.pid) for i in running]
+    calls = await _calls(running)
+    pki = procs.TreeSample.of(pki_pid) if pki_pid else None
     busy, services, own = procs.machine_busy_s(), procs.services_cpu_s(), _own_cpu_s()
     driver = Driver(env, records, run_tag)
     await driver.run(rate_per_s, timeout_s)
@@ -257,6 +293,9 @@ async def measure(
     services = {k: v - services[k] for k, v in procs.services_cpu_s().items()}
     own = _own_cpu_s() - own
     after = [procs.TreeSample.of(i.process.pid) for i in running]
+    if pki is not None and pki_pid:
+        services["dev_tsa_and_ocsp"] = procs.cpu_between(pki, procs.TreeSample.of(pki_pid))
+    calls = {k: v - calls[k] for k, v in (await _calls(running)).items()}
     wall = driver.last_event - driver.first_publish
     signatures = 3 * len(driver.issued)
     cpu = sum(procs.cpu_between(b, a) for b, a in zip(before, after, strict=True))
@@ -267,6 +306,7 @@ async def measure(
     store = FsStore(env.dev.settings.store.path)
     issued = [await store.get(digest) for digest in driver.issued]
     figures: dict[str, Any] = {
+        "level": level,
         "instances": len(running),
         "workers_per_instance": env.dev.settings.hsm.workers,
         "prefetch": env.dev.settings.amqp.prefetch,
@@ -278,6 +318,9 @@ async def measure(
         "records_per_s": round(len(driver.issued) / wall, 2),
         "signatures_per_s": round(signatures / wall, 1),
         "latency_ms": _percentiles_ms(driver.request_latency_s),
+        # What each issued record cost the TSA and the status responders (the rest came
+        # from the shared status cache).
+        "calls_per_record": {k: round(v / max(len(driver.issued), 1), 2) for k, v in calls.items()},
         "record_latency_ms": _percentiles_ms(driver.record_latency_s),
         "cpu_s_per_signature": round(cpu / max(signatures, 1), 5),
         "machine_cpu_s_per_signature": round(busy / max(signatures, 1), 5),

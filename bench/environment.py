@@ -28,6 +28,8 @@ from tests.services import create_vhost, delete_vhost, drop_database
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 TOKEN_DIR = Path("var/bench").resolve()
+# The dev OCSP, CRL and TSA (bench/pki_server.py): the certificates name this port.
+PKI_SERVICES_PORT = 9477
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,16 @@ class Sample:
 async def bench_env(schools: int) -> AsyncIterator[BenchEnv]:
     """Provision a fresh environment; drop its database and vhost afterwards."""
     tag = secrets.token_hex(3)
-    base = TOKEN_DIR / f"schools-{schools}"
+    base = TOKEN_DIR / f"schools-{schools}-pki"
     db_name, vhost = f"hocba_bench_{tag}", f"hocba-bench-{tag}"
     amqp_url = await asyncio.to_thread(create_vhost, vhost)
     try:
         # The token and PKI (key generation is slow) are kept between runs; the
         # configuration names this run's database and vhost, the store starts empty.
         await asyncio.to_thread(_fresh_run_files, base)
-        dev = await devenv.init(base, schools, dsn=f"{PG}/{db_name}", amqp_url=amqp_url)
+        dev = await devenv.init(
+            base, schools, dsn=f"{PG}/{db_name}", amqp_url=amqp_url, services_port=PKI_SERVICES_PORT
+        )
         yield BenchEnv(tag, dev, db_name, vhost, amqp_url, f"hocba-bench-{tag}")
     finally:
         await drop_database(db_name)

@@ -2,14 +2,16 @@
 
 Compares, in one run on the same PDFs, keys and machine: the HSM's raw C_Sign rate,
 a plain pyHanko loop, the daemon's signing path alone, and the whole daemon (1 and 2
-instances) against the real broker, database and MQTT. Figures count only when
-every issued PDF validates.
+instances) against the real broker, database and MQTT, at B-B and at B-LTA (with the
+dev TSA and OCSP in a process of their own). Figures count only when every issued
+PDF validates.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -23,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import end_to_end, hsm_raw, naive, render, sign_path, verify_server
+from bench import end_to_end, hsm_raw, naive, pki_server, render, sign_path, verify_server
 from bench.environment import BenchEnv, bench_env, samples
 from bench.report import ratios, signing_rates, table
 from bench.validation import validate
@@ -51,7 +53,12 @@ FULL = Sizes(
 async def bench(sizes: Sizes, mode: str) -> dict[str, Any]:
     started = time.perf_counter()
     _progress("setup: token, PKI, database, vhost, sample PDFs")
-    async with bench_env(schools=sizes.schools) as env:
+    async with (
+        bench_env(schools=sizes.schools) as env,
+        pki_server.started(env.dev.base / "pki") as pki,
+    ):
+        # The in-process scenarios sign at B-B; each end-to-end run names its level.
+        env = _at_level(env, "B-B")
         pool_size = max(sizes.sign_path_records, sizes.e2e_records, sizes.naive_records)
         records = await asyncio.to_thread(samples, env.dev.schools, pool_size, env.tag)
         doc: dict[str, Any] = {"mode": mode, "machine": _machine(), "pdf": _pdf_stats(records)}
@@ -74,7 +81,9 @@ async def bench(sizes: Sizes, mode: str) -> dict[str, Any]:
         issued = {"pyhanko_naive": naive_issued, "sign_path": path_issued}
         _progress("render")
         doc["render"] = await asyncio.to_thread(render.measure, max(10, 3 * sizes.naive_records))
-        doc["end_to_end"] = await _end_to_end(env, records[: sizes.e2e_records], sizes, issued)
+        doc["end_to_end"] = await _end_to_end(
+            env, records[: sizes.e2e_records], sizes, issued, pki.pid
+        )
         _progress("verify_server")
         doc["verify_server"] = await verify_server.measure(
             env.dev.settings, issued["end_to_end_1"], uploads=2 * sizes.e2e_records
@@ -107,16 +116,28 @@ def _naive(env: BenchEnv, records: list[Any]) -> tuple[dict[str, Any], list[byte
     return signing_rates(len(records), wall, cpu), issued
 
 
+def _at_level(env: BenchEnv, level: str) -> BenchEnv:
+    signing = env.dev.settings.signing.model_copy(update={"level": level})
+    settings = env.dev.settings.model_copy(update={"signing": signing})
+    return dataclasses.replace(env, dev=dataclasses.replace(env.dev, settings=settings))
+
+
 async def _end_to_end(
-    env: BenchEnv, records: list[Any], sizes: Sizes, issued: dict[str, list[bytes]]
+    env: BenchEnv,
+    records: list[Any],
+    sizes: Sizes,
+    issued: dict[str, list[bytes]],
+    pki_pid: int,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for count in (1, 2):
         _progress(f"end_to_end, {count} instance(s)")
         async with end_to_end.instances(env, count) as running:
             # A short warm-up run: worker templates, connection pools, JIT-free but cold caches.
-            await end_to_end.measure(env, running, records[:4], f"w{count}")
-            figures, pdfs = await end_to_end.measure(env, running, records, f"i{count}")
+            await end_to_end.measure(env, running, records[:4], f"w{count}", pki_pid=pki_pid)
+            figures, pdfs = await end_to_end.measure(
+                env, running, records, f"i{count}", pki_pid=pki_pid
+            )
             out[f"instances_{count}"] = figures
             issued[f"end_to_end_{count}"] = pdfs
             if count == 2 and sizes.paced_s:
@@ -130,7 +151,32 @@ async def _end_to_end(
                 issued["end_to_end_paced"] = paced_pdfs
     one, two = out["instances_1"], out["instances_2"]
     out["scale_out_2_vs_1"] = round(two["signatures_per_s"] / one["signatures_per_s"], 2)
+    await _end_to_end_lta(env, records, issued, pki_pid, out)
     return out
+
+
+async def _end_to_end_lta(
+    env: BenchEnv,
+    records: list[Any],
+    issued: dict[str, list[bytes]],
+    pki_pid: int,
+    out: dict[str, Any],
+) -> None:
+    """The same records end to end at B-LTA (timestamps, DSS, document timestamp), and
+    B-LTA's signatures/s over B-B's with as many instances (the issue's target: 0.7)."""
+    for count in (1, 2):
+        _progress(f"end_to_end at B-LTA, {count} instance(s)")
+        async with end_to_end.instances(env, count, "B-LTA") as running:
+            await end_to_end.measure(
+                env, running, records[:4], f"lw{count}", level="B-LTA", pki_pid=pki_pid
+            )
+            figures, pdfs = await end_to_end.measure(
+                env, running, records, f"l{count}", level="B-LTA", pki_pid=pki_pid
+            )
+        out[f"instances_{count}_b_lta"] = figures
+        issued[f"end_to_end_{count}_b_lta"] = pdfs
+        base = out[f"instances_{count}"]["signatures_per_s"]
+        out[f"b_lta_vs_b_b_{count}"] = round(figures["signatures_per_s"] / base, 2)
 
 
 def _machine() -> dict[str, Any]:

@@ -10,6 +10,8 @@ from typing import Any
 from daemon.pdf import validation
 
 EXPECTED_LEVELS = ["FORM_FILLING", "FORM_FILLING", "NONE"]
+# At B-LTA the seal is followed by a DSS and a document timestamp, which PAdES allows.
+EXPECTED_LEVELS_LTA = ["FORM_FILLING", "FORM_FILLING", "LTA_UPDATES"]
 
 
 def _check(pdf: bytes, roots: list[Path]) -> str | None:
@@ -20,7 +22,7 @@ def _check(pdf: bytes, roots: list[Path]) -> str | None:
         return f"{type(exc).__name__}: {exc}"
     if not all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports):
         return "; ".join(r.summary for r in reports)
-    if [r.modification_level for r in reports] != EXPECTED_LEVELS:
+    if [r.modification_level for r in reports] not in (EXPECTED_LEVELS, EXPECTED_LEVELS_LTA):
         return f"modification levels {[r.modification_level for r in reports]}"
     if reports[0].docmdp_level != "FILL_FORMS" or reports[2].docmdp_level != "NO_CHANGES":
         return "certification or lock missing"

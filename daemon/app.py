@@ -22,9 +22,9 @@ from yarl import URL
 from consumers.package_requests import PackageRequestConsumer
 from consumers.rosters import RosterConsumer
 from consumers.sign_requests import SignRequestConsumer
-from daemon import amqp, blobs, http, metrics, monitor, systemd_notify, topology
+from daemon import amqp, blobs, http, memdebug, metrics, monitor, systemd_notify, topology
 from daemon.database import Database
-from daemon.documents import DocumentSource
+from daemon.documents import DocumentSource, RenderPool
 from daemon.errors import BrokerUnavailable
 from daemon.hsm import SigningPool
 from daemon.levels import leveled_signing
@@ -33,6 +33,7 @@ from daemon.packaging.runner import PackageRunner
 from daemon.packaging.submission import Submitter
 from daemon.pipeline import Pipeline
 from daemon.registry.rosters import RosterStore
+from daemon.renewal import renewer
 from daemon.settings import Settings
 from producers.ministry import MinistryClient
 from producers.status import StatusRelay
@@ -66,10 +67,13 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
     metrics.set_build_info()
     async with contextlib.AsyncExitStack() as stack:
         _start_watchdog(stack)
+        memdebug.start(stack)
         db, pool = await open_core(stack, settings)
 
         client = await stack.enter_async_context(aiohttp.ClientSession())
-        documents = DocumentSource(client, settings.signing)
+        renderer = RenderPool(settings.signing.render_workers)
+        stack.push_async_callback(renderer.close)
+        documents = DocumentSource(client, settings.signing, renderer)
         store = await blobs.open_store(settings.store, stack)
         signing = leveled_signing(settings.signing, db, pool, client)
         pipeline = Pipeline(db, signing, store, documents)
@@ -132,6 +136,11 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
             package_runner.run_schedule(schedule_stop), name="packaging-schedule"
         )
         stack.push_async_callback(_finish, schedule_task, schedule_stop)
+        renewals = renewer(db, store, client, settings.signing, settings.ltv)
+        if renewals is not None:  # daily at ltv.renew_at; one instance at a time renews
+            renew_stop = asyncio.Event()
+            renew_task = asyncio.create_task(renewals.run_schedule(renew_stop), name="ltv-renewal")
+            stack.push_async_callback(_finish, renew_task, renew_stop)
         log.info("Ready: consuming, HTTP on %s:%s.", settings.http.host, port)
         systemd_notify.notify(f"{systemd_notify.READY}\nSTATUS=Consuming; HTTP on port {port}.")
         stack.callback(systemd_notify.notify, systemd_notify.STOPPING)

@@ -14,14 +14,17 @@ stale) before they are believed. The DER of each answer is kept: the seal embeds
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import aiohttp
+import asyncpg
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,31 +58,74 @@ class _Unusable(Exception):
     """An answer that cannot be believed or was not had; the next source is tried."""
 
 
+Fetch = Callable[[], Awaitable[StatusAnswer]]
+
+
+@dataclass(frozen=True)
+class Found:
+    """An answer and where it came from: database, stale (another instance is
+    refreshing it) or fetched (from its source, by this caller)."""
+
+    answer: StatusAnswer
+    origin: str
+
+
 class StatusCache(Protocol):
     async def load(self, issuer: str, serial: str, now: datetime) -> StatusAnswer | None: ...
-    async def save(self, issuer: str, serial: str, answer: StatusAnswer) -> None: ...
+    async def refresh(self, issuer: str, serial: str, now: datetime, fetch: Fetch) -> Found: ...
+
+
+# While one instance asks the responder, the others use the answer that just expired
+# for at most this long, rather than wait for the new one (or ask too).
+STALE_GRACE = timedelta(seconds=30)
+
+_ROW = (
+    "SELECT status, source, answer, this_update, next_update, revoked_at "
+    "FROM certificate_status WHERE issuer_sha256 = $1 AND serial = $2 AND next_update > $3"
+)
+_LOCK = "certificate_status:{}:{}"
 
 
 class DatabaseStatusCache:
-    """The `certificate_status` table: one row per certificate, the newest answer."""
+    """The `certificate_status` table: one row per certificate, the newest answer.
 
-    def __init__(self, db: Database) -> None:
+    When an answer expires at the same moment for every instance, one refreshes it
+    under a transaction-scoped advisory lock on the certificate; the others use the
+    expired answer within STALE_GRACE, or wait for the lock (the refresher's commit)
+    and read what it stored. The responder sees one request, not one per instance.
+    """
+
+    def __init__(self, db: Database, wait_s: float = 10.0) -> None:
         self._db = db
+        self._wait_ms = max(1, int(wait_s * 1000))
 
     async def load(self, issuer: str, serial: str, now: datetime) -> StatusAnswer | None:
         async with self._db.connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT status, source, answer, this_update, next_update, revoked_at "
-                "FROM certificate_status "
-                "WHERE issuer_sha256 = $1 AND serial = $2 AND next_update > $3",
-                issuer,
-                serial,
-                now,
-            )
+            row = await conn.fetchrow(_ROW, issuer, serial, now)
         return StatusAnswer(**dict(row)) if row else None
 
-    async def save(self, issuer: str, serial: str, answer: StatusAnswer) -> None:
-        async with self._db.connection() as conn:
+    async def refresh(self, issuer: str, serial: str, now: datetime, fetch: Fetch) -> Found:
+        key = _LOCK.format(issuer, serial)
+        async with self._db.transaction() as conn:
+            mine = await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", key
+            )
+            if not mine:
+                stale = await conn.fetchrow(_ROW, issuer, serial, now - STALE_GRACE)
+                if stale is not None:
+                    return Found(StatusAnswer(**dict(stale)), "stale")
+                await conn.execute(f"SET LOCAL lock_timeout = {self._wait_ms}")
+                try:
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+                except asyncpg.LockNotAvailableError as exc:
+                    raise CertificateStatusUnavailable(
+                        f"Another instance has been asking for certificate {serial}'s status "
+                        "for too long."
+                    ) from exc
+                stored = await conn.fetchrow(_ROW, issuer, serial, now)
+                if stored is not None:
+                    return Found(StatusAnswer(**dict(stored)), "database")
+            answer = await fetch()
             await conn.execute(
                 "INSERT INTO certificate_status AS c (issuer_sha256, serial, status, source, "
                 "answer, this_update, next_update, revoked_at) "
@@ -96,6 +142,7 @@ class DatabaseStatusCache:
                 answer.next_update,
                 answer.revoked_at,
             )
+        return Found(answer, "fetched")
 
 
 class CertificateStatus:
@@ -109,6 +156,8 @@ class CertificateStatus:
         self._timeout = aiohttp.ClientTimeout(total=settings.status_timeout_s)
         self._min_cache = timedelta(seconds=settings.status_min_cache_s)
         self._memory: dict[tuple[str, str], StatusAnswer] = {}
+        # One lookup per certificate at a time in this process; the others wait for it.
+        self._asking: dict[tuple[str, str], asyncio.Lock] = {}
 
     async def check(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
         """Raise unless `cert` is good: CertificateRevoked, or CertificateStatusUnavailable."""
@@ -124,33 +173,48 @@ class CertificateStatus:
 
         None when the certificate declares no status source.
         """
-        now = datetime.now(UTC)
         key = (_sha256(issuer), format(cert.serial_number, "x"))
-        cached = self._memory.get(key)
-        if cached is not None and cached.next_update > now:
-            STATUS_LOOKUPS.labels("memory", cached.status).inc()
+        cached = self._fresh(key)
+        if cached is not None:
             return cached
-        stored = await self._cache.load(*key, now)
-        if stored is not None:
-            self._memory[key] = stored
-            STATUS_LOOKUPS.labels("database", stored.status).inc()
-            return stored
         ocsp_urls, crl_urls = _pointers(cert)
         if not ocsp_urls and not crl_urls:
             STATUS_LOOKUPS.labels("undeclared", "good").inc()
             return None
-        fresh = await self._fetch(cert, issuer, ocsp_urls, crl_urls, now)
-        await self._cache.save(*key, fresh)
-        self._memory[key] = fresh
-        STATUS_LOOKUPS.labels(fresh.source, fresh.status).inc()
-        log.info(
-            "Certificate %x is %s (%s, until %s).",
-            cert.serial_number,
-            fresh.status,
-            fresh.source,
-            fresh.next_update.isoformat(timespec="seconds"),
-        )
+        async with self._asking.setdefault(key, asyncio.Lock()):
+            cached = self._fresh(key)
+            if cached is not None:
+                return cached
+            now = datetime.now(UTC)
+            stored = await self._cache.load(*key, now)
+            if stored is not None:
+                self._memory[key] = stored
+                STATUS_LOOKUPS.labels("database", stored.status).inc()
+                return stored
+            found = await self._cache.refresh(
+                *key, now, lambda: self._fetch(cert, issuer, ocsp_urls, crl_urls, now)
+            )
+        fresh = found.answer
+        if found.origin != "stale":  # a stale answer is used once, not kept
+            self._memory[key] = fresh
+        origin = fresh.source if found.origin == "fetched" else found.origin
+        STATUS_LOOKUPS.labels(origin, fresh.status).inc()
+        if found.origin == "fetched":
+            log.info(
+                "Certificate %x is %s (%s, until %s).",
+                cert.serial_number,
+                fresh.status,
+                fresh.source,
+                fresh.next_update.isoformat(timespec="seconds"),
+            )
         return fresh
+
+    def _fresh(self, key: tuple[str, str]) -> StatusAnswer | None:
+        cached = self._memory.get(key)
+        if cached is not None and cached.next_update > datetime.now(UTC):
+            STATUS_LOOKUPS.labels("memory", cached.status).inc()
+            return cached
+        return None
 
     async def _fetch(
         self,

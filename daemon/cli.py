@@ -206,6 +206,15 @@ async def _print_copy(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _ltv_renew(args: argparse.Namespace) -> int:
+    from daemon import renewal
+
+    progress = renewal.Shown()
+    summary = await renewal.renew_command(_settings(args), args.within_days, args.school, progress)
+    _print(summary.as_json(), args.json)
+    return 1 if summary.failed else 0
+
+
 async def _package(args: argparse.Namespace) -> int:
     from daemon import package_commands as package_cli
 
@@ -369,6 +378,14 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--json", action="store_true")
     cmd.set_defaults(handler=_package)
     _operator_parsers(sub)
+    ltv = sub.add_parser("ltv", help="long-term validation").add_subparsers(
+        required=True, metavar="COMMAND"
+    )
+    cmd = ltv.add_parser("renew", help="fresh validation data and a document timestamp")
+    cmd.add_argument("--within-days", type=int, help="default: ltv.renew_within_days")
+    cmd.add_argument("--school", help="only this school's records")
+    cmd.add_argument("--json", action="store_true")
+    cmd.set_defaults(handler=_ltv_renew)
     from daemon.registry import cli as registry_cli
 
     registry_cli.add_parsers(sub)

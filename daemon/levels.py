@@ -103,7 +103,7 @@ def leveled_signing(
     settings: SigningSettings, db: Database, pool: Pool, client: aiohttp.ClientSession
 ) -> LeveledSigning:
     """The signing the pipeline uses: `settings.level`, status cached in `db`."""
-    status = CertificateStatus(client, DatabaseStatusCache(db), settings)
+    status = CertificateStatus(client, DatabaseStatusCache(db, settings.status_timeout_s), settings)
     tsa = TsaClient(client, settings) if settings.timestamped else None
     roots = load_certificates(settings.trust_roots)
     return LeveledSigning(pool, status, tsa, settings.level, roots)

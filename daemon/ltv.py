@@ -6,10 +6,15 @@ measurements): a document security store holding every certificate of the three
 signatures and their timestamps, and the OCSP responses (or CRLs) that said each was
 good, so the record validates with no network; at B-LTA a document timestamp then
 covers it all, so that the data stays provably unchanged after the TSA's certificate
-expires, until the next renewal. The status answers are the ones
-daemon/certstatus.py cached when each key was about to sign, so building the DSS
-usually costs no request at all. pyHanko's parse and write run in a thread; the TSA
-request goes back to the event loop, where the TSA client lives.
+expires, until the next renewal (`horizon` says when that is due; daemon/renewal.py
+renews with `extend` again: fresh validation data for everything the file holds,
+the previous document timestamps included, then a new document timestamp). The
+status answers are the ones daemon/certstatus.py cached when each key was about to
+sign, so building the DSS usually costs no request at all. pyHanko's parse and write
+run in a thread; the TSA request goes back to the event loop, where the TSA client
+lives. A document timestamp by a TSA certificate the file did not hold yet (a renewal
+after the TSA changed its certificate) is followed by one more DSS update with that
+certificate's status, so the newest timestamp validates offline too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 from io import BytesIO
 from typing import TYPE_CHECKING
 
@@ -37,6 +43,63 @@ if TYPE_CHECKING:
 
 # Room for the document timestamp token in its /Contents (hex digits: twice this).
 DOC_TIMESTAMP_BYTES = 8192
+# Digests and key sizes that no longer prove anything: a timestamp using them is due
+# for renewal at once (ETSI TS 119 312 retired SHA-1; RSA below 2048 bits likewise).
+_WEAK_DIGESTS = {"md5", "sha1"}
+_MIN_RSA_BITS = 2048
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """Until when a record's newest timestamp proves it: its TSA certificate's expiry,
+    or its own time if its algorithm is weak; None if the record has no timestamp."""
+
+    expires_at: datetime | None
+    reason: str  # certificate | algorithm | none
+
+
+def horizon(pdf: bytes) -> Horizon:
+    """The horizon of `pdf`'s newest timestamp (a document or signature timestamp)."""
+    reader = read_pdf(pdf)
+    tokens: list[cms.SignedData] = []
+    try:
+        for sig in reader.embedded_signatures:
+            datas = list(_signed_datas(sig.signed_data))
+            is_doc_timestamp = sig.sig_object_type == "/DocTimeStamp"
+            tokens.extend(datas if is_doc_timestamp else datas[1:])
+    except parse_errors() as exc:
+        raise NotAPdf(f"The record's signatures cannot be read: {exc}") from exc
+    if not tokens:
+        return Horizon(None, "none")
+    newest = max(tokens, key=_gen_time)
+    signer = newest["signer_infos"][0]
+    cert = _token_signer(newest)
+    key = cert.public_key
+    weak = signer["digest_algorithm"]["algorithm"].native in _WEAK_DIGESTS or (
+        key.algorithm == "rsa" and key.bit_size < _MIN_RSA_BITS
+    )
+    if weak:
+        return Horizon(_gen_time(newest), "algorithm")
+    return Horizon(cert["tbs_certificate"]["validity"]["not_after"].native, "certificate")
+
+
+def _gen_time(token: cms.SignedData) -> datetime:
+    info = token["encap_content_info"]["content"].parsed
+    return info["gen_time"].native
+
+
+def _token_signer(token: cms.SignedData) -> asn1_x509.Certificate:
+    sid = token["signer_infos"][0]["sid"].chosen
+    for choice in token["certificates"] or []:
+        cert = choice.chosen
+        if choice.name != "certificate":
+            continue
+        if isinstance(sid, cms.IssuerAndSerialNumber):
+            if cert.issuer == sid["issuer"] and cert.serial_number == sid["serial_number"].native:
+                return cert
+        elif cert.key_identifier == sid.native:
+            return cert
+    raise NotAPdf("A timestamp token does not carry its TSA's certificate.")
 
 
 @dataclass(frozen=True)
@@ -45,6 +108,8 @@ class _Chains:
 
     certs: list[asn1_x509.Certificate] = field(default_factory=list)
     checked: list[tuple[asn1_x509.Certificate, asn1_x509.Certificate]] = field(default_factory=list)
+    # The field of the next document timestamp: DocTimeStamp, then DocTimeStamp2, ...
+    timestamp_field: list[str] = field(default_factory=lambda: ["DocTimeStamp"])
 
 
 async def extend(
@@ -69,15 +134,45 @@ async def extend(
             continue
         (ocsps if answer.source == "ocsp" else crls).append(answer.answer)
     loop = asyncio.get_running_loop()
-    return await asyncio.to_thread(
-        _write, pdf, chains.certs, _unique(ocsps), _unique(crls), tsa if archive else None, loop
+    stamp = (tsa, chains.timestamp_field[0]) if archive else None
+    stamped = await asyncio.to_thread(
+        _write, pdf, chains.certs, _unique(ocsps), _unique(crls), stamp, loop
     )
+    if not archive:
+        return stamped
+    known = {c.dump() for c in chains.certs}
+    newcomer = await asyncio.to_thread(_newest_tsa, stamped)
+    if newcomer is None or newcomer[0].dump() in known:
+        return stamped
+    answer = await status.answer(_crypto(newcomer[0]), _crypto(newcomer[1]))
+    if answer is None:
+        return stamped
+    ocsps, crls = ([answer.answer], []) if answer.source == "ocsp" else ([], [answer.answer])
+    return await asyncio.to_thread(_write, stamped, list(newcomer), ocsps, crls, None, loop)
+
+
+def _newest_tsa(pdf: bytes) -> tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None:
+    """The certificate of the last document timestamp's TSA and its issuer, if it has one."""
+    stamps = read_pdf(pdf).embedded_timestamp_signatures
+    if not stamps:
+        return None
+    token = stamps[-1].signed_data
+    cert = _token_signer(token)
+    issuers = [
+        c.chosen
+        for c in token["certificates"] or []
+        if c.name == "certificate" and c.chosen.subject == cert.issuer
+    ]
+    return (cert, issuers[0]) if issuers else None
 
 
 def _collect(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> _Chains:
     reader = read_pdf(pdf)
     chains = _Chains()
     try:
+        stamps = sum(s.sig_object_type == "/DocTimeStamp" for s in reader.embedded_signatures)
+        if stamps:
+            chains.timestamp_field[:] = [f"DocTimeStamp{stamps + 1}"]
         for sig in reader.embedded_signatures:
             for signed_data in _signed_datas(sig.signed_data):
                 certs = signed_data["certificates"] or []
@@ -109,7 +204,7 @@ def _write(
     certs: list[asn1_x509.Certificate],
     ocsps: list[bytes],
     crls: list[bytes],
-    tsa: TsaClient | None,
+    stamp: tuple[TsaClient, str] | None,
     loop: asyncio.AbstractEventLoop,
 ) -> bytes:
     from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -125,11 +220,12 @@ def _write(
             ocsps=[ocsp.OCSPResponse.load(der) for der in ocsps],
             crls=[asn1_crl.CertificateList.load(der) for der in crls],
         )
-        if tsa is None:
+        if stamp is None:
             out = BytesIO()
             writer.write(out)
             return out.getvalue()
-        stamper = PdfTimeStamper(_LoopTimeStamper(tsa, loop), field_name="DocTimeStamp")
+        tsa, field_name = stamp
+        stamper = PdfTimeStamper(_LoopTimeStamper(tsa, loop), field_name=field_name)
         stamped = stamper.timestamp_pdf(writer, "sha256", bytes_reserved=2 * DOC_TIMESTAMP_BYTES)
         return bytes(stamped.getvalue())
     except parse_errors() as exc:

@@ -53,9 +53,21 @@ class DatabaseSettings(_Section):
     pool_min: int = Field(default=2, ge=1)
     pool_max: int = Field(default=10, ge=1)
     command_timeout_s: float = 30.0
+    # Least privilege (README, Deploying): `dsn` names a login role in hocba_daemon;
+    # `migrate` connects as the schema owner by `migrate_dsn`, `verify-server` as a
+    # member of hocba_verifier by `verifier_dsn` (each unset: `dsn`). Each unit's own
+    # `db-password` credential is that role's password.
+    migrate_dsn: str | None = None
+    verifier_dsn: str | None = None
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret(self.password, self.password_file, "db-password")
+
+    def for_migrations(self) -> DatabaseSettings:
+        return self.model_copy(update={"dsn": self.migrate_dsn or self.dsn})
+
+    def for_verifier(self) -> DatabaseSettings:
+        return self.model_copy(update={"dsn": self.verifier_dsn or self.dsn})
 
 
 class AmqpSettings(_Section):
@@ -93,6 +105,10 @@ class HsmSettings(_Section):
     pin_file: Path | None = None
     workers: int = Field(default=2, ge=1, le=64)
     op_timeout_s: float = Field(default=30.0, gt=0)
+    # Replace the worker processes after this many signatures: the fresh ones log in
+    # before the old ones finish their jobs and exit, so no request waits or is lost.
+    # 0: never.
+    recycle_after_jobs: int = Field(default=10_000, ge=0)
     # Extra environment for the worker processes, e.g. SOFTHSM2_CONF or
     # P11_KIT_SERVER_ADDRESS for a token reached through `p11-kit server`.
     env: dict[str, str] = Field(default_factory=dict)
@@ -130,6 +146,9 @@ class SigningSettings(_Section):
     # reach into the network it runs in. Plain http only where explicitly allowed.
     fetch_allowed_hosts: list[str] = Field(default_factory=list)
     fetch_allow_http: bool = False
+    # Processes rendering v2 records (record_data) off the event loop; 0 renders in a
+    # thread of the daemon's own process, which holds the GIL its event loop needs.
+    render_workers: int = Field(default=1, ge=0, le=64)
 
     @property
     def timestamped(self) -> bool:
@@ -237,6 +256,19 @@ class PackagingSettings(_Section):
     submit: bool = True
 
 
+class LtvSettings(_Section):
+    """Renewal of issued records' long-term validation data (daemon/renewal.py)."""
+
+    # Records whose newest timestamp's TSA certificate (or algorithm) expires within
+    # this many days get fresh validation data and a new document timestamp.
+    renew_within_days: int = Field(default=180, ge=1, le=3650)
+    # The daily run's time of day in Vietnam (HH:MM); unset, there is no schedule and
+    # `hocba-signer ltv renew` renews by command only.
+    renew_at: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    # At most this many records a minute, so the TSA and the night's other work keep room.
+    max_per_minute: int = Field(default=60, ge=1, le=100_000)
+
+
 # The dev PKI's certificate policies, one per role (UUID OIDs, ITU-T X.667: no registration).
 RoleName = Literal["homeroom_teacher", "principal", "school_seal"]
 DEV_ROLE_POLICIES: dict[str, RoleName] = {
@@ -280,6 +312,17 @@ class VerifyServerSettings(_Section):
     queue_per_worker: int = Field(default=4, ge=1)
 
 
+class AuditSettings(_Section):
+    """The audit trail's anchors and its scheduled verification (daemon/audit/)."""
+
+    # The chains' heads are timestamped by signing.tsa_url this often, and after each
+    # round's deadline (packaging.deadlines); None: never (no TSA configured, no anchors).
+    anchor_every_s: float | None = Field(default=86_400.0, gt=0)
+    # The daemon walks the chains and anchors this often (one instance at a time) and
+    # says so in hocba_audit_last_verification_ok; None: only `hocba-signer audit verify`.
+    verify_every_s: float | None = Field(default=86_400.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration, loaded once in `main` and passed down."""
 
@@ -303,8 +346,10 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     ministry: MinistrySettings = MinistrySettings()
     packaging: PackagingSettings = PackagingSettings()
+    ltv: LtvSettings = LtvSettings()
     verification: VerificationSettings = VerificationSettings()
     verify_server: VerifyServerSettings = VerifyServerSettings()
+    audit: AuditSettings = AuditSettings()
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

@@ -95,7 +95,7 @@ class TsaClient:
 def _token(body: bytes, digest: bytes, nonce: int) -> cms.ContentInfo:
     """The token of a TSA's answer, if it is granted and for this digest and nonce."""
     try:
-        response = tsp.TimeStampResp.load(body)
+        response = _Reply.load(body)
         status = response["status"]["status"].native
         token = response["time_stamp_token"]
         if status not in _GRANTED or not isinstance(token, cms.ContentInfo):
@@ -115,6 +115,16 @@ def _token(body: bytes, digest: bytes, nonce: int) -> cms.ContentInfo:
         TSA_ERRORS.labels("invalid").inc()
         raise TsaUnavailable("The TSA's token is not for the digest and nonce asked.")
     return token
+
+
+class _Reply(core.Sequence):
+    """TimeStampResp as RFC 3161 has it, the token optional: a refusal carries none,
+    and asn1crypto's spec would call it unreadable."""
+
+    _fields = [  # noqa: RUF012 - asn1crypto's spec form
+        ("status", tsp.PKIStatusInfo),
+        ("time_stamp_token", cms.ContentInfo, {"optional": True}),
+    ]
 
 
 # The signature timestamp in a signed PDF

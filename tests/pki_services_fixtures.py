@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from daemon.certstatus import StatusAnswer
+from daemon.certstatus import Fetch, Found, StatusAnswer
 from daemon.dev import pki_services
 from daemon.dev.pki import SignerSpec, ensure_softhsm_token, provision
 from daemon.pdf.validation import load_certificates
@@ -96,8 +96,10 @@ class MemoryStatusCache:
         row = self.rows.get((issuer, serial))
         return row if row is not None and row.next_update > now else None
 
-    async def save(self, issuer: str, serial: str, answer: StatusAnswer) -> None:
+    async def refresh(self, issuer: str, serial: str, now: datetime, fetch: Fetch) -> Found:
+        answer = await fetch()
         self.rows[(issuer, serial)] = answer
+        return Found(answer, "fetched")
 
 
 @pytest_asyncio.fixture

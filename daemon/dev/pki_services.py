@@ -12,8 +12,9 @@ Why not certomancer's animator: it serves a PKI it holds every key of, described
 its own YAML, while the signers' keys here are generated inside SoftHSM and certified
 by pki.py's issuing CA; mirroring that CA into certomancer would make two PKIs to keep
 in step. pyca/cryptography (already a dependency) builds OCSP responses and CRLs from
-the certificate's serial alone, and pyHanko's `DummyTimeStamper` (maintained with
-pyHanko) signs timestamp tokens with a key we give it; each handler is a few lines.
+the certificate's serial alone, and daemon/dev/tsa.py answers timestamp requests
+with its key loaded once (pyHanko's `DummyTimeStamper` reloads it for every token,
+49 ms each); each handler is a few lines.
 
 Files under `pki/`: `services.json` (the base URL, written before the signers'
 certificates so that their AIA and CRL distribution points name it), `tsa.key`,
@@ -23,20 +24,19 @@ so `hocba-signer dev revoke` takes effect at once and survives restarts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from asn1crypto import keys as asn1_keys
-from asn1crypto import tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from daemon.dev.tsa import TimestampAuthority
 from daemon.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ def _load_authority(cert_path: Path, key_path: Path) -> _Authority:
     return _Authority(cert, key)
 
 
-def ensure_tsa(pki: Path) -> Path:
+def ensure_tsa(pki: Path, validity: timedelta = TSA_VALIDITY) -> Path:
     """The TSA's key and certificate (issued by the issuing CA), made once; its PEM path."""
     pem = pki / "tsa.pem"
     if pem.exists():
@@ -208,7 +209,7 @@ def ensure_tsa(pki: Path) -> Path:
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + TSA_VALIDITY)
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -232,39 +233,48 @@ def ensure_tsa(pki: Path) -> Path:
 # The services
 
 
+@dataclass(frozen=True)
+class Hold:
+    """A service held back: `arrived` once a request waits, which answers on `release`."""
+
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class _Services:
     def __init__(self, pki: Path, config: ServicesConfig) -> None:
-        from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
-
         self.pki = pki
         self.validity = timedelta(seconds=config.validity_s)
         self.issuing = _load_authority(pki / "issuing.pem", pki / "issuing.key")
         self.root = _load_authority(pki / "root.pem", pki / "root.key")
         tsa = _load_authority(pki / "tsa.pem", pki / "tsa.key")
-        issuing_der = self.issuing.cert.public_bytes(serialization.Encoding.DER)
-        tsa_key_der = tsa.key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        self.tsa = DummyTimeStamper(
-            tsa_cert=asn1_x509.Certificate.load(tsa.cert.public_bytes(serialization.Encoding.DER)),
-            tsa_key=asn1_keys.PrivateKeyInfo.load(tsa_key_der),
-            certs_to_embed=[asn1_x509.Certificate.load(issuing_der)],  # type: ignore[arg-type]
+        der = serialization.Encoding.DER
+        self.tsa = TimestampAuthority(
+            tsa.cert.public_bytes(der), tsa.key, [self.issuing.cert.public_bytes(der)]
         )
         self.counts = {"ocsp": 0, "crl": 0, "tsa": 0}
         # Services answering 503, for rehearsing a responder or TSA outage.
         self.down: set[str] = set()
+        # Services that answer only once released, for rehearsing a slow responder.
+        self.held: dict[str, Hold] = {}
 
     @web.middleware
     async def outages(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         name = request.path.strip("/").split("/")[0]
         if name in self.down:
             return web.Response(status=503, text=f"{name} is down (rehearsal).")
+        if name in self.counts:
+            self.counts[name] += 1
+        held = self.held.get(name)
+        if held is not None:
+            held.arrived.set()
+            await held.released.wait()
         return await handler(request)
 
     async def ocsp(self, request: web.Request) -> web.Response:
-        self.counts["ocsp"] += 1
         try:
             asked = ocsp.load_der_ocsp_request(await request.read())
         except ValueError:
@@ -299,7 +309,6 @@ class _Services:
 
     async def crl(self, request: web.Request) -> web.Response:
         """The issuing CA's CRL, or the root's (which lists no revoked CA: dev revokes signers)."""
-        self.counts["crl"] += 1
         is_root = request.match_info["name"] == "root"
         authority = self.root if is_root else self.issuing
         now = datetime.now(UTC).replace(microsecond=0)
@@ -322,15 +331,8 @@ class _Services:
         return web.Response(body=body, content_type="application/pkix-crl")
 
     async def timestamp(self, request: web.Request) -> web.Response:
-        self.counts["tsa"] += 1
-        try:
-            asked = tsp.TimeStampReq.load(await request.read())
-            asked.native  # noqa: B018 - parses it all now, so a bad request fails here
-        except ValueError:
-            refused = tsp.TimeStampResp({"status": {"status": "rejection"}})
-            return web.Response(body=refused.dump(), content_type="application/timestamp-reply")
-        answer = self.tsa.request_tsa_response(asked)
-        return web.Response(body=answer.dump(), content_type="application/timestamp-reply")
+        answer = self.tsa.respond(await request.read())
+        return web.Response(body=answer, content_type="application/timestamp-reply")
 
 
 def _key_hash(cert: x509.Certificate, algorithm: hashes.HashAlgorithm) -> bytes:
@@ -372,6 +374,11 @@ class Running:
     def set_down(self, *names: str) -> None:
         """Make these services (ocsp, crl, tsa) answer 503 until set_down() is called again."""
         self._services.down = set(names)
+
+    def hold(self, name: str) -> Hold:
+        """Make service `name` answer only once the hold is released."""
+        held = self._services.held[name] = Hold()
+        return held
 
 
 @contextlib.asynccontextmanager
