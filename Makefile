@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: deps demo test unit integration lint format typecheck system-deps services clean bench bench-quick chaos soak fresh-check
+.PHONY: deps demo test unit integration lint format typecheck system-deps services clean bench bench-quick chaos soak fresh-check district
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ bench: $(STAMP) system-deps services
 ## The same in under a minute (fewer records, no paced run).
 bench-quick: $(STAMP) system-deps services
 	$(BIN)/python -m bench.run --quick
+
+## 500 schools with rosters through both deadlines on an accelerated clock: the deadline
+## alerts and the "Will miss the next deadline" panel, evaluated by promtool, must name
+## exactly the schools the simulation's ground truth names (tools/district/). JSON on stdout.
+DISTRICT_SCHOOLS ?= 500
+district: $(STAMP) system-deps services
+	$(BIN)/python -m tools.district --schools $(DISTRICT_SCHOOLS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,17 +14,17 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from aio_pika.abc import AbstractRobustConnection
-from prometheus_client import Gauge
 
 from daemon import amqp, metrics, outbox, topology
-from daemon.clock import VIETNAM
+from daemon.clock import VIETNAM, Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import BrokerUnavailable, HocbaError
+from daemon.foresight import FORESIGHT_SQL, STUCK_AFTER_S, Foresight, LabelledGauge, progress
 from daemon.settings import AmqpSettings
 from daemon.stages import State
 
@@ -38,14 +38,6 @@ _YEAR = re.compile(r"^(\d{4})-(\d{4})$")
 # Record states a record can be in (a refusal never changes a record's state).
 RECORD_STATES = tuple(s.value for s in State if s is not State.REJECTED)
 
-# The two latest academic years keep the label set bounded as years accumulate.
-RECORDS_SQL = """
-SELECT school_id, academic_year, submission_round, state,
-       count(*) AS records, count(*) FILTER (WHERE signatures = 3) AS issued
-FROM records
-WHERE academic_year IN (SELECT DISTINCT academic_year FROM records ORDER BY 1 DESC LIMIT 2)
-GROUP BY school_id, academic_year, submission_round, state
-"""
 CERTIFICATES_SQL = """
 SELECT school_id,
        count(*) FILTER (WHERE cert_not_after < now() + make_interval(days => $1)) AS expiring,
@@ -97,22 +89,6 @@ def deadline(academic_year: str, submission_round: int, day_month: str) -> datet
     return datetime(end_year, month, day, 23, 59, 59, tzinfo=VIETNAM)
 
 
-@dataclass
-class LabelledGauge:
-    """Sets a whole family at once, removing the label sets that disappeared."""
-
-    gauge: Gauge
-    _seen: set[LabelValues] = field(default_factory=set)
-
-    def replace(self, values: Mapping[LabelValues, float]) -> None:
-        for labels, value in values.items():
-            self.gauge.labels(*labels).set(value)
-        for labels in self._seen - values.keys():
-            with contextlib.suppress(KeyError):
-                self.gauge.remove(*labels)
-        self._seen = set(values)
-
-
 @dataclass(frozen=True)
 class RecordCounts:
     records: dict[LabelValues, float]
@@ -122,7 +98,9 @@ class RecordCounts:
 
 def record_counts(rows: Iterable[Mapping[str, Any]], deadlines: Mapping[int, str]) -> RecordCounts:
     """Gauge values from the GROUP BY rows: every state of a (school, year, round) shown,
-    zeros included, so a panel's line drops to 0 instead of vanishing."""
+    zeros included, so a panel's line drops to 0 instead of vanishing. A roster's row
+    (state None) shows its round at zero before the first record, so a school that has
+    not started is on the dashboards."""
     records: dict[LabelValues, float] = {}
     issued: dict[LabelValues, float] = {}
     years: set[str] = set()
@@ -131,8 +109,11 @@ def record_counts(rows: Iterable[Mapping[str, Any]], deadlines: Mapping[int, str
         years.add(row["academic_year"])
         for state in RECORD_STATES:
             records.setdefault((*key, state), 0.0)
+        issued.setdefault(key, 0.0)
+        if row["state"] is None:
+            continue
         records[(*key, row["state"])] = float(row["records"])
-        issued[key] = issued.get(key, 0.0) + float(row["issued"])
+        issued[key] += float(row["issued"])
     dates: dict[LabelValues, float] = {}
     for year in years:
         for round_, day_month in deadlines.items():
@@ -154,6 +135,7 @@ class Monitor:
         *,
         interval_s: float = 15.0,
         check_timeout_s: float = 10.0,
+        clock: Clock = vietnam_now,
     ) -> None:
         self._db = db
         self._queues = queues
@@ -161,6 +143,9 @@ class Monitor:
         self._deadlines = deadlines
         self._interval_s = interval_s
         self._check_timeout_s = check_timeout_s
+        # The pipeline's and the packager's clock: deadline math runs at their time.
+        self._clock = clock
+        self._foresight = Foresight()
         self._records = LabelledGauge(metrics.RECORDS)
         self._issued = LabelledGauge(metrics.RECORDS_ISSUED)
         self._deadline_gauge = LabelledGauge(metrics.DEADLINE)
@@ -178,9 +163,10 @@ class Monitor:
         metrics.MONITOR_REFRESH.set(time.time())
 
     async def _database(self) -> None:
+        now = self._clock()
         try:
             async with self._db.connection() as conn:
-                rows = await conn.fetch(RECORDS_SQL)
+                rows = await conn.fetch(FORESIGHT_SQL, now - timedelta(seconds=STUCK_AFTER_S))
                 certificates = await conn.fetch(CERTIFICATES_SQL, EXPIRY_WINDOW_DAYS)
                 pending = await conn.fetchrow(outbox.BACKLOGS_SQL)
         except HocbaError as exc:
@@ -190,6 +176,7 @@ class Monitor:
         self._records.replace(counts.records)
         self._issued.replace(counts.issued)
         self._deadline_gauge.replace(counts.deadlines)
+        self._foresight.update(progress(rows), now.timestamp())
         self._expiring.replace({(r["school_id"],): float(r["expiring"]) for r in certificates})
         self._soonest.replace({(r["school_id"],): r["soonest"].timestamp() for r in certificates})
         if pending is not None:

@@ -1,0 +1,1 @@
+"""`make district`: a simulated district checks the deadline alerts and panel (see __main__)."""
