@@ -1,29 +1,103 @@
-"""The homeroom teacher's document: inline or fetched by reference, then checked."""
+"""The homeroom teacher's document: inline or fetched by reference, then checked.
+
+A v2 record is rendered in a process pool (`RenderPool`, built once by the composition
+root), not in a thread: rendering is pure-Python CPU work (fpdf2's line breaking, font
+subsetting; ~250 ms a record), so in a thread it holds the GIL that the event loop
+needs, and a burst of records stalls every other request. The HSM workers are not
+used for it: their slots are the token's sessions, and a 250 ms render in one would
+hold a signing slot that a signature needs for a few milliseconds.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 
 import aiohttp
 from yarl import URL
 
-from daemon.errors import DocumentFetchFailed, DocumentUnavailable, HashMismatch, NotAPdf
+from daemon.errors import (
+    DocumentFetchFailed,
+    DocumentUnavailable,
+    HashMismatch,
+    InternalError,
+    NotAPdf,
+)
 from daemon.messages import Document, SignRequest, SignRequestV2
 from daemon.pdf.pades import inspect_pdf
 from daemon.record.attached import check_attached_record
 from daemon.record.model import RecordData
-from daemon.record.render import render_record
+from daemon.record.render import render_record, warm_fonts
 from daemon.settings import SigningSettings
 
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 414, 451})
+log = logging.getLogger(__name__)
+
+
+def render_checked(record_id: str, record_data: RecordData, max_bytes: int) -> bytes:
+    """The record's PDF, accepted by the intake check as any teacher's PDF must be."""
+    pdf = render_record(record_id, record_data)
+    inspect_pdf(pdf, max_bytes)
+    return pdf
+
+
+def _warm() -> None:
+    """A render worker's start: the fonts cut before its first record waits for them."""
+    warm_fonts()
+
+
+class RenderPool:
+    """Processes that render v2 records; 0 workers renders in a thread (tests, tools)."""
+
+    def __init__(self, workers: int) -> None:
+        self._workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _spawned(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            # Spawned, not forked: a fork would copy the event loop and open sockets.
+            self._executor = ProcessPoolExecutor(
+                self._workers, mp_context=get_context("spawn"), initializer=_warm
+            )
+        return self._executor
+
+    async def render(self, record_id: str, record_data: RecordData, max_bytes: int) -> bytes:
+        if self._workers == 0:
+            return await asyncio.to_thread(render_checked, record_id, record_data, max_bytes)
+        executor = self._spawned()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                executor, render_checked, record_id, record_data, max_bytes
+            )
+        except BrokenProcessPool as exc:
+            log.warning("A render worker died rendering record %s; replacing the pool.", record_id)
+            if self._executor is executor:
+                self._executor = None
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise InternalError("A render worker process died.") from exc
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
 
 class DocumentSource:
     """Fetches referenced documents from allowed hosts only, bounded in size and time."""
 
-    def __init__(self, session: aiohttp.ClientSession, settings: SigningSettings) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: SigningSettings,
+        renderer: RenderPool | None = None,
+    ) -> None:
         self._session = session
+        self._renderer = renderer or RenderPool(0)
         self._max_bytes = settings.max_document_bytes
         self._timeout = aiohttp.ClientTimeout(total=settings.fetch_timeout_s)
         self._hosts = frozenset(h.lower() for h in settings.fetch_allowed_hosts)
@@ -48,17 +122,14 @@ class DocumentSource:
     async def rendered(self, request: SignRequestV2) -> bytes:
         """The PDF/A-3 the record's data renders to, checked as any teacher's PDF is."""
         assert request.record_data is not None
-        return await asyncio.to_thread(self._render, request.record.record_id, request.record_data)
+        return await self._renderer.render(
+            request.record.record_id, request.record_data, self._max_bytes
+        )
 
     def _inspect(self, data: bytes, request: SignRequest | None) -> None:
         inspect_pdf(data, self._max_bytes)
         if request is not None:
             check_attached_record(data, request.school_id, request.record)
-
-    def _render(self, record_id: str, record_data: RecordData) -> bytes:
-        pdf = render_record(record_id, record_data)
-        inspect_pdf(pdf, self._max_bytes)
-        return pdf
 
     async def _fetch(self, url: str) -> bytes:
         self._check_allowed(URL(url))

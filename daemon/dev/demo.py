@@ -34,9 +34,16 @@ from daemon.messages import RecordInfo
 from daemon.packaging.packages import Package, PackageState
 from daemon.packaging.runner import PackageRunner
 from daemon.pdf import validation
+from daemon.record.xml import record_sha256
 from daemon.settings import Settings
 from daemon.stages import ORDER, Stage, State
-from producers.school_system import sample_pdf, sample_record, sign_request
+from producers.school_system import (
+    sample_pdf,
+    sample_record,
+    sample_record_data,
+    sign_request,
+    sign_request_v2,
+)
 
 _NEXT = {State.SIGNED_BY_TEACHER: Stage.PRINCIPAL, State.SIGNED_BY_PRINCIPAL: Stage.SCHOOL_SEAL}
 
@@ -88,6 +95,8 @@ async def run(
     valid = await asyncio.to_thread(_validate_all, driver.issued, roots)
     return {
         "records": progress.total,
+        "records_from_data": driver.from_data,
+        "records_from_pdf": progress.total - driver.from_data,
         "issued": progress.issued,
         "rejected": progress.rejected,
         "reasons": progress.reasons,
@@ -142,6 +151,7 @@ class Driver:
         self.issued: list[Path] = []
         self.progress = Progress(total=0)
         self.rounds: set[tuple[str, int]] = set()
+        self.from_data = 0  # records sent as hocba.sign_request.v2 with record_data
         # Each record waits for the outcome of the one request last published for it.
         self._waiting: dict[tuple[str, str], tuple[RecordInfo, str]] = {}
         self._requests: aio_pika.abc.AbstractExchange | None = None
@@ -159,10 +169,13 @@ class Driver:
             for school in self.env.schools:
                 await queue.bind(status, routing_key=f"status.{school}.#")
             await queue.consume(self._on_status)
-            for school in self.env.schools:
+            for i, school in enumerate(self.env.schools):
                 for n in range(per_school):
                     info = sample_record(rng, school, run_tag, n)
                     self.rounds.add((info.academic_year, info.submission_round))
+                    if i % 2:  # every second school sends its records as data
+                        await self._publish_data(school, info, rng)
+                        continue
                     pdf = sample_pdf(info, f"Trường Tiểu học {school}")
                     await self._publish(school, info, ORDER[0], _sha256(pdf), pdf)
             with contextlib.suppress(TimeoutError):
@@ -170,13 +183,26 @@ class Driver:
         if sys.stderr.isatty():
             sys.stderr.write("\n")
 
+    async def _publish_data(self, school: str, info: RecordInfo, rng: random.Random) -> None:
+        """The teacher's request as v2: the record's data, which the daemon renders."""
+        data = sample_record_data(rng, info, school)
+        stage = ORDER[0]
+        signer = self.env.signer_for(school, stage.value)
+        digest = record_sha256(info.record_id, data)
+        token = self.env.consent_signer(school).mint(signer, stage, [(info.record_id, digest)])
+        self.from_data += 1
+        await self._send(school, info, sign_request_v2(school, info, signer, token, data))
+
     async def _publish(
         self, school: str, info: RecordInfo, stage: Stage, digest: str, pdf: bytes | None = None
     ) -> None:
-        assert self._requests is not None
         signer = self.env.signer_for(school, stage.value)
         token = self.env.consent_signer(school).mint(signer, stage, [(info.record_id, digest)])
-        key, body, rid = sign_request(school, info, stage, signer, token, pdf)
+        await self._send(school, info, sign_request(school, info, stage, signer, token, pdf))
+
+    async def _send(self, school: str, info: RecordInfo, request: tuple[str, bytes, str]) -> None:
+        assert self._requests is not None
+        key, body, rid = request
         message = aio_pika.Message(
             body,
             content_type="application/json",

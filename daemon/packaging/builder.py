@@ -73,6 +73,7 @@ class Packager:
         if seal is None:
             raise UnknownSigner(f"School {package.school_id} has no active seal key.")
         key = KeyRef(package.school_id, *seal)
+        content = await container.with_record_xml(content, self.blobs)
         signature = await self.signing.sign_cms(key, content.manifest_bytes(), package.signing_time)
         written = await self.blobs.put_stream(
             container.container_chunks(content, signature, self.blobs)

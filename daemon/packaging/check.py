@@ -23,9 +23,12 @@ from xml.etree import ElementTree
 
 from asn1crypto import x509
 
+from daemon.errors import HocbaError, InvalidMessage
 from daemon.packaging import container, seal_check, zipcheck
 from daemon.packaging.seal_check import CadesReport
 from daemon.pdf import validation
+from daemon.record.attached import attached_record_xml
+from daemon.record.xml import read_xml
 from daemon.settings import VerificationSettings
 from daemon.verification import described
 from daemon.verification.verdict import Problem, RecordVerdict, judge
@@ -100,10 +103,16 @@ def _check_archive(
     )
     records = _check_index(archive, names, digests, report)
     report.problems += seal_check.school_problems(report.cades, report.index.get("school_id"))
+    for name in names:
+        xml_of = name.removeprefix("records/").removesuffix(".xml")
+        beside = name.startswith("records/") and name.endswith(".xml")
+        if beside and f"records/{xml_of}.pdf" not in names:
+            report.add("unexpected_entry", f"{name} is beside no PDF.")
     if check_pdfs and not report.problems:
         for record_id, entry in records.items():
             pdf = archive.read(f"records/{record_id}.pdf")
             _check_pdf(record_id, entry, pdf, roots, report, rules)
+            _check_record_xml(archive, record_id, pdf, set(names), report)
             report.pdfs_checked += 1
 
 
@@ -137,7 +146,39 @@ def _expected(name: str) -> bool:
     if name in (container.MIMETYPE_ENTRY, container.INDEX):
         return True
     record_id = _record_of(name)
+    if record_id is None and name.startswith("records/") and name.endswith(".xml"):
+        record_id = name.removeprefix("records/").removesuffix(".xml")  # the data beside it
     return record_id is not None and "/" not in record_id and record_id != ""
+
+
+def _check_record_xml(
+    archive: zipfile.ZipFile, record_id: str, pdf: bytes, names: set[str], report: PackageReport
+) -> None:
+    """records/<id>.xml: there exactly when the PDF carries the data, and the same bytes."""
+    entry = f"records/{record_id}.xml"
+    try:
+        embedded = attached_record_xml(pdf) if b"EmbeddedFile" in pdf else None
+    except HocbaError as exc:
+        report.add("record_xml_mismatch", f"records/{record_id}.pdf: its XML is unreadable: {exc}")
+        return
+    beside = archive.read(entry) if entry in names else None
+    if embedded is None and beside is None:
+        return
+    if beside is None:
+        report.add(
+            "record_xml_missing", f"records/{record_id}.pdf carries its data; {entry} is missing."
+        )
+        return
+    if beside != embedded:
+        report.add("record_xml_mismatch", f"{entry} is not the XML its PDF carries.")
+        return
+    try:
+        found, _ = read_xml(beside, entry)
+    except InvalidMessage as exc:
+        report.add("record_xml_invalid", str(exc))
+        return
+    if found != record_id:
+        report.add("record_xml_mismatch", f"{entry} describes record {found}.")
 
 
 def _record_of(name: str) -> str | None:

@@ -2,14 +2,18 @@
 
 Entries, in this order: `mimetype` (first, stored), `META-INF/ASiCManifest.xml`,
 `META-INF/signature001.p7s`, `records.json`, then `records/<record_id>.pdf` sorted by
-record id. Every entry is STORED (the PDFs compress their streams already, and stored
-bytes do not depend on the zlib version), dated 1980-01-01 00:00, with Unix mode 0644
-and no extra fields. So the same records and the same CAdES signature give the same
-bytes; the signature itself is deterministic for a fixed signing time (RSA PKCS#1
-v1.5), which is why a package's signing time is stored with it and reused on rebuild.
+record id, each followed by `records/<record_id>.xml` when its PDF carries the record's
+data (hocba-record.xml, daemon/record/attached.py): the same bytes, beside the PDF, so
+the ministry reads the fields without opening the PDF. Every entry is STORED (the PDFs
+compress their streams already, and stored bytes do not depend on the zlib version),
+dated 1980-01-01 00:00, with Unix mode 0644 and no extra fields. So the same records
+and the same CAdES signature give the same bytes; the signature itself is deterministic
+for a fixed signing time (RSA PKCS#1 v1.5), which is why a package's signing time is
+stored with it and reused on rebuild.
 
-The manifest is computed before any PDF is read (blobs are content-addressed, so
-every PDF's digest is known). `container_chunks` reads the PDFs one at a time through
+The manifest is computed before the container is written (blobs are content-addressed,
+so every PDF's digest is known; `with_record_xml` reads each PDF once, one at a time,
+for its XML's digest). `container_chunks` reads the PDFs one at a time through
 the blob reader and hands the container out in chunks, entry by entry, as it is
 written: a school of 2,000 records never sits in memory, and no local file is needed.
 """
@@ -23,12 +27,13 @@ import io
 import json
 import zipfile
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from daemon.blobs import BlobReader
 from daemon.errors import StoreCorrupt
+from daemon.record.attached import attached_record_xml
 
 MIMETYPE = "application/vnd.etsi.asic-e+zip"
 ASIC_NS = "http://uri.etsi.org/02918/v1.2.1#"
@@ -41,6 +46,7 @@ INDEX = "records.json"
 INDEX_TYPE = "hocba.package_index.v1"
 PDF_MIME = "application/pdf"
 JSON_MIME = "application/json"
+XML_MIME = "application/xml"
 CMS_MIME = "application/pkcs7-signature"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 CHUNK_BYTES = 1 << 20
@@ -53,10 +59,15 @@ class PackagedRecord:
     grade: int
     class_name: str
     sha256: str
+    xml_sha256: str | None = None  # of the hocba-record.xml its PDF carries, if any
 
     @property
     def entry(self) -> str:
         return f"records/{self.record_id}.pdf"
+
+    @property
+    def xml_entry(self) -> str:
+        return f"records/{self.record_id}.xml"
 
 
 @dataclass(frozen=True)
@@ -78,16 +89,7 @@ class PackageContent:
             "school_id": self.school_id,
             "academic_year": self.academic_year,
             "submission_round": self.submission_round,
-            "records": [
-                {
-                    "record_id": r.record_id,
-                    "student_id": r.student_id,
-                    "grade": r.grade,
-                    "class": r.class_name,
-                    "sha256": r.sha256,
-                }
-                for r in self.sorted_records()
-            ],
+            "records": [_index_entry(r) for r in self.sorted_records()],
         }
         text = json.dumps(index, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return (text + "\n").encode("utf-8")
@@ -95,8 +97,39 @@ class PackageContent:
     def manifest_bytes(self) -> bytes:
         """META-INF/ASiCManifest.xml with the SHA-256 of records.json and every PDF."""
         objects = [(INDEX, JSON_MIME, hashlib.sha256(self.index_bytes()).digest())]
-        objects += [(r.entry, PDF_MIME, bytes.fromhex(r.sha256)) for r in self.sorted_records()]
+        for r in self.sorted_records():
+            objects.append((r.entry, PDF_MIME, bytes.fromhex(r.sha256)))
+            if r.xml_sha256 is not None:
+                objects.append((r.xml_entry, XML_MIME, bytes.fromhex(r.xml_sha256)))
         return manifest_xml(objects)
+
+
+def _index_entry(r: PackagedRecord) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "record_id": r.record_id,
+        "student_id": r.student_id,
+        "grade": r.grade,
+        "class": r.class_name,
+        "sha256": r.sha256,
+    }
+    if r.xml_sha256 is not None:
+        entry["xml_sha256"] = r.xml_sha256
+    return entry
+
+
+def _record_xml(pdf: bytes) -> bytes | None:
+    # Embedded-file streams are never in object streams: a PDF without one costs no parse.
+    return attached_record_xml(pdf) if b"EmbeddedFile" in pdf else None
+
+
+async def with_record_xml(content: PackageContent, pdfs: BlobReader) -> PackageContent:
+    """`content` with each record's XML digest, for those whose PDF carries the data."""
+    records = []
+    for record in content.records:
+        xml = await asyncio.to_thread(_record_xml, await pdfs.get(record.sha256))
+        digest = hashlib.sha256(xml).hexdigest() if xml is not None else None
+        records.append(replace(record, xml_sha256=digest))
+    return replace(content, records=tuple(records))
 
 
 def manifest_xml(objects: list[tuple[str, str, bytes]]) -> bytes:
@@ -137,6 +170,12 @@ async def container_chunks(
             )
         await asyncio.to_thread(archive.writestr, zip_info(record.entry), pdf)
         yield spool.take()
+        if record.xml_sha256 is not None:
+            xml = await asyncio.to_thread(_record_xml, pdf)
+            if xml is None or hashlib.sha256(xml).hexdigest() != record.xml_sha256:
+                raise StoreCorrupt(f"Record {record.record_id}'s XML is not the one listed.")
+            archive.writestr(zip_info(record.xml_entry), xml)
+            yield spool.take()
     archive.close()
     yield spool.take()
 

@@ -13,6 +13,12 @@ indirect array, the array); the AcroForm; three invisible field widgets; the sea
 the trailer's /Size (pyHanko skips one), and the new /ID half is a function of the
 request (pyHanko draws it at random).
 
+A document whose catalogue asks for visible signatures (daemon/pdf/appearance.py) gets
+them as pyHanko's `SigFieldSpec(box=..., on_page=...)` makes them: each field's widget
+with its /Rect on its box's page (that page, not the first, gets the /Annots), an empty
+appearance for the unsigned ones; then, as daemon/pdf/pades.py adds them on pyHanko's
+path, the signature font in the AcroForm's /DR and the teacher's appearance.
+
 The input passed intake (`pades.inspect_pdf`), so it is not encrypted and has no
 signature fields; anything else this module does not handle exactly as pyHanko does
 (a form, /Perms, /Annots on a page-tree node, a catalogue whose /Extensions would need
@@ -25,6 +31,19 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from daemon.pdf.appearance import (
+    BOXES_KEY,
+    FONT_RESOURCE,
+    Box,
+    FontRefs,
+    Stamp,
+    empty_appearance,
+    read_boxes,
+    signature_font,
+    signed_appearance,
+    stream_object,
+    written,
+)
 from daemon.pdf.incremental import (
     PreparedSignature,
     SignedUpdate,
@@ -65,13 +84,15 @@ def prepare_certification(
     *,
     contents_bytes: int,
     signing_time: datetime,
+    stamp: Stamp | None = None,
 ) -> PreparedSignature:
     """Lay out stage 1's update: create `field_names`, certify, sign the first field.
 
     The last field carries the seal's lock: every field locked once it is signed,
-    then no changes at all.
+    then no changes at all. With a `stamp`, a document that asks for visible
+    signatures gets them, the first showing the stamp.
     """
-    source = _read_source(pdf)
+    source = _read_source(pdf, visible=stamp is not None)
     hasher = hashlib.sha256(pdf)
     trailer = next_trailer(
         source.trailer, source.startxref, id_digest(hasher, field_names[0], signing_time)
@@ -80,17 +101,35 @@ def prepare_certification(
     fields = [Ref(form.num + 1 + n, 0) for n in range(len(field_names))]
     lock = Ref(fields[-1].num + 1, 0)
     signature = Ref(lock.num + 1, 0)
+    pages = {n: source.pages[n].ref for n in source.pages}
+    boxes = source.boxes
+    # SignaturesExist | AppendOnly, as pyHanko sets them when it writes a signature:
+    # a document timestamp added later (B-LTA) then changes nothing in the form.
+    form_value: PdfDict = {"Fields": list(fields), "SigFlags": 3}
+    streams: list[tuple[Ref, bytes]] = []
+    appearances: list[Ref] = []
+    if boxes is not None and stamp is not None:
+        font = FontRefs.starting_at(signature.num + 1)
+        form_value["DR"] = {"Font": {FONT_RESOURCE: font.type0}}
+        streams += written(signature_font().objects(font))
+        appearances = [Ref(font.to_unicode.num + 1 + n, 0) for n in range(len(field_names))]
+        for n, (name, ref) in enumerate(zip(field_names, appearances, strict=True)):
+            box = boxes[name]
+            if n == 0:
+                value, data = signed_appearance(stamp, box.width, box.height, font.type0)
+            else:
+                value, data = empty_appearance(box.width, box.height)
+            streams.append((ref, stream_object(ref, value, data)))
     values: dict[Ref, PdfObject] = {
         source.root: _catalog(source, form, signature),
-        **_annotations(source, fields),
-        # SignaturesExist | AppendOnly, as pyHanko sets them when it writes a signature:
-        # a document timestamp added later (B-LTA) then changes nothing in the form.
-        form: {"Fields": list(fields), "SigFlags": 3},
-        **_fields(field_names, fields, source.page, signature, lock),
+        **_annotations(source, fields, field_names),
+        form: form_value,
+        **_fields(field_names, fields, pages, boxes, appearances, signature, lock),
         lock: {"Action": "All", "Type": "SigFieldLock", "P": _NO_CHANGES},
     }
+    objects = [(ref, indirect(ref, values[ref])) for ref in sorted(values)]
     update = SignedUpdate(
-        objects=[(ref, indirect(ref, values[ref])) for ref in sorted(values)],
+        objects=objects + streams,
         signature=signature,
         signature_entries=signature_entries(signing_time, _DOCMDP_REFERENCE),
         trailer=trailer,
@@ -111,12 +150,18 @@ class _Source:
     catalog: PdfDict
     version: tuple[int, int]
     extensions: PdfObject  # the catalogue's /Extensions with ESIC registered
-    page: Ref
-    page_value: PdfDict
+    pages: dict[int, _Page]  # by index: the pages the fields' widgets go on
+    boxes: dict[str, Box] | None  # where visible signatures go; None: invisible
+
+
+@dataclass(frozen=True)
+class _Page:
+    ref: Ref
+    value: PdfDict
     annots: tuple[Ref, list[PdfObject]] | None  # an indirect /Annots array and its items
 
 
-def _read_source(pdf: bytes) -> _Source:
+def _read_source(pdf: bytes, *, visible: bool) -> _Source:
     document = Document(pdf)
     sections = document.all_sections()
     size = as_int(document.trailer.get("Size"), "/Size")
@@ -132,9 +177,13 @@ def _read_source(pdf: bytes) -> _Source:
     for key in ("AcroForm", "Perms"):
         if key in catalog:
             raise Unsupported(f"The catalogue already has /{key}.")
-    page, page_value = _first_page(document, catalog)
-    if page.num == root.num:
-        raise Unsupported("The first page is the catalogue.")
+    boxes = _boxes(document, catalog) if visible else None
+    pages = {}
+    for index in sorted({box.page for box in boxes.values()} if boxes else {0}):
+        page, page_value = _page_at(document, catalog, index)
+        if page.num == root.num:
+            raise Unsupported("A page is the catalogue.")
+        pages[index] = _Page(page, page_value, _indirect_annots(document, page_value))
     return _Source(
         startxref=document.startxref,
         trailer=trailer,
@@ -144,10 +193,27 @@ def _read_source(pdf: bytes) -> _Source:
         catalog=catalog,
         version=catalog_version(document, catalog),
         extensions=_extensions(document, catalog.get("Extensions")),
-        page=page,
-        page_value=page_value,
-        annots=_indirect_annots(document, page_value),
+        pages=pages,
+        boxes=boxes,
     )
+
+
+def _boxes(document: Document, catalog: PdfDict) -> dict[str, Box] | None:
+    """The catalogue's signature boxes, resolved as pyHanko's path reads them."""
+    value = document.resolve(catalog.get(BOXES_KEY))
+    if not isinstance(value, dict):
+        return None
+    resolved: PdfDict = {}
+    for name, entry in value.items():
+        entry = document.resolve(entry)
+        if isinstance(entry, dict):
+            entry = {key: document.resolve(item) for key, item in entry.items()}
+            rect = entry.get("Rect")
+            if isinstance(rect, list):
+                entry["Rect"] = [document.resolve(item) for item in rect]
+        resolved[name] = entry
+    tree = as_dict(document.resolve(catalog.get("Pages")), "The page tree")
+    return read_boxes(resolved, as_int(document.resolve(tree.get("Count")), "/Count"))
 
 
 def _extensions(document: Document, extensions: PdfObject) -> PdfObject:
@@ -170,16 +236,16 @@ def _extensions(document: Document, extensions: PdfObject) -> PdfObject:
     return extensions
 
 
-def _first_page(document: Document, catalog: PdfDict) -> tuple[Ref, PdfDict]:
-    """The first page, walking the page tree as pyHanko's find_page_for_modification(0).
+def _page_at(document: Document, catalog: PdfDict, index: int) -> tuple[Ref, PdfDict]:
+    """Page `index`, walking the page tree as pyHanko's find_page_for_modification.
 
-    Branches that count no pages are skipped; /Annots on a branch (where it means
+    Branches are skipped by their /Count; /Annots on a branch (where it means
     nothing, though a reader might honour it) goes to pyHanko.
     """
     node_ref = as_ref(catalog.get("Pages"), "/Pages")
     node = as_dict(document.get(node_ref).value, "The page tree")
-    if as_int(document.resolve(node.get("Count")), "/Count") < 1:
-        raise Unsupported("The page tree counts no pages.")
+    if as_int(document.resolve(node.get("Count")), "/Count") <= index:
+        raise Unsupported(f"The page tree counts no page {index}.")
     seen = {node_ref}
     for _ in range(MAX_DEPTH):
         if "Annots" in node:
@@ -191,19 +257,25 @@ def _first_page(document: Document, catalog: PdfDict) -> tuple[Ref, PdfDict]:
             kid_ref = as_ref(kid, "A page tree kid")
             kid_value = as_dict(document.get(kid_ref).value, "A page tree kid")
             kind = document.resolve(kid_value.get("Type"))
-            if kind == "Page":
-                return kid_ref, kid_value
-            if kind != "Pages":
-                raise Unsupported(f"Page tree kid {kid_ref.num} has /Type {kind!r}.")
-            if as_int(document.resolve(kid_value.get("Count")), "/Count") > 0:
-                break  # the first page is in this branch
+            count = 1 if kind == "Page" else _branch_count(document, kid_ref, kid_value, kind)
+            if index < count:
+                if kind == "Page":
+                    return kid_ref, kid_value
+                break  # the page is in this branch
+            index -= count
         else:
-            raise Unsupported(f"Page tree node {node_ref.num} has no first page.")
+            raise Unsupported(f"Page tree node {node_ref.num} has no page {index}.")
         if kid_ref in seen:
             raise Unsupported("The page tree has a loop.")
         seen.add(kid_ref)
         node_ref, node = kid_ref, kid_value
     raise Unsupported(f"The page tree is deeper than {MAX_DEPTH}.")
+
+
+def _branch_count(document: Document, ref: Ref, node: PdfDict, kind: PdfObject) -> int:
+    if kind != "Pages":
+        raise Unsupported(f"Page tree kid {ref.num} has /Type {kind!r}.")
+    return as_int(document.resolve(node.get("Count")), "/Count")
 
 
 def _catalog(source: _Source, form: Ref, signature: Ref) -> PdfDict:
@@ -228,25 +300,46 @@ def _indirect_annots(document: Document, page: PdfDict) -> tuple[Ref, list[PdfOb
     return annots, value
 
 
-def _annotations(source: _Source, fields: list[Ref]) -> dict[Ref, PdfObject]:
-    """The fields' widgets after the first page's annotations, as pyHanko adds them.
+def _annotations(
+    source: _Source, fields: list[Ref], names: tuple[str, ...]
+) -> dict[Ref, PdfObject]:
+    """The fields' widgets after their pages' annotations, as pyHanko adds them.
 
     An indirect /Annots array is written again with them (the page stays as it is);
     otherwise the page is, with its /Annots.
     """
-    if source.annots is not None:
-        ref, items = source.annots
-        return {ref: [*items, *fields]}
-    annots = source.page_value.get("Annots", [])
-    if not isinstance(annots, list):
-        raise Unsupported("The first page's /Annots is not an array.")
-    return {source.page: {**source.page_value, "Annots": [*annots, *fields]}}
+    changed: dict[Ref, PdfObject] = {}
+    for index, page in source.pages.items():
+        on_page = [
+            ref
+            for name, ref in zip(names, fields, strict=True)
+            if (source.boxes[name].page if source.boxes else 0) == index
+        ]
+        if page.annots is not None:
+            ref, items = page.annots
+            changed[ref] = [*items, *on_page]
+            continue
+        annots = page.value.get("Annots", [])
+        if not isinstance(annots, list):
+            raise Unsupported(f"Page {index}'s /Annots is not an array.")
+        changed[page.ref] = {**page.value, "Annots": [*annots, *on_page]}
+    return changed
 
 
 def _fields(
-    names: tuple[str, ...], refs: list[Ref], page: Ref, signature: Ref, lock: Ref
+    names: tuple[str, ...],
+    refs: list[Ref],
+    pages: dict[int, Ref],
+    boxes: dict[str, Box] | None,
+    appearances: list[Ref],
+    signature: Ref,
+    lock: Ref,
 ) -> dict[Ref, PdfObject]:
-    """Each field merged with its widget, pyHanko's invisible field; the first signed."""
+    """Each field merged with its widget, as pyHanko makes it; the first signed.
+
+    Invisible (no `appearances`): an empty rectangle on the first page. Visible: its
+    box's rectangle on its page, and its appearance.
+    """
     fields: dict[Ref, PdfObject] = {}
     for n, (name, ref) in enumerate(zip(names, refs, strict=True)):
         if not name.isascii():
@@ -258,8 +351,13 @@ def _fields(
             "Subtype": "Widget",
             "F": _FIELD_FLAGS,
             "Rect": [0, 0, 0, 0],
-            "P": page,
+            "P": pages[0] if 0 in pages else None,
         }
+        if appearances and boxes is not None:
+            box = boxes[name]
+            field["Rect"] = list(box.rect)
+            field["P"] = pages[box.page]
+            field["AP"] = {"N": appearances[n]}
         if n == 0:
             field["V"] = signature
         if n == len(names) - 1:

@@ -12,6 +12,11 @@ for the seal, its FieldMDP reference; a trailer keeping /Root, /Info and the fir
 /ID; /Info and /Extensions left alone, as pyHanko leaves them once stage 1 has
 registered the ESIC extension.
 
+A visible field (a widget /Rect of some area, and the signature font stage 1 put in
+the AcroForm's /DR; see daemon/pdf/appearance.py) gets its appearance in the same
+update: the field is written again, parsed and serialized, with /AP pointing at the
+new stream, as pyHanko's path sets it.
+
 The layout of a signing update (objects, signature dictionary, byte range, xref
 section, digest) is shared with daemon/pdf/certification.py. Anything unexpected (a
 filled field, a catalogue pyHanko would change) raises `Unsupported`; the caller
@@ -29,6 +34,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from daemon.pdf.appearance import (
+    FONT_RESOURCE,
+    Stamp,
+    rect_is_visible,
+    signed_appearance,
+    stream_object,
+)
 from daemon.pdf.reader import NOT_TRAILER_KEYS, Document, Located
 from daemon.pdf.syntax import (
     PdfDict,
@@ -104,11 +116,13 @@ def prepare_signature(
     contents_bytes: int,
     signing_time: datetime,
     lock_fields: bool,
+    stamp: Stamp | None = None,
 ) -> PreparedSignature:
     """Lay out the update that fills `field_name`, around a /Contents of `contents_bytes`.
 
     `lock_fields` adds the seal's FieldMDP reference (every field locked, then no
-    changes at all), as pyHanko's SigMDPSetup writes it for the seal's field.
+    changes at all), as pyHanko's SigMDPSetup writes it for the seal's field. With a
+    `stamp`, a visible field shows it.
     """
     target = _read_target(pdf, field_name)
     hasher = hashlib.sha256(pdf)
@@ -116,8 +130,19 @@ def prepare_signature(
         target.trailer, target.startxref, id_digest(hasher, field_name, signing_time)
     )
     signature = Ref(target.size, 0)
+    objects = [(target.field.ref, _filled_field(target.field, signature))]
+    field_value = as_dict(target.field.value, "The field")
+    if stamp is not None and target.font is not None and rect_is_visible(field_value.get("Rect")):
+        appearance = Ref(target.size + 1, 0)
+        llx, lly, urx, ury = (float(v) for v in field_value["Rect"])  # type: ignore[arg-type, union-attr]
+        value, data = signed_appearance(stamp, abs(urx - llx), abs(ury - lly), target.font)
+        filled: PdfDict = {**field_value, "AP": {"N": appearance}, "V": signature}
+        objects = [
+            (target.field.ref, indirect(target.field.ref, filled)),
+            (appearance, stream_object(appearance, value, data)),
+        ]
     update = SignedUpdate(
-        objects=[(target.field.ref, _filled_field(target.field, signature))],
+        objects=objects,
         signature=signature,
         signature_entries=signature_entries(
             signing_time, _FIELD_LOCK_REFERENCE % target.root if lock_fields else b""
@@ -138,6 +163,7 @@ class _Target:
     root: Ref
     size: int
     field: Located
+    font: Ref | None  # the signature font in the AcroForm's /DR, if stage 1 put it there
 
 
 def _read_target(pdf: bytes, field_name: str) -> _Target:
@@ -151,7 +177,17 @@ def _read_target(pdf: bytes, field_name: str) -> _Target:
     if field.ref.num >= size:
         raise Unsupported(f"Field object {field.ref.num} is beyond the trailer's /Size.")
     xref_stream = document.sections[0].is_stream
-    return _Target(document.startxref, trailer, xref_stream, root, size, field)
+    font = _signature_font(document, catalog)
+    return _Target(document.startxref, trailer, xref_stream, root, size, field, font)
+
+
+def _signature_font(document: Document, catalog: PdfDict) -> Ref | None:
+    """The AcroForm's /DR /Font /HocbaSans, when it is a reference."""
+    form = document.resolve(catalog.get("AcroForm"))
+    resources = document.resolve(form.get("DR")) if isinstance(form, dict) else None
+    fonts = document.resolve(resources.get("Font")) if isinstance(resources, dict) else None
+    font = fonts.get(FONT_RESOURCE) if isinstance(fonts, dict) else None
+    return font if isinstance(font, Ref) else None
 
 
 def catalog_version(document: Document, catalog: PdfDict) -> tuple[int, int]:

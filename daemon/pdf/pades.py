@@ -8,6 +8,10 @@ do not expect. This module knows nothing about the HSM: it signs with a CMS temp
 (daemon/pdf/cms.py) and any raw-signing function, and blocks, so call it from a worker.
 pyHanko is imported where it is used: importing this module, or signing on the fast
 paths, loads none of it, which keeps each HSM worker process tens of MB smaller.
+
+A document whose catalogue asks for visible signatures (daemon/pdf/appearance.py) gets
+them on both paths: the fields on their boxes, and each signature's appearance (who
+signed, in what role, when) in the update that signs it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from io import BytesIO
 from typing import TYPE_CHECKING
 
 from daemon.errors import ConfigError, NotAPdf
+from daemon.pdf.appearance import Box, Stamp
 from daemon.pdf.certification import prepare_certification
 from daemon.pdf.cms import RawSign, SignedDataTemplate
 from daemon.pdf.incremental import PreparedSignature, SignedPdf, prepare_signature
@@ -61,8 +66,13 @@ def parse_errors() -> tuple[type[Exception], ...]:
     return (PdfError, *_BUILTIN_PARSE_ERRORS)
 
 
-def _field_specs() -> list[SigFieldSpec]:
+def _field_specs(boxes: dict[str, Box] | None = None) -> list[SigFieldSpec]:
     from pyhanko.sign.fields import FieldMDPAction, FieldMDPSpec, MDPPerm, SigFieldSpec
+
+    def where(name: str) -> dict[str, object]:
+        if boxes is None:
+            return {}
+        return {"box": boxes[name].rect, "on_page": boxes[name].page}
 
     gvcn, hieu_truong, dau_truong = FIELD_NAMES
     # pyHanko reads lock settings from the field, not the signature: the seal's
@@ -71,8 +81,13 @@ def _field_specs() -> list[SigFieldSpec]:
         dau_truong,
         field_mdp_spec=FieldMDPSpec(FieldMDPAction.ALL),
         doc_mdp_update_value=MDPPerm.NO_CHANGES,
+        **where(dau_truong),  # type: ignore[arg-type]
     )
-    return [SigFieldSpec(gvcn), SigFieldSpec(hieu_truong), seal]
+    return [
+        SigFieldSpec(gvcn, **where(gvcn)),  # type: ignore[arg-type]
+        SigFieldSpec(hieu_truong, **where(hieu_truong)),  # type: ignore[arg-type]
+        seal,
+    ]
 
 
 def read_pdf(pdf: bytes) -> PdfFileReader:
@@ -233,8 +248,9 @@ def prepare_and_sign(
     modules do not expect, refusing it if it must.
     """
     contents_bytes = template.size + unsigned_bytes
+    stamp = Stamp.of(stage, template.signer_cert, signing_time)
     try:
-        prepared = _prepare_fast(pdf, stage, contents_bytes, signing_time)
+        prepared = _prepare_fast(pdf, stage, contents_bytes, signing_time, stamp)
     except Unsupported as exc:
         log.debug("Signing stage %s with pyHanko: %s", stage.value, exc)
     else:
@@ -253,12 +269,16 @@ def prepare_and_sign(
 
 
 def _prepare_fast(
-    pdf: bytes, stage: Stage, contents_bytes: int, signing_time: datetime
+    pdf: bytes, stage: Stage, contents_bytes: int, signing_time: datetime, stamp: Stamp
 ) -> PreparedSignature:
     """The update as pyHanko would write it, by daemon/pdf/certification.py or incremental.py."""
     if stage is Stage.HOMEROOM_TEACHER:
         return prepare_certification(
-            pdf, FIELD_NAMES, contents_bytes=contents_bytes, signing_time=signing_time
+            pdf,
+            FIELD_NAMES,
+            contents_bytes=contents_bytes,
+            signing_time=signing_time,
+            stamp=stamp,
         )
     return prepare_signature(
         pdf,
@@ -266,6 +286,7 @@ def _prepare_fast(
         contents_bytes=contents_bytes,
         signing_time=signing_time,
         lock_fields=stage is Stage.SCHOOL_SEAL,
+        stamp=stamp,
     )
 
 
@@ -318,19 +339,26 @@ def _prepare_and_sign_pyhanko(
     from pyhanko.sign.signers import constants
     from pyhanko.sign.signers.pdf_byterange import SignatureObject
 
+    from daemon.pdf import visible_pyhanko as visible
+
     reader = read_pdf(pdf)
     field_ref = _field_to_fill(stage, reader)
     contents_bytes = contents_bytes or template.size
     _check_reserved(contents_bytes, bytes_reserved)
     reserved = 2 * contents_bytes  # hex digits
+    stamp = Stamp.of(stage, template.signer_cert, signing_time)
     try:
         writer = _update_writer().from_reader(reader)
         writer.register_extension(constants.ESIC_EXTENSION_1)
         if field_ref is None:
-            for spec in _field_specs():
+            boxes = visible.boxes(reader)
+            for spec in _field_specs(boxes):
                 append_signature_field(writer, spec)
             _append_only(writer)
+            if boxes is not None:
+                visible.add_signature_font(writer)
             field_ref = _sig_fields(writer)[stage.field_name]
+        visible.add_appearance(writer, field_ref, stamp)
         signature = SignatureObject(
             timestamp=signing_time, subfilter=SigSeedSubFilter.PADES, bytes_reserved=reserved
         )

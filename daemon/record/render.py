@@ -4,8 +4,9 @@ One signature then covers both what a person reads and the data a machine reads.
 bytes depend only on the record: the creation date is the day the record was
 completed (`completed_on`, midnight in Vietnam), the XMP is written here with fixed
 dates, and the document id is a hash of the content. The three signature boxes are
-drawn empty: the signing path creates the fields, and `signature_boxes` says where
-they are so that it can place visible signatures there.
+drawn empty: the signing path creates the fields there, and the catalogue says where
+they are (`/HocbaSignatureBoxes`, read by daemon/pdf/appearance.py), so that each
+signature is visible in its box; `signature_boxes` gives the same rectangles.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fontTools.ttLib import TTFont
 from fpdf import FPDF, FontFace
 from fpdf.enums import DocumentCompliance
 from fpdf.fonts import TTFFont
+from fpdf.output import OutputProducer, PDFCatalog
 
 from daemon.record.model import (
     GENERAL_COMPETENCE_TITLES,
@@ -100,10 +102,33 @@ def render_record(record_id: str, data: RecordData) -> bytes:
     _qualities_and_competences(pdf, data)
     _results(pdf, data)
     _signatures(pdf, data)
-    return bytes(pdf.output())
+    return bytes(pdf.output(output_producer_class=_Output))
+
+
+class _Output(OutputProducer):
+    """fpdf2's writer, with the signature boxes in the catalogue."""
+
+    def _add_catalog(self) -> PDFCatalog:
+        catalog = super()._add_catalog()
+        boxes = getattr(self.fpdf, "boxes", None)
+        if boxes:
+            # fpdf2 writes an attribute as the CamelCase key, a str value as it is.
+            catalog.hocba_signature_boxes = _boxes_entry(boxes)  # type: ignore[attr-defined]
+        return catalog
+
+
+def _boxes_entry(boxes: dict[str, Box]) -> str:
+    """/HocbaSignatureBoxes: field -> << /Page index /Rect [llx lly urx ury] >>."""
+    entries = [
+        f"/{name} <</Page {b.page} /Rect [{b.x:g} {b.y:g} {b.x + b.w:g} {b.y + b.h:g}]>>"
+        for name, b in boxes.items()
+    ]
+    return "<<" + " ".join(entries) + ">>"
 
 
 class _Document(FPDF):
+    boxes: dict[str, Box] | None = None
+
     def __init__(self, created: datetime) -> None:
         super().__init__(
             unit="pt",
@@ -128,6 +153,12 @@ _FONTS = (
     ("Sans", "", "DejaVuSans.ttf"),
     ("Sans", "B", "DejaVuSans-Bold.ttf"),
 )
+
+
+def warm_fonts() -> None:
+    """Cut the fonts now (a render worker's start), not during its first record."""
+    for _, _, file in _FONTS:
+        _font_bytes(file)
 
 
 @cache
@@ -321,6 +352,8 @@ def _signatures(pdf: FPDF, data: RecordData) -> None:
     if pdf.get_y() > _BOXES_ZONE_TOP_PT:
         pdf.add_page()
     boxes = signature_boxes(pdf.page)
+    if isinstance(pdf, _Document):
+        pdf.boxes = boxes
     pdf.set_font("Sans", "", 9)
     day = data.completed_on
     pdf.set_xy(MARGIN_PT, _BOXES_ZONE_TOP_PT)

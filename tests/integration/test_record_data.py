@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+from io import BytesIO
+from pathlib import Path
+
+from pyhanko.pdf_utils.reader import PdfFileReader
 
 from daemon.app import Running
 from daemon.blobs import FsStore
@@ -20,7 +25,11 @@ SCHOOL = "31000101"
 
 
 async def test_a_record_sent_as_data_is_rendered_signed_and_issued(
-    daemon: Running, school_system: SchoolSystem, status: StatusEvents, settings: Settings
+    daemon: Running,
+    school_system: SchoolSystem,
+    status: StatusEvents,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     # Given a record as data, and the teacher's consent naming its canonical XML's digest
     info, _ = school_system.new_record(SCHOOL)
@@ -30,10 +39,14 @@ async def test_a_record_sent_as_data_is_rendered_signed_and_issued(
         teacher, Stage.HOMEROOM_TEACHER, [(info.record_id, record_sha256(info.record_id, data))]
     )
     key, body, rid = sign_request_v2(SCHOOL, info, teacher, token, data)
+    assert settings.signing.render_workers == 1
+    before = {p.pid for p in multiprocessing.active_children()}
 
     # When it goes through every stage
     event = (await status.wait((await school_system.publish(key, body, rid)).request_id))[0]
     assert event["state"] == "signed_by_teacher", event["reason"]
+    # rendered by a worker process the daemon started for it, not on its event loop
+    assert len({p.pid for p in multiprocessing.active_children()} - before) == 1
     for stage in ORDER[1:]:
         sent = await school_system.sign(SCHOOL, info, stage, event["document_sha256"])
         event = (await status.wait(sent.request_id))[0]
@@ -45,6 +58,21 @@ async def test_a_record_sent_as_data_is_rendered_signed_and_issued(
     report = await asyncio.to_thread(verify.report, issued, settings.signing.trust_roots)
     assert report["valid"] and report["issued"], report
     assert attached_record_xml(issued) == canonical_xml(info.record_id, data)
+
+    # and each box shows its signature: who signed, in what role, for which school
+    reader = PdfFileReader(BytesIO(issued))
+    for ref in reader.root["/AcroForm"]["/Fields"]:
+        widget = ref.get_object()
+        assert any(float(v) for v in widget["/Rect"]) and widget["/AP"]["/N"].get_object().data
+    path = tmp_path / "issued.pdf"
+    path.write_bytes(issued)
+    pdftotext = await asyncio.create_subprocess_exec(
+        "pdftotext", "-layout", str(path), "-", stdout=asyncio.subprocess.PIPE
+    )
+    text = (await pdftotext.communicate())[0].decode()
+    for line in ("Chức vụ: Giáo viên chủ nhiệm", "Chức vụ: Hiệu trưởng", "Đơn vị: Truong"):
+        assert line in text, text
+    assert text.count("Ký bởi: ") == 3 and text.count("Ngày ký: ") == 3, text
 
 
 async def test_a_consent_for_other_data_is_refused(

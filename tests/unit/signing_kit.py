@@ -38,14 +38,15 @@ class Pki:
     signers: dict[Stage, tuple[SignedDataTemplate, RawSign]]
 
 
-def make_pki() -> Pki:
-    """A root CA and one software-key signer per stage."""
+def make_pki(names: dict[Stage, tuple[str, str | None]] | None = None) -> Pki:
+    """A root CA and one software-key signer per stage, named (CN, O) by `names`."""
     root_key = _rsa_key()
     root = _certificate("Hocba Test Root", root_key, "Hocba Test Root", root_key, ca=True)
     signers = {}
     for stage in ORDER:
         key = _rsa_key()
-        cert = _certificate(f"Signer {stage.value}", key, "Hocba Test Root", root_key, ca=False)
+        name, organization = (names or {}).get(stage, (f"Signer {stage.value}", None))
+        cert = _certificate(name, key, "Hocba Test Root", root_key, ca=False, org=organization)
         signers[stage] = (SignedDataTemplate.for_signer(cert, [root]), _raw_signer(key))
     return Pki(root, signers)
 
@@ -55,7 +56,12 @@ def _rsa_key() -> rsa.RSAPrivateKey:
 
 
 def _certificate(
-    subject: str, key: rsa.RSAPrivateKey, issuer: str, issuer_key: rsa.RSAPrivateKey, ca: bool
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: str,
+    issuer_key: rsa.RSAPrivateKey,
+    ca: bool,
+    org: str | None = None,
 ) -> asn1_x509.Certificate:
     now = datetime.now(UTC)
     usage = x509.KeyUsage(
@@ -65,7 +71,12 @@ def _certificate(
     )  # fmt: skip
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .subject_name(
+            x509.Name(
+                [x509.NameAttribute(NameOID.COMMON_NAME, subject)]
+                + ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)] if org else [])
+            )
+        )
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

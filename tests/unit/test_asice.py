@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
+import random
 import zipfile
 from pathlib import Path
 
@@ -13,6 +16,9 @@ from daemon.blobs import FsStore
 from daemon.errors import StoreCorrupt
 from daemon.packaging import check, container
 from daemon.packaging.container import PackageContent, PackagedRecord
+from daemon.record.render import render_record
+from daemon.record.xml import canonical_xml
+from producers.school_system import sample_record, sample_record_data
 
 FAKE_SIGNATURE = b"0\x80not-a-real-cms"
 # What the file-based writer (before packages were blobs) wrote for `_content(3)`: the
@@ -104,3 +110,73 @@ def test_garbage_is_not_a_zip(tmp_path: Path) -> None:
     path = tmp_path / "bad.asice"
     path.write_bytes(b"PK\x03\x04 but nothing else")
     assert [p.code for p in check.check_package(path, []).problems] == ["not_a_zip"]
+
+
+# Records that carry their data
+
+
+async def _rendered_content(store: FsStore) -> tuple[PackageContent, dict[str, bytes]]:
+    rng = random.Random("asice")
+    records, xmls = [], {}
+    for n in range(2):
+        info = sample_record(rng, "31000101", "asice", n)
+        data = sample_record_data(rng, info, "31000101")
+        digest = await store.put(render_record(info.record_id, data))
+        xmls[info.record_id] = canonical_xml(info.record_id, data)
+        records.append(PackagedRecord(info.record_id, info.student_id, 5, "5A", digest))
+    content = PackageContent("31000101", "2025-2026", 1, tuple(records))
+    return await container.with_record_xml(content, store), xmls
+
+
+async def test_a_record_s_xml_travels_beside_its_pdf_listed_in_the_manifest(
+    tmp_path: Path,
+) -> None:
+    store = FsStore(tmp_path / "blobs")
+    content, xmls = await _rendered_content(store)
+    path = await _write(store, content, tmp_path / "p.asice")
+    report = check.PackageReport()
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        digests = check._check_manifest(archive, archive.read(container.MANIFEST), names, report)
+        index = json.loads(archive.read(container.INDEX))
+        beside = {r: archive.read(f"records/{r}.xml") for r in xmls}
+    assert report.problems == []
+    assert beside == xmls
+    for record_id, xml in xmls.items():
+        assert digests[f"records/{record_id}.xml"] == hashlib.sha256(xml).hexdigest()
+        pdf_at = names.index(f"records/{record_id}.pdf")
+        assert names.index(f"records/{record_id}.xml") == pdf_at + 1
+    assert [r["xml_sha256"] for r in index["records"]] == [
+        hashlib.sha256(xmls[r]).hexdigest() for r in sorted(xmls)
+    ]
+    again = await _write(store, await container.with_record_xml(content, store), tmp_path / "q")
+    assert again.read_bytes() == path.read_bytes()
+
+
+def _check_xml(pdf: bytes, beside: bytes | None, record_id: str) -> list[str]:
+    report = check.PackageReport()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        if beside is not None:
+            archive.writestr(f"records/{record_id}.xml", beside)
+    with zipfile.ZipFile(buffer) as archive:
+        check._check_record_xml(archive, record_id, pdf, set(archive.namelist()), report)
+    return [p.code for p in report.problems]
+
+
+async def test_the_check_refuses_xml_other_than_the_pdf_s_copy(tmp_path: Path) -> None:
+    store = FsStore(tmp_path / "blobs")
+    content, xmls = await _rendered_content(store)
+    record_id, xml = next(iter(xmls.items()))
+    record = next(r for r in content.records if r.record_id == record_id)
+    pdf = await store.get(record.sha256)
+    assert _check_xml(pdf, xml, record_id) == []
+    changed = xml.replace(b"</teacher_comment>", " Sửa.</teacher_comment>".encode())
+    assert changed != xml
+    assert _check_xml(pdf, changed, record_id) == ["record_xml_mismatch"]
+    assert _check_xml(pdf, None, record_id) == ["record_xml_missing"]
+    assert _check_xml(b"%PDF-1.7 no data", xml, record_id) == ["record_xml_mismatch"]
+
+
+def test_a_pdf_without_data_needs_no_xml_beside_it() -> None:
+    assert _check_xml(b"%PDF-1.7 no data", None, "R1") == []

@@ -14,7 +14,7 @@ import random
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Set
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -34,6 +34,7 @@ from daemon.pdf.certification import prepare_certification
 from daemon.pdf.reader import Unsupported
 from daemon.stages import FIELD_NAMES, ORDER, Stage
 from producers.school_system import sample_pdf, sample_record
+from tests.unit.pyhanko_compare import same_object, update_objects
 from tests.unit.signing_kit import (
     BYTES_RESERVED,
     SIGNED_AT,
@@ -198,50 +199,16 @@ def test_the_first_revision_holds_the_objects_pyhanko_writes(original: bytes, pk
     old = int(PdfFileReader(BytesIO(original)).trailer["/Size"])
 
     # The catalogue, the first page, the form, three fields, a lock and the signature
-    assert len(_changed(ours)) == len(_changed(theirs)) == 8
-    assert _same(ours.root, theirs.root, old)
+    assert len(update_objects(ours)) == len(update_objects(theirs)) == 8
+    assert same_object(ours.root, theirs.root, old)
     page, _ = ours.find_page_for_modification(0)
     their_page, _ = theirs.find_page_for_modification(0)
     assert page.reference == their_page.reference
-    assert _same(page.get_object(), their_page.get_object(), old)
+    assert same_object(page.get_object(), their_page.get_object(), old)
     # /Size counts one object more in pyHanko's; the second /ID half is random there
     trailer, their_trailer = ours.trailer.flatten(), theirs.trailer.flatten()
-    assert _same(trailer, their_trailer, old, skip={"/ID", "/Size"})
+    assert same_object(trailer, their_trailer, old, skip={"/ID", "/Size"})
     assert trailer["/ID"][0] == their_trailer["/ID"][0]
-
-
-def _changed(reader: PdfFileReader) -> set[generic.Reference]:
-    """The objects the last revision writes, but for an xref stream."""
-    refs = reader.xrefs.explicit_refs_in_revision(reader.xrefs.total_revisions - 1)
-    return {ref for ref in refs if not isinstance(ref.get_object(), generic.StreamObject)}
-
-
-def _same(ours: object, theirs: object, old: int, skip: Set[str] = frozenset()) -> bool:
-    """Equal as PDF objects: objects older than the update by number, new ones by value.
-
-    The signature dictionaries differ only in /Contents and /ByteRange.
-    """
-    if isinstance(ours, generic.IndirectObject) and isinstance(theirs, generic.IndirectObject):
-        if ours.idnum < old or theirs.idnum < old:
-            return (ours.idnum, ours.generation) == (theirs.idnum, theirs.generation)
-        return _same(ours.get_object(), theirs.get_object(), old)
-    if isinstance(ours, dict) and isinstance(theirs, dict):
-        if ours.get("/Type") == "/Sig":
-            skip = {*skip, "/Contents", "/ByteRange"}
-        keys = set(ours) - set(skip)
-        return keys == set(theirs) - set(skip) and all(
-            _same(ours.raw_get(key), theirs.raw_get(key), old) for key in keys
-        )
-    if isinstance(ours, list) and isinstance(theirs, list):
-        pairs = zip(iter(ours), iter(theirs), strict=False)  # iter() keeps references
-        return len(ours) == len(theirs) and all(_same(a, b, old) for a, b in pairs)
-    if isinstance(ours, generic.TextStringObject | generic.ByteStringObject):
-        return isinstance(theirs, generic.TextStringObject | generic.ByteStringObject) and (
-            ours.original_bytes == theirs.original_bytes
-        )
-    if isinstance(ours, generic.NumberObject | generic.FloatObject):
-        return isinstance(theirs, generic.NumberObject | generic.FloatObject) and ours == theirs
-    return type(ours) is type(theirs) and ours == theirs
 
 
 def test_tools_accept_the_record_and_a_later_change_is_detected(
