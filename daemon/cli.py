@@ -56,6 +56,7 @@ async def _migrate(args: argparse.Namespace) -> int:
     from daemon.database import connect_once
 
     settings = _settings(args)
+    settings = settings.model_copy(update={"database": settings.database.for_migrations()})
     await _preflight(settings, rabbitmq=False, mqtt=False)
     conn = await connect_once(settings.database)
     try:
@@ -72,7 +73,12 @@ async def _dev_init(args: argparse.Namespace) -> int:
 
     settings = services.dev_settings(args.dir)
     await _preflight(settings, rabbitmq=False, mqtt=False, database_may_be_missing=True)
-    env = await devenv.init(args.dir, args.schools, services_port=args.services_port)
+    env = await devenv.init(
+        args.dir,
+        args.schools,
+        services_port=args.services_port,
+        daemon_role=devenv.DEV_DAEMON_ROLE,
+    )
     report = {
         "config": str(env.config_path),
         "trust_root": str(env.settings.signing.trust_roots[0]),
@@ -389,6 +395,9 @@ def _parser() -> argparse.ArgumentParser:
     from daemon.registry import cli as registry_cli
 
     registry_cli.add_parsers(sub)
+    from daemon import audit_commands
+
+    audit_commands.add_parsers(sub)
 
     _mock_ministry_parser(sub)
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Starts PostgreSQL, RabbitMQ and Mosquitto on 127.0.0.1 unless they already answer.
+# `make services`: starts the machine's PostgreSQL, RabbitMQ and Mosquitto on 127.0.0.1
+# unless they already answer (outside systemd too). The demo and the tests do not need
+# it: they start private instances when these cannot serve (HOCBA_SERVICES=auto).
 set -euo pipefail
 up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_for() {
@@ -17,8 +19,12 @@ if ! up 5672; then
   wait_for 5672 RabbitMQ
 fi
 rabbitmqctl await_startup >/dev/null 2>&1 || true
+# The sign shards' exchange type (README "Fairness between schools"); online, idempotent.
+rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null
 if ! up 1883; then
   echo "Starting Mosquitto"
+  # systemd makes its runtime folder (the pid file's); outside systemd nobody does.
+  install -d -o mosquitto -g mosquitto /run/mosquitto
   mosquitto -d -c /etc/mosquitto/mosquitto.conf
   wait_for 1883 Mosquitto
 fi

@@ -1,30 +1,113 @@
-"""Per-run isolation on the real services: a database, a RabbitMQ vhost, an MQTT prefix."""
+"""The services a test run uses, and per-run isolation on them: a database, a RabbitMQ
+vhost, an MQTT prefix.
+
+Which services: `HOCBA_SERVICES` (see `daemon.dev.services`). By default the machine's
+own when they answer and accept the configured credentials (CI here), else a private
+PostgreSQL, RabbitMQ and Mosquitto started for the run under `.dev/services/test-<pid>`
+and removed after it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import subprocess
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiomqtt
 import asyncpg
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+from daemon.dev import services as dev_services
+from daemon.dev.instances import RABBITMQ_LIB, port_open
+from daemon.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+# Until `choose()` has run: the machine's services, as configured by default.
+endpoints = dev_services.Endpoints(
+    admin_dsn="postgresql://postgres@127.0.0.1:5432/postgres",
+    amqp_url="amqp://guest:guest@127.0.0.1:5672/",
+    mqtt_host="127.0.0.1",
+    mqtt_port=1883,
+)
+_private: dev_services.PrivateServices | None = None
+
+
+def choose() -> dev_services.Endpoints:
+    """Pick this run's services (starting private ones if needed); `release()` after."""
+    global _private, endpoints
+    settings = load_settings()
+    if asyncio.run(dev_services.needs_private(settings, dev_services.mode())):
+        _private = dev_services.PrivateServices(ROOT / ".dev" / "services" / f"test-{os.getpid()}")
+        try:
+            endpoints = _private.start()
+        except BaseException:
+            release()
+            raise
+        # Subprocesses and settings loaded by tests meet the same broker.
+        os.environ["HOCBA_MQTT__HOST"] = endpoints.mqtt_host
+        os.environ["HOCBA_MQTT__PORT"] = str(endpoints.mqtt_port)
+    else:
+        endpoints = dev_services.Endpoints.configured(settings)
+    return endpoints
+
+
+def release() -> None:
+    """Stop and remove the run's private services, if it started any."""
+    global _private
+    if _private is not None:
+        _private.stop()
+        shutil.rmtree(_private.base, ignore_errors=True)
+        _private = None
+
+
+def missing() -> list[str]:
+    """The services nothing answers for at the chosen addresses."""
+    pg, amqp = urlsplit(endpoints.admin_dsn), urlsplit(endpoints.amqp_url)
+    ports = (
+        ("PostgreSQL", pg.hostname or "127.0.0.1", pg.port or 5432),
+        ("RabbitMQ", amqp.hostname or "127.0.0.1", amqp.port or 5672),
+        ("Mosquitto", endpoints.mqtt_host, endpoints.mqtt_port),
+    )
+    return [name for name, host, port in ports if not port_open(port, host)]
+
+
+def dsn(database: str) -> str:
+    return endpoints.dsn(database)
+
+
+def amqp_url(vhost: str = "", user: str | None = None, password: str | None = None) -> str:
+    """The chosen broker's URL for `vhost`, as `user` (default: the configured one)."""
+    parts = urlsplit(endpoints.amqp_url)
+    netloc = parts.netloc
+    if user is not None:
+        host = netloc.rpartition("@")[2]
+        netloc = f"{user}:{password}@{host}" if password is not None else f"{user}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc, path=f"/{vhost}"))
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+    """rabbitmqctl against the chosen node: the machine's, or the run's private one."""
+    if endpoints.rabbitmq_node is None:
+        command = ["rabbitmqctl", "-q", *args]
+        env = None
+    else:
+        command = [str(RABBITMQ_LIB / "rabbitmqctl"), "-q", "-n", endpoints.rabbitmq_node, *args]
+        env = {**os.environ, **dict(endpoints.rabbitmq_env)}
+    subprocess.run(command, check=True, capture_output=True, timeout=120, env=env)
 
 
 def create_vhost(name: str) -> str:
     rabbitmqctl("add_vhost", name)
     rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-    return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    return amqp_url(name)
 
 
 def delete_vhost(name: str) -> None:
@@ -33,9 +116,17 @@ def delete_vhost(name: str) -> None:
 
 
 async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN_DSN)
+    conn = await asyncpg.connect(endpoints.admin_dsn)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def drop_role(name: str) -> None:
+    conn = await asyncpg.connect(endpoints.admin_dsn)
+    try:
+        await conn.execute(f'DROP ROLE IF EXISTS "{name}"')
     finally:
         await conn.close()
 
@@ -119,9 +210,9 @@ class MqttEvents:
 
 
 @contextlib.asynccontextmanager
-async def mqtt_collector(prefix: str, port: int = 1883) -> AsyncIterator[MqttEvents]:
+async def mqtt_collector(prefix: str, port: int | None = None) -> AsyncIterator[MqttEvents]:
     events = MqttEvents()
-    async with aiomqtt.Client("127.0.0.1", port) as client:
+    async with aiomqtt.Client(endpoints.mqtt_host, port or endpoints.mqtt_port) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
 
         async def listen() -> None:

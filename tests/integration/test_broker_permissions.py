@@ -45,14 +45,14 @@ def vhost(run_id: str) -> Iterator[str]:
 def school_url(vhost: str, run_id: str) -> Iterator[str]:
     password = secrets.token_urlsafe(16)
     user = school_user(vhost, SCHOOL, password)
-    yield f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"
+    yield services.amqp_url(vhost, user, password)
     services.rabbitmqctl("delete_user", user)
 
 
 @pytest.fixture
 async def sign_queue(vhost: str) -> AsyncIterator[aio_pika.abc.AbstractQueue]:
     """As the operator (guest): the requests exchange and a queue of everything sent."""
-    async with await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:5672/{vhost}") as conn:
+    async with await aio_pika.connect(services.amqp_url(vhost)) as conn:
         channel = await conn.channel()
         exchange = await channel.declare_exchange(
             topology.REQUESTS, aio_pika.ExchangeType.TOPIC, durable=True

@@ -70,7 +70,7 @@ def _secret_settings(settings: Settings, user: str, amqp_password: str, db_passw
         update={
             "amqp": settings.amqp.model_copy(
                 update={
-                    "url": f"amqp://{user}@127.0.0.1:5672/{vhost}",
+                    "url": services.amqp_url(vhost, user),
                     "password": SecretStr(amqp_password),
                 }
             ),
