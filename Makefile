@@ -15,12 +15,16 @@ $(STAMP): pyproject.toml
 
 ## Everything the demo and the tests need: the Debian packages (PostgreSQL, RabbitMQ and
 ## Mosquitto included) and the virtual environment. Starts nothing; quick when all is there.
-deps: system-deps $(STAMP) asyncapi-deps
+deps: system-deps $(STAMP) $(ASYNCAPI_STAMP)
 
-## The AsyncAPI project's parser that tests/unit/test_schemas.py runs (tools/asyncapi).
+## The AsyncAPI project's parser that tests/unit/test_schemas.py runs (tools/asyncapi);
+## installed again only when its lock file changes, so offline runs never wait on npm.
+ASYNCAPI_STAMP := tools/asyncapi/node_modules/.installed
 .PHONY: asyncapi-deps
-asyncapi-deps: system-deps
+asyncapi-deps: $(ASYNCAPI_STAMP)
+$(ASYNCAPI_STAMP): tools/asyncapi/package-lock.json | system-deps
 	cd tools/asyncapi && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 ## The Debian packages alone (scripts/system-deps.sh lists them, and why).
 system-deps:

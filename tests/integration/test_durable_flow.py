@@ -35,7 +35,7 @@ async def lta_env(
     env = await devenv.init(
         tmp_path_factory.mktemp("lta"),
         1,
-        dsn=f"postgresql://postgres@127.0.0.1:5432/{database}",
+        dsn=services.dsn(database),
         amqp_url=amqp_url,
         services_port=free_port(),
     )
