@@ -23,6 +23,8 @@ from consumers.package_requests import PackageRequestConsumer
 from consumers.rosters import RosterConsumer
 from consumers.sign_requests import SignRequestConsumer
 from daemon import amqp, blobs, http, memdebug, metrics, monitor, systemd_notify, topology
+from daemon.audit.anchors import AuditKeeper
+from daemon.clock import vietnam_now
 from daemon.database import Database
 from daemon.documents import DocumentSource, RenderPool
 from daemon.errors import BrokerUnavailable
@@ -31,10 +33,12 @@ from daemon.levels import leveled_signing
 from daemon.packaging.builder import Packager
 from daemon.packaging.runner import PackageRunner
 from daemon.packaging.submission import Submitter
+from daemon.pdf.validation import load_certificates
 from daemon.pipeline import Pipeline
 from daemon.registry.rosters import RosterStore
 from daemon.renewal import renewer
 from daemon.settings import Settings
+from daemon.timestamps import TsaClient
 from producers.ministry import MinistryClient
 from producers.status import StatusRelay
 from producers.transports import AmqpStatus, MqttStatus
@@ -85,7 +89,10 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
         with amqp.translated("declaring the topology"):
             consume_channel = await connection.channel(on_return_raises=True)
             await consume_channel.set_qos(prefetch_count=settings.amqp.prefetch)
-            topo = await topology.declare(consume_channel, settings.amqp)
+            # The sign shards' own channel: a prefetch of one handler line each.
+            shard_channel = await connection.channel(on_return_raises=True)
+            await shard_channel.set_qos(prefetch_count=_handlers(settings))
+            topo = await topology.declare(consume_channel, settings.amqp, shard_channel)
             status_channel = await connection.channel()
             status_exchange = await status_channel.get_exchange(topology.STATUS)
 
@@ -141,6 +148,10 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
             renew_stop = asyncio.Event()
             renew_task = asyncio.create_task(renewals.run_schedule(renew_stop), name="ltv-renewal")
             stack.push_async_callback(_finish, renew_task, renew_stop)
+        keeper = _audit_keeper(settings, db, store, client)  # anchors and verifies the trail
+        audit_stop = asyncio.Event()
+        audit_task = asyncio.create_task(keeper.run(audit_stop), name="audit-keeper")
+        stack.push_async_callback(_finish, audit_task, audit_stop)
         log.info("Ready: consuming, HTTP on %s:%s.", settings.http.host, port)
         systemd_notify.notify(f"{systemd_notify.READY}\nSTATUS=Consuming; HTTP on port {port}.")
         stack.callback(systemd_notify.notify, systemd_notify.STOPPING)
@@ -158,6 +169,15 @@ def _package_runner(
     ministry = MinistryClient(client, settings.ministry, store)
     submitter = Submitter(db, ministry, settings.ministry, store)
     return PackageRunner(db, packager, submitter, settings.packaging)
+
+
+def _audit_keeper(
+    settings: Settings, db: Database, store: blobs.BlobStore, client: aiohttp.ClientSession
+) -> AuditKeeper:
+    tsa = TsaClient(client, settings.signing) if settings.signing.tsa_url else None
+    roots = load_certificates(settings.signing.trust_roots)
+    deadlines = settings.packaging.deadlines
+    return AuditKeeper(db, tsa, store, roots, settings.audit, deadlines, vietnam_now)
 
 
 async def open_core(

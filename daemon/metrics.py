@@ -167,7 +167,7 @@ RECORDS_WAITING = Gauge(
 
 TSA_DURATION = Histogram(
     "hocba_tsa_request_duration_seconds",
-    "Time for one RFC 3161 request to the timestamp authority, by kind (signature, document).",
+    "Time for one RFC 3161 request to the TSA, by kind (signature, document, anchor).",
     ["kind"],
     buckets=_LATENCY_BUCKETS_S,
 )
@@ -175,6 +175,14 @@ TSA_ERRORS = Counter(
     "hocba_tsa_errors",
     "Timestamp requests that failed, by kind (unreachable, timeout, refused, invalid).",
     ["kind"],
+)
+AUDIT_VERIFICATION_OK = Gauge(
+    "hocba_audit_last_verification_ok",
+    "1 if this instance's last scheduled walk of the audit trail found it whole, else 0.",
+)
+AUDIT_VERIFICATION_TIME = Gauge(
+    "hocba_audit_verification_timestamp_seconds",
+    "When this instance last walked the audit trail (0: not yet).",
 )
 STATUS_DURATION = Histogram(
     "hocba_certificate_status_request_duration_seconds",

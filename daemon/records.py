@@ -1,29 +1,47 @@
-"""The SQL of records: registry look-ups, and the one transaction that stores an outcome.
+"""The SQL of records: what a sign request is decided on, read in one round trip.
 
-An outcome (a signature or a refusal) is stored with its request row (idempotency),
-its audit entries and its status event (outbox) in one transaction, so that nothing
-is acknowledged, and nothing is announced, that is not durable.
+Storing an outcome is daemon/record_store.py's (re-exported here, where callers have
+always found it).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from daemon.consent import ConsentKey
-from daemon.errors import ConcurrentUpdate
 from daemon.messages import RecordInfo, StatusEvent
+from daemon.record_store import (
+    OUTBOX_CHANNEL,
+    NewSignature,
+    announce,
+    audit,
+    enqueue,
+    store_rejection,
+    store_signature,
+)
 from daemon.registry.keyring import RetiredKey
 from daemon.registry.rosters import ClassBinding
 from daemon.stages import Stage
-from daemon.statements import Statement
 
-OUTBOX_CHANNEL = "hocba_outbox"
+__all__ = [
+    "OUTBOX_CHANNEL",
+    "Lookup",
+    "NewSignature",
+    "Record",
+    "School",
+    "Signer",
+    "announce",
+    "audit",
+    "enqueue",
+    "lookup",
+    "record",
+    "store_rejection",
+    "store_signature",
+]
 
 
 @dataclass(frozen=True)
@@ -56,24 +74,6 @@ class Record:
 class PriorRequest:
     fingerprint: str
     event: StatusEvent
-
-
-@dataclass(frozen=True)
-class NewSignature:
-    """What the signing step produced, ready to be stored."""
-
-    request_id: UUID
-    school_id: str
-    info: RecordInfo
-    stage: Stage
-    signer_id: str
-    cert_serial: str
-    signed_at: datetime
-    digest_before: str
-    digest_after: str
-    size_before: int
-    size_after: int
-    fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -208,217 +208,3 @@ def _record(row: asyncpg.Record) -> Record:
         submission_round=row["submission_round"],
     )
     return Record(info, row["state"], row["signatures"], row["current_sha256"])
-
-
-# A signature is stored by one statement: its data-modifying CTEs all hang off the
-# record's insert (stage 1) or compare-and-set update (later stages), so when another
-# instance got there first nothing at all is written, and the statement is its own
-# transaction. One round trip instead of ten (BEGIN, seven writes, NOTIFY, COMMIT).
-# Parameters are named (daemon/statements.py): a new column is one `:name` here and
-# one entry in `_signature_params`.
-_CREATE_RECORD = """
-changed AS (
-    INSERT INTO records (school_id, record_id, student_id, academic_year, grade,
-                         class_name, submission_round, state, signatures, current_sha256)
-    VALUES (:school_id, :record_id, :student_id, :academic_year, :grade,
-            :class_name, :submission_round, :state, 1, :digest_after)
-    ON CONFLICT DO NOTHING
-    RETURNING school_id, record_id
-),
-versions AS (
-    INSERT INTO record_versions (school_id, record_id, version, sha256, size_bytes)
-    SELECT school_id, record_id, v.version, v.sha256, v.size_bytes
-    FROM changed, (VALUES (0::smallint, :digest_before::text, :size_before::integer),
-                          (:signatures::smallint, :digest_after::text, :size_after::integer))
-                  AS v (version, sha256, size_bytes)
-)"""
-_ADVANCE_RECORD = """
-changed AS (
-    UPDATE records
-    SET state = :state, signatures = :signatures, current_sha256 = :digest_after,
-        updated_at = now()
-    WHERE school_id = :school_id AND record_id = :record_id
-      AND signatures = :signatures - 1 AND current_sha256 = :digest_before
-    RETURNING school_id, record_id
-),
-versions AS (
-    INSERT INTO record_versions (school_id, record_id, version, sha256, size_bytes)
-    SELECT school_id, record_id, :signatures, :digest_after, :size_after FROM changed
-)"""
-_STORE_REST = (
-    """,
-signature AS (
-    INSERT INTO signatures (school_id, record_id, stage, signer_id, cert_serial,
-                            signed_at, digest_before, digest_after, request_id)
-    SELECT school_id, record_id, :stage, :signer_id, :cert_serial,
-           :signed_at, :digest_before, :digest_after, :request_id FROM changed
-),
-request AS (
-    INSERT INTO requests (request_id, school_id, record_id, stage, fingerprint,
-                          state, reason_code, event_id)
-    SELECT :request_id, school_id, record_id, :stage, :fingerprint,
-           :state, NULL, :event_id FROM changed
-),
-audit AS (
-    INSERT INTO audit_log (school_id, record_id, request_id, action, detail)
-    SELECT school_id, record_id, :request_id, 'signed', :detail::jsonb FROM changed
-),
-queued AS (
-    INSERT INTO outbox (event_id, school_id, record_id, state, payload, repeat)
-    SELECT :event_id, school_id, record_id, :state, :event::jsonb, false FROM changed
-    RETURNING id
-)
-SELECT count(*) FROM (SELECT pg_notify('"""
-    + OUTBOX_CHANNEL
-    + """', '') FROM queued) AS woken
-"""
-)
-_STORE_FIRST = Statement("WITH" + _CREATE_RECORD + _STORE_REST)
-_STORE_NEXT = Statement("WITH" + _ADVANCE_RECORD + _STORE_REST)
-
-
-async def store_signature(conn: asyncpg.Connection, sig: NewSignature, event: StatusEvent) -> None:
-    """Record, versions, signature, request, audit and outbox: all, or (on a race) none.
-
-    Raises ConcurrentUpdate when another instance created or advanced the record first.
-    """
-    first = sig.stage is Stage.HOMEROOM_TEACHER
-    statement = _STORE_FIRST if first else _STORE_NEXT
-    stored = await conn.fetchval(statement.sql, *statement.args(_signature_params(sig, event)))
-    if not stored:
-        what = "created this record" if first else "changed the record while it was signed"
-        raise ConcurrentUpdate(f"Another instance {what} first.")
-
-
-def _signature_params(sig: NewSignature, event: StatusEvent) -> dict[str, Any]:
-    """The store statement's parameters, by name; the record's details only at stage 1."""
-    detail = {
-        "stage": sig.stage.value,
-        "signer_id": sig.signer_id,
-        "cert_serial": sig.cert_serial,
-        "digest_before": sig.digest_before,
-        "digest_after": sig.digest_after,
-    }
-    params: dict[str, Any] = {
-        "school_id": sig.school_id,
-        "record_id": sig.info.record_id,
-        "state": event.state.value,
-        "signatures": sig.stage.position,
-        "digest_before": sig.digest_before,
-        "digest_after": sig.digest_after,
-        "size_after": sig.size_after,
-        "stage": sig.stage.value,
-        "signer_id": sig.signer_id,
-        "cert_serial": sig.cert_serial,
-        "signed_at": sig.signed_at,
-        "request_id": sig.request_id,
-        "fingerprint": sig.fingerprint,
-        "event_id": event.event_id,
-        "detail": json.dumps(detail),
-        "event": event.model_dump_json(),
-    }
-    if sig.stage is Stage.HOMEROOM_TEACHER:
-        params |= {
-            "student_id": sig.info.student_id,
-            "academic_year": sig.info.academic_year,
-            "grade": sig.info.grade,
-            "class_name": sig.info.class_name,
-            "submission_round": sig.info.submission_round,
-            "size_before": sig.size_before,
-        }
-    return params
-
-
-async def store_rejection(
-    conn: asyncpg.Connection,
-    event: StatusEvent,
-    fingerprint: str,
-    stage: str | None,
-    remember: bool,
-) -> None:
-    """A refusal: audit and outbox, and the request row when the request_id is trusted."""
-    assert event.reason is not None
-    if remember:
-        await _request_row(conn, event, fingerprint, stage, event.reason.code)
-    await audit(
-        conn,
-        event,
-        "rejected",
-        {"code": event.reason.code, "message": event.reason.message, "stage": stage},
-    )
-    await enqueue(conn, event)
-
-
-async def audit(
-    conn: asyncpg.Connection, event: StatusEvent, action: str, detail: dict[str, Any]
-) -> None:
-    await conn.execute(
-        """INSERT INTO audit_log (school_id, record_id, request_id, action, detail)
-           VALUES ($1, $2, $3, $4, $5)""",
-        event.school_id,
-        event.record_id,
-        event.request_id,
-        action,
-        json.dumps(detail),
-    )
-
-
-async def enqueue(conn: asyncpg.Connection, event: StatusEvent, *, repeat: bool = False) -> None:
-    """Put a status event in the outbox; the relay is woken when the transaction commits.
-
-    A `repeat` (the answer to a request seen before) is published again but never
-    retained on MQTT, where it would hide the record's newer state.
-    """
-    await conn.execute(
-        """INSERT INTO outbox (event_id, school_id, record_id, state, payload, repeat)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
-        event.event_id,
-        event.school_id,
-        event.record_id,
-        event.state.value,
-        event.model_dump_json(),
-        repeat,
-    )
-    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-
-
-async def _request_row(
-    conn: asyncpg.Connection,
-    event: StatusEvent,
-    fingerprint: str,
-    stage: str | None,
-    reason_code: str | None,
-) -> None:
-    await conn.execute(
-        """INSERT INTO requests (request_id, school_id, record_id, stage, fingerprint,
-                                 state, reason_code, event_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-        event.request_id,
-        event.school_id,
-        event.record_id,
-        stage,
-        fingerprint,
-        event.state.value,
-        reason_code,
-        event.event_id,
-    )
-
-
-async def announce(
-    conn: asyncpg.Connection, events: list[StatusEvent], action: str, detail: dict[str, Any]
-) -> None:
-    """Audit and enqueue many events at once (a package's records); one NOTIFY."""
-    await conn.executemany(
-        """INSERT INTO audit_log (school_id, record_id, request_id, action, detail)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [(e.school_id, e.record_id, e.request_id, action, json.dumps(detail)) for e in events],
-    )
-    await conn.executemany(
-        """INSERT INTO outbox (event_id, school_id, record_id, state, payload)
-           VALUES ($1, $2, $3, $4, $5)""",
-        [
-            (e.event_id, e.school_id, e.record_id, e.state.value, e.model_dump_json())
-            for e in events
-        ],
-    )
-    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")

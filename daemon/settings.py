@@ -80,6 +80,9 @@ class AmqpSettings(_Section):
     retry_cap_ms: int = Field(default=60_000, ge=10)
     delivery_limit: int = Field(default=20, ge=1)
     max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Sign queues hocba.sign.shard.<i> a consistent-hash exchange spreads the schools
+    # over (README "Fairness between schools"); 0: the single queue hocba.sign.
+    sign_shards: int = Field(default=8, ge=0, le=64)
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret(self.password, self.password_file, "amqp-password")

@@ -72,7 +72,9 @@ async def run(
     base: Path, records: int, schools: int, output_dir: Path, timeout_s: float = 900
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    env = await devenv.init(base, schools, services_port=pki_services.DEFAULT_PORT)
+    env = await devenv.init(
+        base, schools, services_port=pki_services.DEFAULT_PORT, daemon_role=devenv.DEV_DAEMON_ROLE
+    )
     output_dir = await asyncio.to_thread(output_dir.resolve)
     stop = asyncio.Event()
     token = SecretStr(await asyncio.to_thread(devenv.ministry_token, env.base))

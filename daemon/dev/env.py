@@ -34,6 +34,8 @@ from producers.school_system import ConsentSigner
 
 TOKEN_LABEL = "hocba-dev"
 CONFIG_NAME = "hocba-signer.toml"
+# The login role `dev init` and the demo's daemon connect as (a member of hocba_daemon).
+DEV_DAEMON_ROLE = "hocba_dev"
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,28 @@ async def init(
     dsn: str = "postgresql://postgres@127.0.0.1:5432/hocba",
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/",
     services_port: int | None = None,
+    daemon_role: str | None = None,
 ) -> DevEnv:
     """Provision (or reuse) the dev HSM token, PKI, config, database and registry.
+
+    With `daemon_role`, a new configuration's daemon connects as that login role (made
+    a member of hocba_daemon), and `dsn` becomes its `migrate_dsn` (the schema owner).
 
     With `services_port`, the dev PKI gets its OCSP responder, CRLs and TSA on that
     port (daemon/dev/pki_services.py): new certificates name them, and a new
     configuration signs at B-LTA.
     """
     ids = school_ids(schools)
-    base, result = await asyncio.to_thread(_provision, base, ids, dsn, amqp_url, services_port)
+    dsns = (_as_role(dsn, daemon_role), dsn) if daemon_role else (dsn, None)
+    base, result = await asyncio.to_thread(_provision, base, ids, dsns, amqp_url, services_port)
     settings = load_settings(base / CONFIG_NAME)
-    await ensure_database(settings.database.dsn)
-    conn = await asyncpg.connect(settings.database.dsn)
+    owner_dsn = settings.database.for_migrations().dsn
+    await ensure_database(owner_dsn)
+    conn = await asyncpg.connect(owner_dsn)
     try:
         await migrate.migrate(conn)
+        if settings.database.migrate_dsn:
+            await ensure_login_role(conn, urlsplit(settings.database.dsn).username or "", "daemon")
         for school_id in ids:
             alg, public = _ensure_consent_key(base, school_id)
             await register_school(conn, school_id, alg, public)
@@ -89,8 +99,29 @@ async def init(
     return DevEnv(base, settings, ids, result.signers)
 
 
+def _as_role(dsn: str, role: str) -> str:
+    parts = urlsplit(dsn)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+async def ensure_login_role(conn: asyncpg.Connection, role: str, service: str) -> None:
+    """A dev login role (no password: dev servers trust loopback) in the service's group."""
+    if not await conn.fetchval("SELECT true FROM pg_roles WHERE rolname = $1", role):
+        quoted = await conn.fetchval("SELECT quote_ident($1)", role)
+        try:
+            await conn.execute(f"CREATE ROLE {quoted} LOGIN")
+        except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError):
+            pass  # another dev init or test run made it just now
+    await migrate.grant(conn, role, service)
+
+
 def _provision(
-    base: Path, ids: tuple[str, ...], dsn: str, amqp_url: str, services_port: int | None = None
+    base: Path,
+    ids: tuple[str, ...],
+    dsns: tuple[str, str | None],
+    amqp_url: str,
+    services_port: int | None = None,
 ) -> tuple[Path, pki.ProvisionResult]:
     """The blocking part: files, the SoftHSM token, keys generated inside it."""
     base = base.resolve()
@@ -106,7 +137,7 @@ def _provision(
         pki_services.ensure_tsa(base / "pki")
     config = base / CONFIG_NAME
     if not config.exists():
-        text = _config_text(base, env, dsn, amqp_url, result.root_pem)
+        text = _config_text(base, env, dsns, amqp_url, result.root_pem)
         if services is not None:
             level = f'level = "B-LTA"\ntsa_url = "{services.tsa_url}"\n'
             text = text.replace("[signing]\n", f"[signing]\n{level}", 1)
@@ -217,14 +248,18 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def _config_text(base: Path, env: dict[str, str], dsn: str, amqp_url: str, root: Path) -> str:
+def _config_text(
+    base: Path, env: dict[str, str], dsns: tuple[str, str | None], amqp_url: str, root: Path
+) -> str:
     env_lines = "\n".join(f'{k} = "{v}"' for k, v in env.items())
+    dsn, migrate_dsn = dsns
+    owner = f'migrate_dsn = "{migrate_dsn}"\n' if migrate_dsn else ""
     return f"""# Written by `hocba-signer dev init`; a development configuration.
 instance = "hocba-dev"
 
 [database]
 dsn = "{dsn}"
-
+{owner}
 [amqp]
 url = "{amqp_url}"
 

@@ -18,6 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from daemon import records
+from daemon.audit import chain
 from daemon.errors import ConcurrentUpdate
 from daemon.messages import Reason, StatusEvent
 from daemon.packaging.container import PackageContent, PackagedRecord
@@ -34,7 +35,6 @@ class PackageState(StrEnum):
     # Given up on: the ministry kept losing its receipt. Not resumed until an operator
     # says so (`package-resume`, back to submitting; or `package-reject`).
     ATTENTION = "attention"
-
 
 
 @dataclass(frozen=True)
@@ -104,12 +104,17 @@ async def open_package(
 async def waiting(
     conn: asyncpg.Connection, school_id: str, year: str, round_: int
 ) -> list[PackagedRecord]:
-    """Issued records of the round that are in no live package."""
+    """Issued records of the round that are in no live package.
+
+    A correction is a record of its own, so once issued it waits here like any other
+    (even when the record it corrects was accepted by the ministry); a superseded
+    record is never sent again.
+    """
     rows = await conn.fetch(
         """SELECT r.record_id, r.student_id, r.grade, r.class_name, r.current_sha256
            FROM records r
            WHERE r.school_id = $1 AND r.academic_year = $2 AND r.submission_round = $3
-                 AND r.signatures = $4
+                 AND r.signatures = $4 AND r.state <> 'superseded'
                  AND NOT EXISTS (SELECT 1 FROM package_records p WHERE p.active
                                  AND p.school_id = r.school_id AND p.record_id = r.record_id)
            ORDER BY r.record_id""",
@@ -306,11 +311,8 @@ async def audit(
     conn: asyncpg.Connection, package: Package, action: str, detail: dict[str, Any]
 ) -> None:
     """One audit trail entry about the package as a whole (not one of its records)."""
-    await conn.execute(
-        "INSERT INTO audit_log (school_id, action, detail) VALUES ($1, $2, $3)",
-        package.school_id,
-        action,
-        json.dumps({"package_id": str(package.package_id), **detail}, ensure_ascii=False),
+    await chain.append(
+        conn, package.school_id, action, {"package_id": str(package.package_id), **detail}
     )
 
 
@@ -344,6 +346,7 @@ async def schools_waiting(conn: asyncpg.Connection, year: str, round_: int) -> l
     rows = await conn.fetch(
         """SELECT DISTINCT r.school_id FROM records r
            WHERE r.academic_year = $1 AND r.submission_round = $2 AND r.signatures = $3
+                 AND r.state <> 'superseded'
                  AND NOT EXISTS (SELECT 1 FROM package_records p WHERE p.active
                                  AND p.school_id = r.school_id AND p.record_id = r.record_id)
            ORDER BY 1""",
@@ -358,7 +361,7 @@ async def waiting_counts(conn: asyncpg.Connection) -> list[tuple[str, int, int]]
     """(academic year, round, issued records in no live package), for the metrics."""
     rows = await conn.fetch(
         """SELECT r.academic_year, r.submission_round, count(*) FROM records r
-           WHERE r.signatures = $1
+           WHERE r.signatures = $1 AND r.state <> 'superseded'
                  AND NOT EXISTS (SELECT 1 FROM package_records p WHERE p.active
                                  AND p.school_id = r.school_id AND p.record_id = r.record_id)
            GROUP BY 1, 2""",

@@ -7,13 +7,13 @@ grace period.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
+from daemon.audit import chain
 from daemon.consent import ConsentKey
 from daemon.errors import InvalidMessage, UnknownSchool
 from daemon.registry.keyring import fingerprint
@@ -39,13 +39,8 @@ class KeyEntry:
 async def audit(
     conn: asyncpg.Connection, school_id: str | None, action: str, detail: dict[str, Any]
 ) -> None:
-    """An `audit_log` entry for a registry change (no record, no request)."""
-    await conn.execute(
-        "INSERT INTO audit_log (school_id, action, detail) VALUES ($1, $2, $3)",
-        school_id,
-        action,
-        json.dumps(detail, ensure_ascii=False),
-    )
+    """An audit entry (chained: daemon/audit/chain.py) for a registry change."""
+    await chain.append(conn, school_id, action, detail)
 
 
 async def add(

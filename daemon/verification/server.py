@@ -138,7 +138,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     server = settings.verify_server
     async with AsyncExitStack() as stack:
-        db = Database(settings.database)
+        db = Database(settings.database.for_verifier())
         await db.open()
         stack.push_async_callback(db.close)
         checker = PoolChecker(settings)
