@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -152,6 +154,32 @@ class StatusEvent(_Frozen):
     at: datetime
 
 
+class StatusEventV2(_Frozen):
+    """`hocba.record_status.v2`: as v1, with the `superseded` state and what replaced what.
+
+    Published only where v1 consumers do not listen (producers/transports.py): AMQP key
+    `status_v2.<school_id>.<state>`, MQTT `.../records/<record_id>/status/v2`; for now
+    only for a record a correction replaced.
+    """
+
+    type: Literal["hocba.record_status.v2"] = "hocba.record_status.v2"
+    event_id: UUID
+    request_id: UUID | None
+    school_id: str
+    record_id: str | None
+    state: State | Literal["superseded"]
+    stage: Stage | None
+    document_sha256: str | None
+    signatures: int
+    reason: Reason | None
+    at: datetime
+    # On the superseded record: the issued correction that replaced it.
+    superseded_by: str | None = None
+    superseded_by_sha256: str | None = None
+    # On a correction: the record it corrects.
+    corrects: str | None = None
+
+
 def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
     """Decode and check a sign request; the routing key's school must be the body's."""
     try:
@@ -176,6 +204,40 @@ def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
             body,
         )
     return request
+
+
+_SAFE_SCHOOL = re.compile(r"[0-9A-Za-z_-]{1,32}")
+_SAFE_RECORD = re.compile(r"[0-9A-Za-z._-]{1,64}")
+
+
+def claimed_ids(body: bytes, routing_key: str) -> tuple[UUID | None, str | None]:
+    """The `request_id` and `record.record_id` an undecodable sign request claims.
+
+    So that its `rejected` event tells the school system which request failed. Only
+    ids safe in an MQTT topic or a routing key are repeated (no `+`, `#` nor `/`), and
+    the record id only when the body's `school_id` is the routing key's school.
+    """
+    try:
+        raw: Any = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or hostile JSON
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    request_id = None
+    claimed = raw.get("request_id")
+    if isinstance(claimed, str) and len(claimed) <= 45:
+        with contextlib.suppress(ValueError):
+            request_id = UUID(claimed)
+    school, record = raw.get("school_id"), raw.get("record")
+    record_id = record.get("record_id") if isinstance(record, dict) else None
+    consistent = (
+        isinstance(school, str)
+        and _SAFE_SCHOOL.fullmatch(school) is not None
+        and routing_key == f"sign.{school}"
+    )
+    if not (consistent and isinstance(record_id, str) and _SAFE_RECORD.fullmatch(record_id)):
+        record_id = None
+    return request_id, record_id
 
 
 def _summarise(exc: ValidationError) -> str:

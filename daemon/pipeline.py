@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-from daemon import consent, records, rules
+from daemon import consent, corrections, records, rules
 from daemon.blobs import BlobStore
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
@@ -54,10 +54,15 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Unreadable:
-    """A request whose body could not be decoded: what its envelope says of it."""
+    """A request whose body could not be decoded: what its envelope (and body) say of it.
+
+    `record_id` is the record the body names, when its school is the routing key's; the
+    record may not exist, and its `rejected` event then changes nothing.
+    """
 
     school_id: str
     request_id: UUID | None
+    record_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,11 @@ class Pipeline:
         """
         if isinstance(request, Unreadable):
             return await self._refuse(
-                error, request.school_id, request_id=request.request_id, remember=False
+                error,
+                request.school_id,
+                request_id=request.request_id,
+                record_id=request.record_id,
+                remember=False,
             )
         return await self._refuse(error, request.school_id, request, remember=False)
 
@@ -110,15 +119,19 @@ class Pipeline:
         request: SignRequest | None = None,
         *,
         request_id: UUID | None = None,
+        record_id: str | None = None,
         remember: bool = True,
     ) -> Outcome:
-        """Store a refusal and its `rejected` event; remember it if told to."""
+        """Store a refusal and its `rejected` event; remember it if told to.
+
+        The event tells the record's current signatures and version, when it exists.
+        """
         stage = request.stage if request else None
         event = StatusEvent(
             event_id=uuid.uuid4(),
             request_id=request.request_id if request else request_id,
             school_id=school_id,
-            record_id=request.record.record_id if request else None,
+            record_id=request.record.record_id if request else record_id,
             state=State.REJECTED,
             stage=stage,
             document_sha256=None,
@@ -127,8 +140,8 @@ class Pipeline:
             at=self.clock(),
         )
         async with self.db.transaction() as conn:
-            if request is not None and remember:
-                current = await records.record(conn, school_id, request.record.record_id)
+            if event.record_id is not None:
+                current = await records.record(conn, school_id, event.record_id)
                 event = event.model_copy(
                     update={
                         "signatures": current.signatures if current else 0,
@@ -162,7 +175,12 @@ class Pipeline:
             raise UnknownSchool(f"School {request.school_id} is not registered.")
         signer = rules.authorised_signer(found.signer, request)
         rules.check_order(record, request)
-        rules.check_enrolment(found, request)
+        corrects = _corrects(request) if record is None else None
+        if corrects is not None:
+            async with self.db.connection() as conn:
+                corrected = await records.record(conn, request.school_id, corrects)
+            rules.check_correction(request, corrects, corrected)
+        rules.check_enrolment(found, request, corrects=corrects)
         digest = _version_digest(request, record)
         subject = consent.Subject(
             request.school_id,
@@ -204,9 +222,23 @@ class Pipeline:
             size_before=len(pdf),
             size_after=len(result.pdf),
             fingerprint=fingerprint(request),
+            corrects=corrects,
         )
-        async with self.db.connection() as conn:
-            await records.store_signature(conn, signature, event)
+        if request.stage is Stage.SCHOOL_SEAL:
+            # A correction's seal supersedes the record it corrects, in the same transaction.
+            async with self.db.transaction() as conn:
+                await records.store_signature(conn, signature, event)
+                await corrections.supersede(
+                    conn,
+                    request.school_id,
+                    request.record.record_id,
+                    result.sha256,
+                    request.request_id,
+                    event.at,
+                )
+        else:
+            async with self.db.connection() as conn:
+                await records.store_signature(conn, signature, event)
         REQUESTS.labels(request.stage.value, "signed", "").inc()
         log.info(
             "Signed stage %s of record %s for school %s.",
@@ -228,6 +260,13 @@ class Pipeline:
             await self.store.put(pdf)
             return pdf, digest
         return await self.store.get(digest), digest
+
+
+def _corrects(request: SignRequest) -> str | None:
+    """The record a v2 request says it corrects (read at the teacher's stage only)."""
+    if isinstance(request, SignRequestV2) and request.corrects is not None:
+        return request.corrects.record_id
+    return None
 
 
 def _version_digest(request: SignRequest, record: records.Record | None) -> str:

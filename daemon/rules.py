@@ -75,3 +75,26 @@ def check_enrolment(found: Lookup, request: SignRequest, corrects: str | None = 
             f"The student already has record {live} for {round_}; a second is refused "
             "unless it is a correction."
         )
+
+
+def check_correction(request: SignRequest, corrects: str, corrected: Record | None) -> None:
+    """A correction names an issued record of this school, of the same student and round.
+
+    Refused as `invalid_message`: the request contradicts what the registry holds.
+    Record ids are per school, so another school's record is not found here.
+    """
+    info, school = request.record, request.school_id
+    if corrected is None:
+        raise InvalidMessage(f"corrects: school {school} holds no record {corrects} to correct.")
+    if corrected.state == "superseded":
+        raise InvalidMessage(f"corrects: record {corrects} was already superseded.")
+    if next_stage(corrected.signatures) is not None:
+        raise InvalidMessage(f"corrects: record {corrects} is not issued; finish or fix it.")
+    if corrected.info.student_id != info.student_id:
+        raise InvalidMessage(f"corrects: record {corrects} is another student's.")
+    same_round = (corrected.info.academic_year, corrected.info.submission_round) == (
+        info.academic_year,
+        info.submission_round,
+    )
+    if not same_round:
+        raise InvalidMessage(f"corrects: record {corrects} is of another year or round.")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -24,10 +25,21 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 30.0
 # aiomqtt warns above 10 pending publishes; stay within that.
 MQTT_IN_FLIGHT = 10
+# The ids the daemon accepts (daemon/messages.py): none is `+`, `#` or holds a `/`.
+_TOPIC_LEVEL = re.compile(r"[0-9A-Za-z._-]{1,64}")
+
+
+def _v2(event: dict[str, Any]) -> bool:
+    return event.get("type") == "hocba.record_status.v2"
 
 
 class AmqpStatus:
-    """Publishes to `hocba.status` with key `status.<school_id>.<state>`, confirmed."""
+    """Publishes to `hocba.status` with key `status.<school_id>.<state>`, confirmed.
+
+    A `hocba.record_status.v2` event (its `superseded` state unknown to v1) goes with
+    key `status_v2.<school_id>.<state>`, which no v1 binding (`status.#`,
+    `status.<school_id>.*`) matches.
+    """
 
     name = Transport.AMQP
 
@@ -49,7 +61,7 @@ class AmqpStatus:
             type=event["type"],
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        key = f"status.{event['school_id']}.{event['state']}"
+        key = f"{'status_v2' if _v2(event) else 'status'}.{event['school_id']}.{event['state']}"
         await self._exchange.publish(message, routing_key=key)
 
 
@@ -58,7 +70,9 @@ class MqttStatus:
 
     The retained message is the record's current state; a refusal or a repeated answer
     is published without retain so it never hides that state. Events with no record
-    (undecodable requests) go to `<prefix>/<school_id>/requests/rejected`.
+    (undecodable requests) go to `<prefix>/<school_id>/requests/rejected`. A v2 event
+    goes to `.../records/<record_id>/status/v2`, retained there, out of the sight of a
+    v1 subscriber to `.../records/+/status`.
     """
 
     name = Transport.MQTT
@@ -87,17 +101,24 @@ class MqttStatus:
                 await stack.aclose()
 
     def topic(self, event: dict[str, Any]) -> str:
+        # Ids come from requests: one that is not a plain topic level (`+`, `#`, `/`)
+        # never reaches a topic, whatever let it into an event.
         prefix, school = self._settings.topic_prefix, event["school_id"]
-        if event.get("record_id"):
-            return f"{prefix}/{school}/records/{event['record_id']}/status"
+        if not _TOPIC_LEVEL.fullmatch(school):
+            school = "unknown"
+        record_id = event.get("record_id")
+        if record_id and _TOPIC_LEVEL.fullmatch(record_id):
+            tail = "/v2" if _v2(event) else ""
+            return f"{prefix}/{school}/records/{record_id}/status{tail}"
         return f"{prefix}/{school}/requests/rejected"
 
     async def _publish_one(self, client: aiomqtt.Client, pending: Pending) -> None:
         event = pending.event
         payload = json.dumps(event, ensure_ascii=False, separators=(",", ":"))
-        current = bool(event.get("record_id")) and event["state"] != "rejected"
+        topic = self.topic(event)
+        current = not topic.endswith("/requests/rejected") and event["state"] != "rejected"
         retain = current and not pending.repeat
-        await client.publish(self.topic(event), payload, qos=1, retain=retain)
+        await client.publish(topic, payload, qos=1, retain=retain)
 
     async def _connected(self) -> aiomqtt.Client:
         if self._client is not None:

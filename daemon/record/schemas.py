@@ -14,7 +14,13 @@ from pathlib import Path
 from lxml import etree
 from pydantic import BaseModel
 
-from daemon.messages import PackageRequest, SignRequest, SignRequestV2, StatusEvent
+from daemon.messages import (
+    PackageRequest,
+    SignRequest,
+    SignRequestV2,
+    StatusEvent,
+    StatusEventV2,
+)
 from daemon.record.model import RecordData
 from daemon.record.xml import canonical_xml, schema_bytes
 
@@ -23,6 +29,7 @@ MESSAGES: dict[str, type[BaseModel]] = {
     "hocba.sign_request.v1": SignRequest,
     "hocba.sign_request.v2": SignRequestV2,
     "hocba.record_status.v1": StatusEvent,
+    "hocba.record_status.v2": StatusEventV2,
     "hocba.package_request.v1": PackageRequest,
 }
 EXAMPLE_RECORD_ID = "2025-2026-5A-07"

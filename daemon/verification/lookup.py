@@ -21,12 +21,15 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 _VERSION = """
 SELECT v.school_id, v.record_id, v.version, r.state, r.signatures,
        r.current_sha256 = v.sha256 AS current, s.name AS school_name,
-       (SELECT c.record_id FROM records c
-        WHERE c.school_id = r.school_id AND c.corrects = r.record_id AND c.signatures = 3
-        ORDER BY c.created_at LIMIT 1) AS replaced_by
+       c.record_id AS replaced_by, c.current_sha256 AS replaced_by_sha256
 FROM record_versions v
 JOIN records r USING (school_id, record_id)
 JOIN schools s USING (school_id)
+LEFT JOIN LATERAL (
+    SELECT c.record_id, c.current_sha256 FROM records c
+    WHERE c.school_id = r.school_id AND c.corrects = r.record_id AND c.signatures = 3
+    ORDER BY c.created_at LIMIT 1
+) AS c ON true
 WHERE v.sha256 = $1
 ORDER BY (r.current_sha256 = v.sha256) DESC, v.version DESC
 LIMIT 1
@@ -54,6 +57,8 @@ class Registered:
     version: int | None = None
     record_state: str | None = None
     replaced_by: str | None = None
+    # The issued version of the correction that replaced the record.
+    replaced_by_sha256: str | None = None
     signed: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -67,6 +72,7 @@ class Registered:
             "version": self.version,
             "record_state": self.record_state,
             "replaced_by": self.replaced_by,
+            "replaced_by_sha256": self.replaced_by_sha256,
             "signed": self.signed,
         }
 
@@ -77,6 +83,7 @@ class Registered:
             "school_id": self.school_id,
             "record_id": self.record_id,
             "replaced_by": self.replaced_by,
+            "replaced_by_sha256": self.replaced_by_sha256,
         }
 
 
@@ -98,6 +105,7 @@ async def registered(db: Database, sha256: str) -> Registered:
         version=row["version"],
         record_state=row["state"],
         replaced_by=row["replaced_by"],
+        replaced_by_sha256=row["replaced_by_sha256"],
         signed=_in_order(signed),
     )
 

@@ -164,6 +164,7 @@ async def test_an_issued_record_is_issued_with_three_signers_and_registered(
         "school_id": world.school,
         "record_id": record_id,
         "replaced_by": None,
+        "replaced_by_sha256": None,
     }
     assert report["sha256"] == hashlib.sha256(pdf).hexdigest()
     assert "student_id" not in str(report)
