@@ -64,9 +64,7 @@ async def test_three_stages_issue_a_record_that_validates(
     assert [r["digest_before"] for r in rows] == digests
     assert versions == 4
     for digest in digests:
-        assert (
-            hashlib.sha256(await FsStore(settings.store.path).get(digest)).hexdigest() == digest
-        )
+        assert hashlib.sha256(await FsStore(settings.store.path).get(digest)).hexdigest() == digest
     # And the MQTT status of the record is retained as issued
     topic = f"{settings.mqtt.topic_prefix}/{SCHOOL}/records/{info.record_id}/status"
     mqtt_event = await mqtt.wait(topic, "issued")
