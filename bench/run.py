@@ -25,7 +25,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench import end_to_end, hsm_raw, naive, pki_server, render, sign_path, verify_server
+from bench import end_to_end, fairness, hsm_raw, naive, pki_server, render, sign_path, verify_server
 from bench.environment import BenchEnv, bench_env, samples
 from bench.report import ratios, signing_rates, table
 from bench.validation import validate
@@ -40,13 +40,20 @@ class Sizes:
     e2e_records: int
     paced_s: float  # 0: no run at half the maximum throughput
     schools: int
+    fairness_burst: int = 0  # 0: no fairness scenario (bench/fairness.py)
 
 
 QUICK = Sizes(
     raw_s=1.0, naive_records=3, sign_path_records=24, e2e_records=16, paced_s=0, schools=1
 )
 FULL = Sizes(
-    raw_s=5.0, naive_records=12, sign_path_records=150, e2e_records=200, paced_s=15, schools=2
+    raw_s=5.0,
+    naive_records=12,
+    sign_path_records=150,
+    e2e_records=200,
+    paced_s=15,
+    schools=2,
+    fairness_burst=6000,
 )
 
 
@@ -84,6 +91,12 @@ async def bench(sizes: Sizes, mode: str) -> dict[str, Any]:
         doc["end_to_end"] = await _end_to_end(
             env, records[: sizes.e2e_records], sizes, issued, pki.pid
         )
+        if sizes.fairness_burst:
+            _progress(f"fairness, a burst of {sizes.fairness_burst}")
+            try:
+                doc["fairness"] = await fairness.measure(env, records, sizes.fairness_burst)
+            except RuntimeError as exc:  # e.g. the bench's schools share one shard
+                doc["fairness"] = {"error": str(exc)}
         _progress("verify_server")
         doc["verify_server"] = await verify_server.measure(
             env.dev.settings, issued["end_to_end_1"], uploads=2 * sizes.e2e_records

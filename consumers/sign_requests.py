@@ -6,12 +6,16 @@ to a delay queue (transient failure), or dead-lettered with its reason in header
 (refused, or out of retries once its `rejected` status is stored). Refusing, and the
 idempotency bookkeeping that goes with it, is the pipeline's: this module only says
 when to give up. A cancelled handler settles nothing: the broker redelivers the message.
+
+It consumes hocba.sign and every shard hocba.sign.shard.<i> (daemon/topology.py): the
+shards carry the requests, hocba.sign drains what an older instance left there. All
+deliveries wait for a handler in one FIFO line, so a bursting school has at most its
+shard's prefetch waiting ahead of another school's request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import uuid
@@ -28,7 +32,7 @@ from daemon.errors import (
     InvalidMessage,
     TransientError,
 )
-from daemon.messages import SignRequest, decode_sign_request
+from daemon.messages import SignRequest, claimed_ids, decode_sign_request
 from daemon.metrics import CONSUMING, IN_FLIGHT
 from daemon.pipeline import Outcome, Unreadable
 from daemon.settings import AmqpSettings
@@ -66,48 +70,47 @@ class SignRequestConsumer:
         # workers set the pace, and more requests decoded, fetched and waiting for a
         # worker would only hold more PDFs.
         self._working = asyncio.Semaphore(concurrency)
-        self._tag: str | None = None
+        self._queues = (topo.sign_queue, *topo.sign_shards)
+        self._tags: dict[str, str] = {}  # queue name -> this instance's consumer tag
         self._handlers: set[asyncio.Task[Any]] = set()
 
     async def consuming(self) -> bool:
-        """True while the broker delivers to this instance's own consumer.
+        """True while the broker delivers to this instance's consumer of every sign queue.
 
         The broker may cancel a consumer (queue leader moved, channel restored
         without it); the AMQP library then forgets the tag, and so does this check.
         """
-        if self._tag is None or self._topo.sign_queue.channel.is_closed:
+        if len(self._tags) != len(self._queues):
             return False
-        try:
-            with amqp.translated("looking up the consumer"):
-                underlay = await self._topo.sign_queue.channel.get_underlay_channel()
-        except BrokerUnavailable:
-            return False
-        consumers: dict[str, Any] = getattr(underlay, "consumers", {})
-        return self._tag in consumers
+        for queue in self._queues:
+            if queue.channel.is_closed:
+                return False
+            try:
+                with amqp.translated("looking up the consumer"):
+                    underlay = await queue.channel.get_underlay_channel()
+            except BrokerUnavailable:
+                return False
+            consumers: dict[str, Any] = getattr(underlay, "consumers", {})
+            if self._tags.get(queue.name) not in consumers:
+                return False
+        return True
 
     async def start(self) -> None:
         with amqp.translated("consuming"):
-            self._tag = await self._topo.sign_queue.consume(self._on_message)
+            for queue in self._queues:
+                self._tags[queue.name] = await queue.consume(self._on_message)
         CONSUMING.set(1)
-        log.info("Consuming %s.", topology.SIGN_QUEUE)
+        log.info("Consuming %s and %d shards.", topology.SIGN_QUEUE, len(self._queues) - 1)
 
     async def repair(self) -> None:
-        """Consume again after the broker cancelled this instance's consumer."""
-        if self._tag is not None:
-            with contextlib.suppress(BrokerUnavailable), amqp.translated("cancelling"):
-                await self._topo.sign_queue.cancel(self._tag)
-        self._tag = None
+        """Consume again after the broker cancelled one of this instance's consumers."""
+        await self._cancel()
         await self.start()
 
     async def stop(self, timeout_s: float) -> None:
         """Stop taking messages; let in-flight ones finish within `timeout_s`."""
-        if self._tag is not None:
-            try:
-                with amqp.translated("cancelling"):
-                    await self._topo.sign_queue.cancel(self._tag)
-            except BrokerUnavailable:
-                log.warning("Could not cancel the consumer cleanly; the broker will requeue.")
-            self._tag = None
+        if not await self._cancel():
+            log.warning("Could not cancel the consumers cleanly; the broker will requeue.")
         CONSUMING.set(0)
         if self._handlers:
             log.info("Waiting for %d in-flight requests.", len(self._handlers))
@@ -115,6 +118,20 @@ class SignRequestConsumer:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _cancel(self) -> bool:
+        """Cancel every consumer this instance has; False if the broker could not be told."""
+        clean = True
+        for queue in self._queues:
+            tag = self._tags.pop(queue.name, None)
+            if tag is None:
+                continue
+            try:
+                with amqp.translated("cancelling"):
+                    await queue.cancel(tag)
+            except BrokerUnavailable:
+                clean = False
+        return clean
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -133,9 +150,9 @@ class SignRequestConsumer:
         try:
             request = await self._decoded(message)
         except InvalidMessage as exc:
-            return await self._give_up(_unreadable(message), exc)
+            return await self._give_up(await self._unreadable(message), exc)
         except Exception as exc:
-            return await self._unexpected(message, _unreadable(message), exc)
+            return await self._unexpected(message, await self._unreadable(message), exc)
         if self._settler.crash_looping(message):
             error = InternalError("The request was redelivered too often (crash loop?).")
             return await self._give_up(request, error)
@@ -156,6 +173,19 @@ class SignRequestConsumer:
             return decode_sign_request(message.body, message.routing_key or "")
         # First stages carry whole PDFs: parse those off the event loop.
         return await asyncio.to_thread(decode_sign_request, message.body, message.routing_key or "")
+
+    async def _unreadable(self, message: AbstractIncomingMessage) -> Unreadable:
+        """What the envelope, and the body where it is JSON, say of an undecodable request."""
+        body, key = message.body, message.routing_key or ""
+        if len(body) > self._settings.max_message_bytes:
+            request_id, record_id = None, None
+        elif len(body) <= INLINE_DECODE_BYTES:
+            request_id, record_id = claimed_ids(body, key)
+        else:
+            request_id, record_id = await asyncio.to_thread(claimed_ids, body, key)
+        return Unreadable(
+            _school_of(message.routing_key), request_id or _uuid(message.message_id), record_id
+        )
 
     async def _unexpected(
         self, message: AbstractIncomingMessage, request: SignRequest | Unreadable, exc: Exception
@@ -193,11 +223,6 @@ def _verdict_of(outcome: Outcome) -> Verdict:
         assert outcome.event.reason is not None
         return Refused(outcome.event.reason.code, outcome.event.reason.message)
     return Done()
-
-
-def _unreadable(message: AbstractIncomingMessage) -> Unreadable:
-    """What the envelope says of a request whose body cannot be read."""
-    return Unreadable(_school_of(message.routing_key), _uuid(message.message_id))
 
 
 def _school_of(routing_key: str | None) -> str:

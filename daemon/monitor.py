@@ -53,9 +53,10 @@ class QueueStats(Protocol):
 
 
 def queue_names(settings: AmqpSettings) -> list[str]:
-    """The sign and package queues, their dead-letter and delay queues, as declared."""
+    """The sign queue and its shards, the package queue, their dead-letter and delay queues."""
     dead = [topology.DEAD_QUEUE, topology.PACKAGE_QUEUE, topology.PACKAGE_DEAD_QUEUE]
-    return [topology.SIGN_QUEUE, *dead, *topology.retry_queue_names(settings)]
+    shards = topology.shard_queue_names(settings)
+    return [topology.SIGN_QUEUE, *dead, *shards, *topology.retry_queue_names(settings)]
 
 
 class AmqpQueues:

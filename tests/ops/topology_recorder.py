@@ -15,6 +15,19 @@ VHOST = "/"
 @dataclass
 class _Exchange:
     name: str
+    recorder: Recorder
+
+    async def bind(self, exchange: _Exchange, routing_key: str | None = None, **_: Any) -> None:
+        self.recorder.bindings.append(
+            {
+                "source": exchange.name,
+                "vhost": VHOST,
+                "destination": self.name,
+                "destination_type": "exchange",
+                "routing_key": routing_key or "",
+                "arguments": {},
+            }
+        )
 
 
 @dataclass
@@ -40,6 +53,14 @@ class _Queue:
             }
         )
 
+    async def unbind(self, exchange: _Exchange, routing_key: str | None = None, **_: Any) -> None:
+        self.recorder.bindings = [
+            b
+            for b in self.recorder.bindings
+            if (b["source"], b["destination"], b["routing_key"])
+            != (exchange.name, self.name, routing_key or "")
+        ]
+
 
 @dataclass
 class Recorder:
@@ -61,7 +82,7 @@ class Recorder:
                 "arguments": {},
             }
         )
-        return _Exchange(name)
+        return _Exchange(name, self)
 
     async def declare_queue(
         self, name: str, *, durable: bool = False, arguments: dict[str, Any] | None = None, **_: Any

@@ -65,6 +65,7 @@ class FakeQueue:
     """Hands each delivery to the callback the consumer registered, as the broker would."""
 
     callback: Any = None
+    name: str = "hocba.sign"
 
     async def consume(self, callback: Any) -> str:
         self.callback = callback
