@@ -29,16 +29,16 @@ from daemon.database import Database
 from daemon.documents import DocumentSource, RenderPool
 from daemon.errors import BrokerUnavailable
 from daemon.hsm import SigningPool
-from daemon.levels import leveled_signing
+from daemon.ltv.levels import leveled_signing
+from daemon.ltv.renewal import renewer
+from daemon.ltv.timestamps import TsaClient
 from daemon.packaging.builder import Packager
 from daemon.packaging.runner import PackageRunner
 from daemon.packaging.submission import Submitter
 from daemon.pdf.validation import load_certificates
 from daemon.pipeline import Pipeline
 from daemon.registry.rosters import RosterStore
-from daemon.renewal import renewer
 from daemon.settings import Settings
-from daemon.timestamps import TsaClient
 from producers.ministry import MinistryClient
 from producers.status import StatusRelay
 from producers.transports import AmqpStatus, MqttStatus

@@ -86,7 +86,7 @@ async def _anchor(args: argparse.Namespace) -> int:
     import aiohttp
 
     from daemon.audit import anchors
-    from daemon.timestamps import TsaClient
+    from daemon.ltv.timestamps import TsaClient
 
     settings = _settings(args)
     if not settings.signing.tsa_url:

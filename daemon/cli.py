@@ -213,7 +213,7 @@ async def _print_copy(args: argparse.Namespace) -> int:
 
 
 async def _ltv_renew(args: argparse.Namespace) -> int:
-    from daemon import renewal
+    from daemon.ltv import renewal
 
     progress = renewal.Shown()
     summary = await renewal.renew_command(_settings(args), args.within_days, args.school, progress)

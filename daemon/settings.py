@@ -260,7 +260,7 @@ class PackagingSettings(_Section):
 
 
 class LtvSettings(_Section):
-    """Renewal of issued records' long-term validation data (daemon/renewal.py)."""
+    """Renewal of issued records' long-term validation data (daemon/ltv/renewal.py)."""
 
     # Records whose newest timestamp's TSA certificate (or algorithm) expires within
     # this many days get fresh validation data and a new document timestamp.

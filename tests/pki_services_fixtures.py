@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from daemon.certstatus import Fetch, Found, StatusAnswer
 from daemon.dev import pki_services
 from daemon.dev.pki import SignerSpec, ensure_softhsm_token, provision
+from daemon.ltv.status import Fetch, Found, StatusAnswer
 from daemon.pdf.validation import load_certificates
 from daemon.settings import SigningSettings
 from daemon.stages import Stage

@@ -37,7 +37,7 @@ _RETRY_S = 300.0
 
 
 class Stamper(Protocol):
-    """What anchors need of daemon/timestamps.py's TsaClient."""
+    """What anchors need of daemon/ltv/timestamps.py's TsaClient."""
 
     async def stamp(self, digest: bytes, kind: str = "signature") -> cms.ContentInfo: ...
 

@@ -6,10 +6,10 @@ measurements): a document security store holding every certificate of the three
 signatures and their timestamps, and the OCSP responses (or CRLs) that said each was
 good, so the record validates with no network; at B-LTA a document timestamp then
 covers it all, so that the data stays provably unchanged after the TSA's certificate
-expires, until the next renewal (`horizon` says when that is due; daemon/renewal.py
+expires, until the next renewal (`horizon` says when that is due; daemon/ltv/renewal.py
 renews with `extend` again: fresh validation data for everything the file holds,
 the previous document timestamps included, then a new document timestamp). The
-status answers are the ones daemon/certstatus.py cached when each key was about to
+status answers are the ones daemon/ltv/status.py cached when each key was about to
 sign, so building the DSS usually costs no request at all. pyHanko's parse and write
 run in a thread; the TSA request goes back to the event loop, where the TSA client
 lives. A document timestamp by a TSA certificate the file did not hold yet (a renewal
@@ -35,11 +35,11 @@ from cryptography import x509
 from pyhanko.sign.timestamps.api import TimeStamper
 
 from daemon.errors import NotAPdf
+from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.pades import parse_errors, read_pdf
-from daemon.timestamps import TsaClient
 
 if TYPE_CHECKING:
-    from daemon.certstatus import CertificateStatus
+    from daemon.ltv.status import CertificateStatus
 
 # Room for the document timestamp token in its /Contents (hex digits: twice this).
 DOC_TIMESTAMP_BYTES = 8192

@@ -21,15 +21,15 @@ import aiohttp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
-from daemon import ltv
-from daemon.certstatus import CertificateStatus, DatabaseStatusCache
 from daemon.database import Database
 from daemon.errors import UnknownSigner
 from daemon.hsm import KeyRef, SignJob, SignResult
+from daemon.ltv import dss
+from daemon.ltv.status import CertificateStatus, DatabaseStatusCache
+from daemon.ltv.timestamps import TsaClient, add_signature_timestamp
 from daemon.pdf.validation import load_certificates
 from daemon.settings import SigningSettings
 from daemon.stages import Stage
-from daemon.timestamps import TsaClient, add_signature_timestamp
 
 # A certificate read from the token is believed this long before it is read again,
 # so that a certificate replaced under the same label is noticed.
@@ -78,7 +78,7 @@ class LeveledSigning:
         pdf = await add_signature_timestamp(result.pdf, len(job.pdf), self._tsa)
         if job.stage is Stage.SCHOOL_SEAL and self._level in ("B-LT", "B-LTA"):
             archive = self._level == "B-LTA"
-            pdf = await ltv.extend(pdf, self._status, self._tsa, self._roots, archive=archive)
+            pdf = await dss.extend(pdf, self._status, self._tsa, self._roots, archive=archive)
         return dataclasses.replace(result, pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest())
 
     async def _signer(self, key: KeyRef) -> _Signer:

@@ -3,7 +3,7 @@
 A B-LTA record proves itself for as long as its newest timestamp does: until the TSA
 certificate that signed it expires (or its algorithm is retired). Before then, a
 renewal appends fresh validation data (the status of every certificate the file holds,
-the last TSA's included) and a new document timestamp (daemon/ltv.py): the content
+the last TSA's included) and a new document timestamp (daemon/ltv/dss.py): the content
 and every signature stay as they are, byte for byte.
 
     read horizons  ->  due records, soonest first  ->  per record, paced:
@@ -34,15 +34,15 @@ from typing import Protocol, TextIO
 import aiohttp
 from asn1crypto import x509 as asn1_x509
 
-from daemon import ltv
 from daemon.blobs import BlobStore
-from daemon.certstatus import CertificateStatus, DatabaseStatusCache
 from daemon.clock import VIETNAM, Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import ConfigError, HocbaError
+from daemon.ltv import dss
+from daemon.ltv.status import CertificateStatus, DatabaseStatusCache
+from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.validation import load_certificates
 from daemon.settings import LtvSettings, Settings, SigningSettings
-from daemon.timestamps import TsaClient
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +260,11 @@ class Renewer:
     async def renew(self, record: Due) -> bool:
         """Renew one record; False if its current version changed meanwhile."""
         pdf = await self._store.get(record.sha256)
-        renewed = await ltv.extend(pdf, self._status, self._tsa, self._roots, archive=True)
+        renewed = await dss.extend(pdf, self._status, self._tsa, self._roots, archive=True)
         if not renewed.startswith(pdf):  # an incremental update, or something went wrong
             raise ValueError(f"Renewing record {record.record_id} would change its content.")
         digest = hashlib.sha256(renewed).hexdigest()
-        horizon = await asyncio.to_thread(ltv.horizon, renewed)
+        horizon = await asyncio.to_thread(dss.horizon, renewed)
         await self._store.put(renewed)
         async with self._db.transaction() as conn:
             status = await conn.execute(
@@ -315,7 +315,7 @@ class Renewer:
                 return
             for digest in unread:
                 pdf = await self._store.get(digest)
-                horizon = await asyncio.to_thread(ltv.horizon, pdf)
+                horizon = await asyncio.to_thread(dss.horizon, pdf)
                 async with self._db.connection() as conn:
                     await conn.execute(_HORIZON, digest, horizon.expires_at, horizon.reason)
 

@@ -9,7 +9,7 @@ declared source that gives no usable answer is transient
 (`certificate_status_unavailable` once every retry is spent). Answers are verified
 (signed by the issuer, or by a responder it delegated to; for this certificate; not
 stale) before they are believed. The DER of each answer is kept: the seal embeds it
-(daemon/ltv.py).
+(daemon/ltv/dss.py).
 """
 
 from __future__ import annotations

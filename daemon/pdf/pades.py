@@ -238,7 +238,7 @@ def prepare_and_sign(
     """The PDF with one more PAdES B-B signature, for `stage`, and its SHA-256.
 
     `unsigned_bytes` leaves that much room after the CMS in /Contents, for unsigned
-    attributes added once it is signed (a signature timestamp, daemon/timestamps.py).
+    attributes added once it is signed (a signature timestamp, daemon/ltv/timestamps.py).
 
     The signature is an incremental update, what pyHanko's PdfSigner would write
     (fields, DocMDP/FieldMDP references, byte range); the CMS comes from the signer's

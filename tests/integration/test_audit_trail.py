@@ -28,9 +28,9 @@ from daemon.app import Running
 from daemon.audit import anchors, chain, verify
 from daemon.blobs import FsStore
 from daemon.dev import env as devenv
+from daemon.ltv.timestamps import TsaClient
 from daemon.messages import RecordInfo, StatusEvent
 from daemon.stages import ORDER, Stage, State
-from daemon.timestamps import TsaClient
 from tests import services
 from tests.integration.conftest import SchoolSystem
 from tests.pki_services_fixtures import *  # noqa: F403

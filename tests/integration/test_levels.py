@@ -9,15 +9,15 @@ import aiohttp
 import pytest
 from asn1crypto import cms
 
-from daemon.certstatus import CertificateStatus
 from daemon.dev import pki_services
 from daemon.errors import CertificateRevoked, CertificateStatusUnavailable, TsaUnavailable
 from daemon.hsm import SigningPool, SignJob
-from daemon.levels import LeveledSigning
+from daemon.ltv.levels import LeveledSigning
+from daemon.ltv.status import CertificateStatus
+from daemon.ltv.timestamps import TsaClient, contents_slot, signed_cms
 from daemon.pdf.pades import read_pdf
 from daemon.pdf.validation import validate_pdf_async
 from daemon.stages import ORDER, Stage
-from daemon.timestamps import TsaClient, contents_slot, signed_cms
 from tests.pki_services_fixtures import *  # noqa: F403
 from tests.pki_services_fixtures import SERVICED_SCHOOL, MemoryStatusCache, ServicedHsm
 

@@ -17,19 +17,19 @@ from aiohttp import web
 
 from daemon import migrate
 from daemon.blobs import FsStore
-from daemon.certstatus import CertificateStatus, DatabaseStatusCache
 from daemon.database import Database
 from daemon.dev import env as devenv
 from daemon.dev import pki_services
 from daemon.dev.pki import SIGNER_VALIDITY
 from daemon.hsm import SigningPool, SignJob
-from daemon.levels import LeveledSigning
-from daemon.ltv import horizon
+from daemon.ltv.dss import horizon
+from daemon.ltv.levels import LeveledSigning
+from daemon.ltv.renewal import Renewer, Shown
+from daemon.ltv.status import CertificateStatus, DatabaseStatusCache
+from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.pades import read_pdf
-from daemon.renewal import Renewer, Shown
 from daemon.settings import DatabaseSettings, LtvSettings
 from daemon.stages import ORDER
-from daemon.timestamps import TsaClient
 from tests import services
 from tests.pki_services_fixtures import *  # noqa: F403
 from tests.pki_services_fixtures import SERVICED_SCHOOL, ServicedHsm, free_port

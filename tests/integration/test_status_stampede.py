@@ -12,10 +12,10 @@ import pytest
 from cryptography import x509
 
 from daemon import migrate
-from daemon.certstatus import CertificateStatus, DatabaseStatusCache
 from daemon.database import Database
 from daemon.dev import env as devenv
 from daemon.hsm import SigningPool
+from daemon.ltv.status import CertificateStatus, DatabaseStatusCache
 from daemon.settings import DatabaseSettings
 from tests import services
 from tests.pki_services_fixtures import *  # noqa: F403

@@ -6,7 +6,7 @@ import io
 from datetime import UTC, datetime
 
 from daemon.clock import VIETNAM
-from daemon.renewal import Due, Shown, next_run
+from daemon.ltv.renewal import Due, Shown, next_run
 
 
 def test_next_run_is_today_before_the_hour_and_tomorrow_after() -> None:
