@@ -5,7 +5,7 @@
 * `fs.FsStore` keeps them on one machine's disk; `s3.S3Store` in any S3-compatible
   object store, for instances on several machines.
 * `open_store` builds the configured backend; only the composition roots call it
-  (`daemon/app.py`, `daemon/package_commands.py`, `daemon/dev/demo.py`) and pass the
+  (`daemon/app.py`, `daemon/commands/package_actions.py`, `daemon/dev/demo.py`) and pass the
   store down as a `BlobStore`.
 
 It imports only the foundations (errors, settings).

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from daemon import cli
-from daemon import package_commands as package_cli
 from daemon.app import Running
+from daemon.commands import package_actions as package_cli
+from daemon.commands import packages as package_commands
 from daemon.dev import env as devenv
 from daemon.errors import HocbaError
 from daemon.packaging import packages
@@ -117,7 +118,7 @@ async def test_a_resumed_package_is_sent_again_and_may_lose_its_receipt_again(
     cli_settings = settings.model_copy(
         update={"ministry": given.sim.settings(max_receipt_resends=RESENDS)}
     )
-    with caplog.at_level(logging.WARNING, logger="daemon.package_commands"):
+    with caplog.at_level(logging.WARNING, logger="daemon.commands.package_actions"):
         shown = await package_cli.resume(
             cli_settings, given.package.package_id, "The ministry has nothing.", follow=True
         )
@@ -141,7 +142,7 @@ async def test_a_resumed_package_is_sent_again_and_may_lose_its_receipt_again(
     assert action == "package_resumed_by_operator"
     assert detail["from"] == "attention" and detail["to"] == "submitting"
     assert detail["reason"] == "The ministry has nothing."
-    warned = [r.getMessage() for r in caplog.records if r.name == "daemon.package_commands"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "daemon.commands.package_actions"]
     assert warned == [
         f"Package {given.package.package_id} resumed by an operator: back to submitting "
         "under the same Idempotency-Key."
@@ -294,28 +295,37 @@ async def test_packages_in_attention_are_listed_by_command(
 
 
 def test_the_package_commands_parse_beside_the_existing_one() -> None:
-    parser = cli._parser()
+    parser = cli.parser()
     package_id = uuid.uuid4()
 
     made = parser.parse_args(
         ["package", "--school", SCHOOL, "--year", "2025-2026", "--round", "1", "--submit"]
     )
-    assert (made.handler, made.school, made.round, made.submit) == (cli._package, SCHOOL, 1, True)
+    assert (made.handler, made.school, made.round, made.submit) == (
+        package_commands._package,
+        SCHOOL,
+        1,
+        True,
+    )
     resumed = parser.parse_args(["package-resume", str(package_id), "--follow"])
     assert (resumed.handler, resumed.package_id, resumed.follow, resumed.reason) == (
-        cli._package_resume,
+        package_commands._package_resume,
         package_id,
         True,
         None,
     )
     rejected = parser.parse_args(["package-reject", str(package_id), "--reason", "Rebuild."])
     assert (rejected.handler, rejected.package_id, rejected.reason) == (
-        cli._package_reject,
+        package_commands._package_reject,
         package_id,
         "Rebuild.",
     )
     listed = parser.parse_args(["package-list"])
-    assert (listed.handler, listed.state, listed.school) == (cli._package_list, "attention", None)
+    assert (listed.handler, listed.state, listed.school) == (
+        package_commands._package_list,
+        "attention",
+        None,
+    )
     assert {s.value for s in PackageState} == set(
         next(a for a in _subparser(parser, "package-list")._actions if a.dest == "state").choices
     )
