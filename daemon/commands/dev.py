@@ -43,7 +43,7 @@ def add_parsers(sub: Any) -> None:
     cmd.set_defaults(handler=_dev_consent)
 
     cmd = sub.add_parser("publish", help="publish one sign request (sample school system)")
-    from producers import publish
+    from daemon.dev import publish
 
     publish.add_arguments(cmd)
     cmd.set_defaults(handler=_publish)
@@ -128,7 +128,7 @@ async def _dev_consent(args: argparse.Namespace) -> int:
 
 
 async def _publish(args: argparse.Namespace) -> int:
-    from producers import publish
+    from daemon.dev import publish
 
     result = await publish.publish_file(args)
     common.show(result, True)
