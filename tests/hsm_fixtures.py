@@ -19,12 +19,8 @@ from asn1crypto import x509
 from fpdf import FPDF
 from pydantic import SecretStr
 
-from daemon.dev.pki import (
-    ProvisionedSigner,
-    SignerSpec,
-    ensure_softhsm_token,
-    provision,
-)
+from daemon.dev.pki import ProvisionedSigner, SignerSpec, provision
+from daemon.dev.softhsm import ensure_softhsm_token
 from daemon.hsm import KeyRef, SigningPool
 from daemon.pdf.validation import load_certificates
 from daemon.settings import HsmSettings, SigningSettings

@@ -17,7 +17,8 @@ import pytest
 import pytest_asyncio
 
 from daemon.dev import pki_services
-from daemon.dev.pki import SignerSpec, ensure_softhsm_token, provision
+from daemon.dev.pki import SignerSpec, provision
+from daemon.dev.softhsm import ensure_softhsm_token
 from daemon.ltv.status import Fetch, Found, StatusAnswer
 from daemon.pdf.validation import load_certificates
 from daemon.settings import SigningSettings

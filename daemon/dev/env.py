@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon import migrate
 from daemon.consent import Alg
-from daemon.dev import pki, pki_services
+from daemon.dev import pki, pki_services, softhsm
 from daemon.settings import Settings, load_settings
 from producers.school_system import ConsentSigner
 
@@ -128,7 +128,7 @@ def _provision(
     (base / "consent").mkdir(parents=True, exist_ok=True, mode=0o700)
     pin = _secret_file(base / "hsm-pin")
     so_pin = _secret_file(base / "hsm-so-pin")
-    env = pki.ensure_softhsm_token(base / "hsm", TOKEN_LABEL, pin, so_pin)
+    env = softhsm.ensure_softhsm_token(base / "hsm", TOKEN_LABEL, pin, so_pin)
     if services_port is not None:
         pki_services.configure(base / "pki", services_port)
     result = pki.provision(base, token_label=TOKEN_LABEL, pin=pin, schools=ids, env=env)
@@ -264,7 +264,7 @@ dsn = "{dsn}"
 url = "{amqp_url}"
 
 [hsm]
-module = "{pki.SOFTHSM_MODULE}"
+module = "{softhsm.SOFTHSM_MODULE}"
 token_label = "{TOKEN_LABEL}"
 pin_file = "{base / "hsm-pin"}"
 
