@@ -50,7 +50,6 @@ from daemon.pdf.incremental import (
     catalog_version,
     id_digest,
     indirect,
-    next_trailer,
     signature_entries,
 )
 from daemon.pdf.reader import NOT_TRAILER_KEYS, Document
@@ -64,6 +63,7 @@ from daemon.pdf.syntax import (
     as_int,
     as_ref,
 )
+from daemon.pdf.xref import next_trailer
 
 # An invisible field as pyHanko's SignatureFormField makes one: locked (128) and
 # printed (4), on the first page, with an empty rectangle and no appearance.

@@ -28,9 +28,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
-import struct
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -41,7 +38,7 @@ from daemon.pdf.appearance import (
     signed_appearance,
     stream_object,
 )
-from daemon.pdf.reader import NOT_TRAILER_KEYS, Document, Located
+from daemon.pdf.reader import Document, Located
 from daemon.pdf.syntax import (
     PdfDict,
     PdfObject,
@@ -52,6 +49,7 @@ from daemon.pdf.syntax import (
     as_ref,
     serialize,
 )
+from daemon.pdf.xref import next_trailer, xref_section
 
 __all__ = ["ContentsTooLarge", "PreparedSignature", "SignedPdf", "Unsupported", "prepare_signature"]
 
@@ -59,8 +57,6 @@ __all__ = ["ContentsTooLarge", "PreparedSignature", "SignedPdf", "Unsupported", 
 # every offset is known before the digest is computed.
 BYTE_RANGE_WIDTH = 62
 _CATALOG_VERSION = re.compile(r"(\d).(\d)")  # pyHanko's pattern, `.` included
-_FREE_HEAD = (0, 65535)  # object 0: head of the free list, written in every section
-_STREAM_WIDTHS = (1, 8, 2)  # what pyHanko writes
 
 
 class ContentsTooLarge(ValueError):
@@ -294,7 +290,7 @@ class SignedUpdate:
         contents_end = contents_start + 2 * contents_bytes + 2
         rest = self.signature_entries
         xref_at = contents_end + len(_BYTE_RANGE_KEY) + BYTE_RANGE_WIDTH + len(rest)
-        xref = _xref_section(self.xref_stream, offsets, xref_at, self.trailer)
+        xref = xref_section(self.xref_stream, offsets, xref_at, self.trailer)
         byte_range = _byte_range(contents_start, contents_end, xref_at + len(xref))
         tail = _BYTE_RANGE_KEY + byte_range + rest + xref
         hasher.update(head)
@@ -351,75 +347,3 @@ def _byte_range(contents_start: int, contents_end: int, eof: int) -> bytes:
     if len(text) > BYTE_RANGE_WIDTH:
         raise Unsupported("The document is too large for the /ByteRange slot.")
     return text.ljust(BYTE_RANGE_WIDTH)
-
-
-def next_trailer(previous: PdfDict, startxref: int, digest: bytes) -> PdfDict:
-    """The previous trailer's entries, a new second /ID half and /Prev; /Size comes later."""
-    trailer = {key: value for key, value in previous.items() if key not in NOT_TRAILER_KEYS}
-    old_id = previous.get("ID")
-    if old_id is None:
-        first = digest[:16]  # pyHanko makes one up too
-    elif isinstance(old_id, list) and len(old_id) == 2 and isinstance(old_id[0], bytes):
-        first = old_id[0]
-    else:
-        raise Unsupported("The trailer's /ID is not a pair of strings.")
-    trailer["ID"] = [first, digest[16:]]
-    trailer["Prev"] = startxref
-    return trailer
-
-
-def _xref_section(
-    as_stream: bool, offsets: dict[int, tuple[int, int]], at: int, trailer: PdfDict
-) -> bytes:
-    """The new objects' xref section at byte `at`, its trailer, startxref and %%EOF."""
-    if as_stream:
-        return _xref_stream(offsets, at, trailer)
-    lines = [b"xref\n"]
-    for first, chunk in _chunks({0: _FREE_HEAD, **offsets}):
-        lines.append(b"%d %d\n" % (first, len(chunk)))
-        lines.extend(
-            b"%010d %05d %s \n" % (offset, gen, b"n" if num else b"f")
-            for num, (offset, gen) in chunk
-        )
-    trailer = {**trailer, "Size": max(offsets) + 1}
-    lines += [b"trailer\n", serialize(trailer), b"\nstartxref\n%d\n%%%%EOF\n" % at]
-    return b"".join(lines)
-
-
-def _xref_stream(offsets: dict[int, tuple[int, int]], at: int, trailer: PdfDict) -> bytes:
-    """An xref stream as pyHanko writes one: /W [1 8 2], Flate, listing itself too."""
-    num = max(offsets) + 1
-    index: list[PdfObject] = []
-    rows = []
-    for first, chunk in _chunks({0: _FREE_HEAD, **offsets, num: (at, 0)}):
-        index += [first, len(chunk)]
-        rows += [struct.pack(">BQH", 1 if n else 0, offset, gen) for n, (offset, gen) in chunk]
-    data = zlib.compress(b"".join(rows))
-    stream: PdfDict = {
-        "W": list(_STREAM_WIDTHS),
-        "Type": "XRef",
-        "Filter": "FlateDecode",
-        **trailer,
-        "Size": num + 1,
-        "Index": index,
-        "Length": len(data),
-    }
-    return b"%d 0 obj\n%s\nstream\n%s\nendstream\nendobj\n\nstartxref\n%d\n%%%%EOF\n" % (
-        num,
-        serialize(stream),
-        data,
-        at,
-    )
-
-
-def _chunks(
-    entries: dict[int, tuple[int, int]],
-) -> Iterator[tuple[int, list[tuple[int, tuple[int, int]]]]]:
-    """Runs of consecutive object numbers, as xref subsections list them."""
-    chunk: list[tuple[int, tuple[int, int]]] = []
-    for num in sorted(entries):
-        if chunk and num != chunk[-1][0] + 1:
-            yield chunk[0][0], chunk
-            chunk = []
-        chunk.append((num, entries[num]))
-    yield chunk[0][0], chunk
