@@ -1,11 +1,10 @@
 """The homeroom teacher's document: inline or fetched by reference, then checked.
 
 A v2 record is rendered in a process pool (`RenderPool`, built once by the composition
-root), not in a thread: rendering is pure-Python CPU work (fpdf2's line breaking, font
-subsetting; ~250 ms a record), so in a thread it holds the GIL that the event loop
-needs, and a burst of records stalls every other request. The HSM workers are not
-used for it: their slots are the token's sessions, and a 250 ms render in one would
-hold a signing slot that a signature needs for a few milliseconds.
+root, `signing.render_workers`; 0 renders in a thread): rendering is pure-Python CPU
+work (~8 ms a record), which in a thread holds the GIL the event loop needs, so a
+burst of records would stall every other request. The HSM workers are not used for
+it: their slots are the token's sessions, needed by signatures.
 """
 
 from __future__ import annotations

@@ -151,3 +151,81 @@ def test_a_pdf_carrying_another_records_xml_is_refused(
 def test_a_pdf_without_record_xml_is_left_alone() -> None:
     plain = next((Path(__file__).resolve().parents[1] / "corpus" / "producers").glob("*.pdf"))
     assert check_attached_record(plain.read_bytes(), "31000123", INFO) is False
+
+
+def _words_by_line(pdf: bytes, tmp_path: Path) -> list[list[tuple[str, float, float]]]:
+    """pdftotext's lines, each as its words (text, xMin, xMax) in points."""
+    path = tmp_path / "record.pdf"
+    path.write_bytes(pdf)
+    html = _poppler("pdftotext", "-bbox-layout", str(path), "-")
+    ns = {"x": "http://www.w3.org/1999/xhtml"}
+    root = etree.fromstring(html.encode("utf-8"), etree.XMLParser(recover=True))
+    return [
+        [(w.text or "", float(w.get("xMin")), float(w.get("xMax"))) for w in line]
+        for line in root.iterfind(".//x:line", ns)
+    ]
+
+
+def test_a_long_comment_is_justified_between_the_margins(data: RecordData, tmp_path: Path) -> None:
+    comment = " ".join(f"từ{i}" for i in range(60))
+    pdf = render_record(RECORD_ID, data.model_copy(update={"teacher_comment": comment}))
+    lines = [ws for ws in _words_by_line(pdf, tmp_path) if any("từ" in w for w, _, _ in ws)]
+    assert len(lines) >= 3
+    assert " ".join(w for ws in lines for w, _, _ in ws).endswith(comment)
+    right = PAGE_W_PT - 40 - 2.835
+    for ws in lines[:-1]:
+        assert abs(ws[-1][2] - right) < 1.0, ws[-1]
+    assert lines[-1][-1][2] < right - 5
+
+
+def test_no_text_runs_past_the_margins(data: RecordData, tmp_path: Path) -> None:
+    word = "Đ" + "ươ" * 60
+    subjects = [s.model_copy(update={"comment": f"Em {word} tốt."}) for s in data.subjects]
+    long = data.model_copy(update={"subjects": subjects, "teacher_comment": word + " " + word})
+    lines = _words_by_line(render_record(RECORD_ID, long), tmp_path)
+    pieces = [w for ws in lines for w, _, _ in ws if w and set(w) <= set("Đươ")]
+    assert len(pieces) > len(subjects) + 2  # each long word went over several lines
+    assert sum(w.count("ư") for w in pieces) == 60 * (len(subjects) + 2)
+    for ws in lines:
+        for text, x_min, x_max in ws:
+            assert 40 - 0.5 <= x_min and x_max <= PAGE_W_PT - 40 + 0.5, text
+
+
+def test_a_record_longer_than_a_page_repeats_the_table_heading(
+    data: RecordData, tmp_path: Path
+) -> None:
+    comment = "Em tích cực tham gia các hoạt động của lớp, của trường; " * 10
+    subjects = [
+        s.model_copy(update={"comment": f"{i}. {comment.strip()} Hết{i}."})
+        for i, s in enumerate(data.subjects)
+    ]
+    pdf = render_record(RECORD_ID, data.model_copy(update={"subjects": subjects}))
+    path = tmp_path / "record.pdf"
+    path.write_bytes(pdf)
+    pages = _poppler("pdftotext", "-layout", str(path), "-").split("\f")[:-1]
+    assert len(pages) >= 2
+    assert all("Nhận xét" in page and "Mức đạt được" in page for page in pages[:2])
+    everything = "".join(pages)
+    assert all(f"Hết{i}." in everything for i in range(len(subjects)))
+    assert "Dấu của nhà trường" in pages[-1] and "Dấu của nhà trường" not in pages[0]
+    inspect_pdf(pdf, 10 * 1024 * 1024)
+    boxes = signature_boxes(len(pages))
+    assert {b.page for b in boxes.values()} == {len(pages) - 1}
+
+
+def test_the_widths_the_pdf_declares_are_the_embedded_fonts_own(pdf: bytes) -> None:
+    from io import BytesIO
+
+    from fontTools.ttLib import TTFont
+
+    page = PdfFileReader(BytesIO(pdf)).root["/Pages"]["/Kids"][0]
+    fonts = page["/Resources"]["/Font"]
+    for key in ("/F1", "/F2"):
+        cid_font = fonts[key]["/DescendantFonts"][0]
+        ttf = TTFont(BytesIO(cid_font["/FontDescriptor"]["/FontFile2"].data))
+        scale = 1000 / ttf["head"].unitsPerEm
+        first, widths = cid_font["/W"][0], list(cid_font["/W"][1])
+        assert first == 0 and len(widths) == ttf["maxp"].numGlyphs
+        for gid, declared in enumerate(widths):
+            advance = ttf["hmtx"][ttf.getGlyphName(gid)][0]
+            assert abs(declared - advance * scale) <= 1, (key, gid)
