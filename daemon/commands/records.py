@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.commands import common
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
+    from daemon.verification import basis
 
 
 def add_parsers(sub: Any) -> None:
@@ -42,18 +47,52 @@ def add_parsers(sub: Any) -> None:
 
 
 async def _verify(args: argparse.Namespace) -> int:
+    """With a configuration, who signed is the registry's word where the database answers."""
+    import os
+
+    from daemon.settings import CONFIG_ENV
+    from daemon.verification import basis
     from daemon.verification import report as verify
 
     settings = common.settings(args) if args.config or not args.trust_root else None
     roots = args.trust_root or (settings.signing.trust_roots if settings else [])
     rules = settings.verification if settings else None
-    if verify.is_package(args.file):
-        package = await asyncio.to_thread(verify.package_report, args.file, roots, rules)
-        print(verify.render_package(package, as_json=args.json))
-        return verify.exit_code(package)
-    report = await asyncio.to_thread(verify.report, args.file.read_bytes(), roots, rules)
+    configured = args.config or os.environ.get(CONFIG_ENV)
+    async with AsyncExitStack() as stack:
+        registry = await _registry(settings, stack) if settings and configured else None
+        if verify.is_package(args.file):
+            checked = await asyncio.to_thread(verify.check_package_file, args.file, roots, rules)
+            if registry is not None and settings is not None:
+                checked = await basis.package(registry, checked, settings.verification)
+            package = verify.checked_package_report(checked)
+            print(verify.render_package(package, as_json=args.json))
+            return verify.exit_code(package)
+        record = await asyncio.to_thread(verify.check_record, args.file.read_bytes(), roots, rules)
+        if registry is not None and settings is not None:
+            record = await basis.record(registry, record, settings.verification)
+        report = verify.checked_report(record)
     print(verify.render(report, as_json=args.json))
     return verify.exit_code(report)
+
+
+async def _registry(settings: Settings, stack: AsyncExitStack) -> basis.SignerRegistry:
+    """The registry, read as the verifier role (`database.verifier_dsn`, else `dsn`).
+
+    One that cannot be opened is still returned: each look-up fails, and the report
+    notes that the certificates were its basis.
+    """
+    from daemon.database import Database
+    from daemon.errors import DatabaseUnavailable
+    from daemon.verification.basis import DatabaseSigners
+
+    db = Database(settings.database.for_verifier())
+    try:
+        await db.open()
+    except DatabaseUnavailable:
+        pass
+    else:
+        stack.push_async_callback(db.close)
+    return DatabaseSigners(db)
 
 
 async def _verify_server(args: argparse.Namespace) -> int:

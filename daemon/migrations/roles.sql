@@ -57,4 +57,5 @@ GRANT UPDATE ON packages, package_records, records, outbox TO hocba_packager;
 GRANT hocba_packager TO hocba_daemon;
 
 -- hocba_verifier
-GRANT SELECT ON schools, records, record_versions, signatures TO hocba_verifier;
+-- signers: who a certificate belongs to, for the verdict (daemon/verification/lookup.py).
+GRANT SELECT ON schools, signers, records, record_versions, signatures TO hocba_verifier;

@@ -2,9 +2,11 @@
 
 Validation (pyHanko) is CPU-bound and a package holds many records, so each check runs
 in a worker process (`check` is what `loop.run_in_executor` calls; everything it takes
-and returns is plain data). The verdict and the reports are `hocba-signer verify`'s
-(daemon.verification.report, daemon.verification.verdict); this module only shapes them as
-DESIGN.md's public report, without the student id.
+and returns pickles). It returns the facts (`Checked`: the verdicts, by the
+certificates); the server's main process judges them again with the registry
+(daemon.verification.basis) and `shape`s them as DESIGN.md's public report, without the
+student id. The verdict and the reports are `hocba-signer verify`'s
+(daemon.verification.report, daemon.verification.verdict).
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.settings import VerificationSettings
+
+if TYPE_CHECKING:
+    from daemon.packaging.check import PackageReport
+    from daemon.verification.report import CheckedRecord
 
 PDF = "application/pdf"
 ASICE = "application/vnd.etsi.asic-e+zip"
@@ -33,7 +40,19 @@ _SIGNATURE_KEYS = (
     "trusted",
     "revocation",
     "role_ok",
+    "identified_by",
 )
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What a worker found in one file: a record, a package, or why it could not say."""
+
+    kind: str
+    record: CheckedRecord | None = None
+    package: PackageReport | None = None
+    digests: dict[str, str] = field(default_factory=dict)  # record id -> its PDF's sha256
+    failure: str | None = None  # the validator broke on the PDF
 
 
 def kind_of(content_type: str, head: bytes) -> str | None:
@@ -51,28 +70,37 @@ def warm() -> None:
     from daemon.verification import report as verify  # noqa: F401
 
 
-def check(
-    kind: str, body: bytes, trust_roots: tuple[str, ...], rules: dict[str, Any]
-) -> dict[str, Any]:
-    """The public report on `body`, without `registered` (the server adds it)."""
+def check(kind: str, body: bytes, trust_roots: tuple[str, ...], rules: dict[str, Any]) -> Checked:
+    """Validate and judge `body` by its certificates (the server may judge it again)."""
     from daemon.verification import report as verify
 
     settings = VerificationSettings.model_validate(rules)
     roots = [Path(p) for p in trust_roots]
     if kind == "record":
         try:
-            return public_record(verify.report(body, roots, settings))
+            return Checked(kind, record=verify.check_record(body, roots, settings))
         except Exception as exc:  # a PDF hostile enough to break the validator is invalid
-            problem = {"code": "pdf_invalid", "message": f"Cannot be validated: {exc}."}
-            return {"kind": "record", "verdict": "invalid", "problems": [problem],
-                    "signatures": [], "school_id": None, "record_id": None,
-                    "academic_year": None}  # fmt: skip
+            return Checked(kind, failure=f"Cannot be validated: {exc}.")
     with tempfile.NamedTemporaryFile(suffix=".asice") as handle:
         handle.write(body)
         handle.flush()
-        package = verify.package_report(Path(handle.name), roots, settings)
-        digests = _record_digests(Path(handle.name), list(package["records"]))
-    return public_package(package, digests)
+        package = verify.check_package_file(Path(handle.name), roots, settings)
+        digests = _record_digests(Path(handle.name), list(package.records))
+    return Checked(kind, package=package, digests=digests)
+
+
+def shape(checked: Checked) -> dict[str, Any]:
+    """The public report on what `check` found, without `registered` (the server adds it)."""
+    from daemon.verification import report as verify
+
+    if checked.package is not None:
+        return public_package(verify.checked_package_report(checked.package), checked.digests)
+    if checked.record is not None:
+        return public_record(verify.checked_report(checked.record))
+    problem = {"code": "pdf_invalid", "message": checked.failure}
+    return {"kind": "record", "verdict": "invalid", "problems": [problem], "signatures": [],
+            "school_id": None, "record_id": None, "academic_year": None,
+            "basis": "certificates", "notes": []}  # fmt: skip
 
 
 def public_record(report: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +113,8 @@ def public_record(report: dict[str, Any]) -> dict[str, Any]:
         "school_id": report.get("school_id"),
         "record_id": said.get("record_id"),
         "academic_year": said.get("academic_year"),
+        "basis": report.get("basis"),
+        "notes": report.get("notes", []),
     }
 
 
@@ -104,6 +134,8 @@ def public_package(report: dict[str, Any], digests: dict[str, str]) -> dict[str,
         "academic_year": index.get("academic_year"),
         "submission_round": index.get("submission_round"),
         "seal": report["seal"],
+        "basis": report["basis"],
+        "notes": report["notes"],
         "pdfs_checked": report["pdfs_checked"],
         "records": records,
     }

@@ -27,6 +27,11 @@ class SignerIdentity:
     school_id: str | None
     role: Stage | None
     key_id: str
+    # SHA-256 of the certificate's DER: the exact certificate, issuer and serial both.
+    cert_sha256: str = ""
+    # `certificate`, or `registry` when the registry gave school and role (signer_id then).
+    basis: str = "certificate"
+    signer_id: str | None = None
 
 
 def identify(cert: x509.Certificate, rules: VerificationSettings) -> SignerIdentity:
@@ -37,6 +42,7 @@ def identify(cert: x509.Certificate, rules: VerificationSettings) -> SignerIdent
         role=role_of(cert, rules),
         # The key, not the certificate: two certificates on one key are one signer.
         key_id=hashlib.sha256(cert.public_key.dump()).hexdigest(),
+        cert_sha256=hashlib.sha256(cert.dump()).hexdigest(),
     )
 
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.errors import NotAPdf
 from daemon.pdf import validation
 from daemon.settings import VerificationSettings
 from daemon.stages import FIELD_NAMES
 from daemon.verification import described
-from daemon.verification.verdict import JudgedSignature, RecordVerdict, RegisteredSigner, judge
+from daemon.verification.verdict import Basis, JudgedSignature, RecordVerdict, Registry, judge
+
+if TYPE_CHECKING:
+    from daemon.packaging.check import PackageReport
 
 # 2 is taken by usage and configuration errors (argparse, HocbaError in the CLI).
 EXIT_CODES = {"issued": 0, "invalid": 1, "not_issued": 3}
@@ -29,25 +32,26 @@ def exit_code(value: dict[str, Any]) -> int:
     return EXIT_CODES[value["verdict"]]
 
 
-def report(
+@dataclass(frozen=True)
+class CheckedRecord:
+    """A PDF validated and judged: its verdict and what it says of itself; or why not."""
+
+    verdict: RecordVerdict | None
+    said: described.RecordDescription | None = None
+    error: str | None = None  # not a PDF
+
+
+def check_record(
     pdf: bytes,
     trust_roots: list[Path],
     rules: VerificationSettings | None = None,
-    registered: Mapping[str, RegisteredSigner] | None = None,
-) -> dict[str, Any]:
-    """The verdict, its problems, and every signature: field, role, signer, school, checks."""
+    registered: Registry | None = None,
+) -> CheckedRecord:
+    """Validate (CPU-bound) and judge; `registered` may come later (verdict.rejudge)."""
     try:
         signatures = validation.validate_pdf(pdf, validation.load_certificates(trust_roots))
     except NotAPdf as exc:
-        return {
-            "kind": "record",
-            "verdict": "invalid",
-            "valid": False,
-            "issued": False,
-            "error": exc.message,
-            "problems": [{"code": "not_a_pdf", "message": exc.message}],
-            "signatures": [],
-        }
+        return CheckedRecord(None, error=exc.message)
     said = described.describe_pdf(pdf)
     verdict = judge(
         signatures,
@@ -55,7 +59,34 @@ def report(
         school_id=said.school_id if said else None,
         registered=registered,
     )
-    return record_report(verdict, said)
+    return CheckedRecord(verdict, said)
+
+
+def report(
+    pdf: bytes,
+    trust_roots: list[Path],
+    rules: VerificationSettings | None = None,
+    registered: Registry | None = None,
+) -> dict[str, Any]:
+    """The verdict, its problems, and every signature: field, role, signer, school, checks."""
+    return checked_report(check_record(pdf, trust_roots, rules, registered))
+
+
+def checked_report(checked: CheckedRecord) -> dict[str, Any]:
+    if checked.verdict is None:
+        message = checked.error or "Not a PDF."
+        return {
+            "kind": "record",
+            "verdict": "invalid",
+            "valid": False,
+            "issued": False,
+            "error": message,
+            "problems": [{"code": "not_a_pdf", "message": message}],
+            "signatures": [],
+            "basis": Basis.CERTIFICATES.value,
+            "notes": [],
+        }
+    return record_report(checked.verdict, checked.said)
 
 
 def record_report(
@@ -71,6 +102,9 @@ def record_report(
         "valid": verdict.verdict != "invalid",
         "issued": verdict.verdict == "issued",
         "school_id": verdict.school_id,
+        # Who said who each signer is: the registry, or the certificates alone.
+        "basis": verdict.basis.value,
+        "notes": list(verdict.notes),
         "record": dataclasses.asdict(said) if said else None,
         "signatures": rows,
         "fields_in_legal_order": fields == list(FIELD_NAMES[: len(fields)]),
@@ -92,6 +126,7 @@ def render(value: dict[str, Any], as_json: bool) -> str:
     lines = [
         f"{headline[value['verdict']]}: {len(value['signatures'])} signatures"
         f"{', school ' + value['school_id'] if value.get('school_id') else ''}"
+        f" (signers by the {value.get('basis', 'certificates')})"
     ]
     for n, sig in enumerate(value["signatures"], 1):
         flags = ", ".join(
@@ -103,6 +138,7 @@ def render(value: dict[str, Any], as_json: bool) -> str:
             f"{flags}; changes after: {sig['modification_level']}"
         )
     lines += [f"  {p['code']}: {p['message']}" for p in value["problems"]]
+    lines += [f"  note: {n}" for n in value.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -122,6 +158,9 @@ def _row(judged: JudgedSignature) -> dict[str, Any]:
         "trusted": sig.trusted,
         "revocation": None,
         "role_ok": judged.role_ok,
+        # `registry` when the registry gave school and role (its signer id then).
+        "identified_by": who.basis if who else None,
+        "signer_id": who.signer_id if who else None,
         "cert_serial": sig.cert_serial,
         "signing_time": signed_at,
         "docmdp_level": sig.docmdp_level,
@@ -137,19 +176,33 @@ def is_package(path: Path) -> bool:
         return handle.read(4) == b"PK\x03\x04"
 
 
+def check_package_file(
+    path: Path, trust_roots: list[Path], rules: VerificationSettings | None = None
+) -> PackageReport:
+    """Container, manifest, seal and every PDF inside, judged by their certificates."""
+    from daemon.packaging import check
+
+    return check.check_package(path, validation.load_certificates(trust_roots), rules=rules)
+
+
 def package_report(
     path: Path, trust_roots: list[Path], rules: VerificationSettings | None = None
 ) -> dict[str, Any]:
     """Container, manifest, seal and every PDF inside; problems by code."""
-    from daemon.packaging import check
+    return checked_package_report(check_package_file(path, trust_roots, rules))
 
-    checked = check.check_package(path, validation.load_certificates(trust_roots), rules=rules)
+
+def checked_package_report(checked: PackageReport) -> dict[str, Any]:
     cades = checked.cades
+    verdicts = list(checked.records.values())
+    by_registry = any(v.basis is Basis.REGISTRY for v in verdicts)
     return {
         "kind": "package",
         "verdict": checked.verdict,
         "valid": checked.valid,
         "package": checked.index,
+        "basis": (Basis.REGISTRY if by_registry else Basis.CERTIFICATES).value,
+        "notes": sorted({n for v in verdicts for n in v.notes}),
         "seal": None
         if cades is None
         else {
@@ -176,7 +229,7 @@ def render_package(value: dict[str, Any], as_json: bool) -> str:
         f"{'ISSUED' if value['verdict'] == 'issued' else 'INVALID'}: package of school "
         f"{index.get('school_id', '?')}, {index.get('academic_year', '?')} round "
         f"{index.get('submission_round', '?')}, {index.get('records', 0)} records, "
-        f"{value['pdfs_checked']} PDFs checked"
+        f"{value['pdfs_checked']} PDFs checked (signers by the {value['basis']})"
     ]
     seal = value["seal"]
     if seal:
@@ -186,6 +239,7 @@ def render_package(value: dict[str, Any], as_json: bool) -> str:
             f"intact={_yes(seal['intact'])}, trusted={_yes(seal['trusted'])}"
         )
     lines += [f"  {p['code']}: {p['message']}" for p in value["problems"]]
+    lines += [f"  note: {n}" for n in value["notes"]]
     return "\n".join(lines)
 
 

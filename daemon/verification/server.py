@@ -7,7 +7,11 @@ header and again while it is read; each client IP has a token bucket
 (daemon.verification.ratelimit); reading the body and each check have timeouts; the
 checks (pyHanko, CPU-bound) run in a process pool, and no more than
 `workers * queue_per_worker` wait at once, so one large package delays no one else for
-long; the registry is only ever read (daemon.verification.lookup). Logs carry digests,
+long; the registry is only ever read (daemon.verification.lookup), and after each check
+the main process judges the file again with who the registry has its signers as
+(daemon.verification.basis: a certificate claiming a role the registry does not give
+its holder is `role_mismatch`, one it does not know for a school it holds is
+`signer_not_registered`). Logs carry digests,
 kinds, sizes and verdicts, never a name, a student id or a client address (the access
 log is off for that reason). The page needs nothing from elsewhere: its CSS and script
 are served here, under a Content-Security-Policy that allows nothing else.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import hashlib
 import html
 import json
@@ -33,7 +38,7 @@ from aiohttp import web
 
 from daemon.errors import DatabaseUnavailable
 from daemon.settings import Settings, VerifyServerSettings
-from daemon.verification import checks, lookup
+from daemon.verification import basis, checks, lookup
 from daemon.verification.ratelimit import RateLimiter
 
 log = logging.getLogger("hocba_signer.verify_server")
@@ -47,12 +52,14 @@ _CHUNK_BYTES = 256 * 1024
 LANGS = ("vi", "en")
 
 
-class Checker(Protocol):
-    async def check(self, kind: str, body: bytes) -> dict[str, Any]: ...
-
-
-class Registry(Protocol):
+class Registry(basis.SignerRegistry, Protocol):
     async def registered(self, sha256: str) -> lookup.Registered: ...
+
+
+class Checker(Protocol):
+    async def check(
+        self, kind: str, body: bytes, registry: basis.SignerRegistry | None = None
+    ) -> dict[str, Any]: ...
 
 
 class Busy(Exception):
@@ -70,6 +77,7 @@ class PoolChecker:
         server = settings.verify_server
         self._workers = server.workers
         self._roots = tuple(str(p) for p in settings.signing.trust_roots)
+        self._verification = settings.verification
         self._rules = settings.verification.model_dump()
         self._timeout_s = server.check_timeout_s
         self._slots = server.workers * server.queue_per_worker
@@ -89,7 +97,20 @@ class PoolChecker:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    async def check(self, kind: str, body: bytes) -> dict[str, Any]:
+    async def check(
+        self, kind: str, body: bytes, registry: basis.SignerRegistry | None = None
+    ) -> dict[str, Any]:
+        """The public report; with `registry`, its verdicts are the registry's."""
+        checked = await self._checked(kind, body)
+        if registry is not None and checked.record is not None:
+            record = await basis.record(registry, checked.record, self._verification)
+            checked = dataclasses.replace(checked, record=record)
+        elif registry is not None and checked.package is not None:
+            package = await basis.package(registry, checked.package, self._verification)
+            checked = dataclasses.replace(checked, package=package)
+        return checks.shape(checked)
+
+    async def _checked(self, kind: str, body: bytes) -> checks.Checked:
         if self._waiting >= self._slots:
             raise Busy
         self._waiting += 1
@@ -110,8 +131,9 @@ class PoolChecker:
             self._waiting -= 1
 
 
-class DatabaseRegistry:
+class DatabaseRegistry(basis.DatabaseSigners):
     def __init__(self, db: Any) -> None:
+        super().__init__(db)
         self._db = db
 
     async def registered(self, sha256: str) -> lookup.Registered:
@@ -236,7 +258,7 @@ class _Handlers:
             raise _error(web.HTTPUnsupportedMediaType, "unsupported_type", "Not a PDF or package.")
         started_s = time.monotonic()
         try:
-            report = await self._checker.check(kind, body)
+            report = await self._checker.check(kind, body, self._registry)
         except Busy:
             log.warning("Refused a %s of %d bytes: every check slot is taken.", kind, len(body))
             raise _error(

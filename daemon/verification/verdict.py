@@ -5,14 +5,20 @@ DauTruong), each intact, valid and trusted, the last covering the whole file; GV
 a homeroom teacher of the record's school, HieuTruong by a principal of it, DauTruong
 by its seal; three distinct signers (keys). Fewer signatures, all sound, is
 `not_issued` (an unfinished record); anything else wrong is `invalid`. Who a signer
-is comes from the registry where the verifier has it, else from the certificate
-(daemon.verification.identity). Used by `verify`, the package check and the simulator.
+is comes from the registry where the verifier has it (`Registry`, read by
+daemon.verification.lookup), else from the certificate (daemon.verification.identity).
+With the registry, a certificate it does not know is `signer_not_registered` when the
+record or the certificate names a school of this registry (a record of this deployment
+signed by a stranger); a record of a school this registry does not hold is judged by
+its certificates, with a note. Used by `verify`, `verify-server`, the package check
+and the simulator (which has no registry).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from enum import StrEnum
 
 from daemon.pdf.validation import SignatureReport
@@ -44,12 +50,34 @@ class Problem:
 
 @dataclass(frozen=True)
 class RegisteredSigner:
-    """A signer as the registry (the `signers` table) knows it, by certificate serial."""
+    """A signer as the registry (the `signers` table) knows it, and when it could sign."""
 
     school_id: str
     signer_id: str
     stage: Stage
     active: bool = True
+    registered_at: datetime | None = None
+    deactivated_at: datetime | None = None
+    cert_not_after: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Registry:
+    """What a registry says of some certificates, and which of some schools it holds.
+
+    `by_certificate`: SHA-256 of the certificate's DER -> signer (the exact certificate,
+    so issuer and serial both). `by_serial`: hex serial -> signer, for what the registry
+    knows by serial only (a row registered before fingerprints were kept, a certificate
+    since renewed that this deployment signed with): looked at only when no fingerprint
+    matched. `schools`: the schools, of those asked about, that this registry holds.
+    """
+
+    by_certificate: Mapping[str, RegisteredSigner] = field(default_factory=dict)
+    by_serial: Mapping[str, RegisteredSigner] = field(default_factory=dict)
+    schools: frozenset[str] = frozenset()
+
+    def find(self, who: SignerIdentity) -> RegisteredSigner | None:
+        return self.by_certificate.get(who.cert_sha256) or self.by_serial.get(who.cert_serial)
 
 
 @dataclass(frozen=True)
@@ -59,12 +87,24 @@ class JudgedSignature:
     role_ok: bool
 
 
+class Basis(StrEnum):
+    """Whose word said who each signer is: the registry's, or only the certificates'."""
+
+    REGISTRY = "registry"
+    CERTIFICATES = "certificates"
+
+
 @dataclass(frozen=True)
 class RecordVerdict:
     verdict: Verdict
     school_id: str | None
     signatures: tuple[JudgedSignature, ...]
     problems: tuple[Problem, ...] = field(default=())
+    basis: Basis = Basis.CERTIFICATES
+    # What a reader should know that is no problem (e.g. a school this registry lacks).
+    notes: tuple[str, ...] = field(default=())
+    # The `school_id` judge was given (what the record says of itself), to judge again.
+    claimed_school_id: str | None = None
 
     def codes(self) -> list[str]:
         return [p.code for p in self.problems]
@@ -75,16 +115,22 @@ def judge(
     rules: VerificationSettings,
     *,
     school_id: str | None = None,
-    registered: Mapping[str, RegisteredSigner] | None = None,
+    registered: Registry | None = None,
 ) -> RecordVerdict:
     """The verdict on a record's signatures; `school_id` is the school it must belong to.
 
     Without `school_id`, the record's school is its seal's (else its first signer's).
-    With `registered` (cert serial -> signer), the registry says who each signer is.
+    With `registered`, the registry says who each signer it knows is.
     """
     problems: list[Problem] = []
-    identities = [_identity(s, rules, registered, problems) for s in signatures]
+    notes: list[str] = []
+    certified = [identify(s.signer_cert, rules) if s.signer_cert else None for s in signatures]
+    found = [registered.find(w) if registered is not None and w else None for w in certified]
+    identities = [_as_registered(w, e) for w, e in zip(certified, found, strict=True)]
     school = school_id or _named_school(identities)
+    basis = Basis.CERTIFICATES
+    if registered is not None:
+        basis = _by_registry(signatures, certified, found, school, registered, problems, notes)
     fields = [s.field_name for s in signatures]
     if fields != list(FIELD_NAMES[: len(fields)]):
         problems.append(
@@ -105,7 +151,21 @@ def judge(
     if len(signatures) < len(FIELD_NAMES):
         missing = ", ".join(FIELD_NAMES[len(signatures) :])
         problems.append(Problem("incomplete", f"Not issued: {missing} not signed yet."))
-    return RecordVerdict(_verdict(problems), school, tuple(judged), tuple(problems))
+    return RecordVerdict(
+        _verdict(problems), school, tuple(judged), tuple(problems), basis, tuple(notes), school_id
+    )
+
+
+def rejudge(
+    verdict: RecordVerdict, rules: VerificationSettings, registered: Registry | None
+) -> RecordVerdict:
+    """The same signatures judged again, this time with (or without) the registry."""
+    return judge(
+        [j.report for j in verdict.signatures],
+        rules,
+        school_id=verdict.claimed_school_id,
+        registered=registered,
+    )
 
 
 def _verdict(problems: list[Problem]) -> Verdict:
@@ -114,28 +174,74 @@ def _verdict(problems: list[Problem]) -> Verdict:
     return Verdict.NOT_ISSUED if problems else Verdict.ISSUED
 
 
-def _identity(
-    sig: SignatureReport,
-    rules: VerificationSettings,
-    registered: Mapping[str, RegisteredSigner] | None,
+def _by_registry(
+    signatures: Sequence[SignatureReport],
+    certified: list[SignerIdentity | None],
+    found: list[RegisteredSigner | None],
+    school: str | None,
+    registered: Registry,
     problems: list[Problem],
-) -> SignerIdentity | None:
-    if sig.signer_cert is None:
-        return None
-    who = identify(sig.signer_cert, rules)
-    if registered is None:
-        return who
-    entry = registered.get(who.cert_serial)
-    if entry is None:
-        problems.append(
-            Problem(
-                "unregistered_signer",
-                f"{sig.field_name}: {who.subject} (serial {who.cert_serial}) is not a "
-                "registered signer.",
-            )
+    notes: list[str],
+) -> Basis:
+    """The registry's problems (unknown, deactivated signers) and notes; its basis."""
+    held = registered.schools
+    strangers = []
+    for sig, who, entry in zip(signatures, certified, found, strict=True):
+        if who is None:
+            continue
+        if entry is not None:
+            problems += _deactivated(sig, entry)
+        elif school in held or who.school_id in held:
+            problems.append(_not_registered(sig, who))
+        else:
+            strangers.append(f"{sig.field_name} (school {who.school_id or 'unknown'})")
+    basis = Basis.REGISTRY if school in held or any(found) else Basis.CERTIFICATES
+    if strangers and basis is Basis.CERTIFICATES:
+        notes.append(
+            f"School {school or 'unknown'} is not in this registry: its signers are judged "
+            "by their certificates."
         )
-        return replace(who, school_id=None, role=None)
-    return replace(who, school_id=entry.school_id, role=entry.stage)
+    elif strangers:
+        notes.append(
+            f"{', '.join(strangers)}: a school not in this registry, judged by the certificate."
+        )
+    return basis
+
+
+def _as_registered(
+    who: SignerIdentity | None, entry: RegisteredSigner | None
+) -> SignerIdentity | None:
+    """The certificate's holder, with the school and role the registry gives it if any."""
+    if who is None:
+        return None
+    if entry is None:
+        return who
+    return replace(
+        who, school_id=entry.school_id, role=entry.stage, signer_id=entry.signer_id,
+        basis=Basis.REGISTRY.value,
+    )  # fmt: skip
+
+
+def _not_registered(sig: SignatureReport, who: SignerIdentity) -> Problem:
+    return Problem(
+        "signer_not_registered",
+        f"{sig.field_name}: {who.subject} (serial {who.cert_serial}) is not a signer this "
+        f"registry knows, though the record is of a school it holds.",
+    )
+
+
+def _deactivated(sig: SignatureReport, entry: RegisteredSigner) -> list[Problem]:
+    """A signature claiming a time after its signer was deactivated."""
+    ended = entry.deactivated_at
+    if entry.active or ended is None or sig.signing_time is None or sig.signing_time <= ended:
+        return []
+    return [
+        Problem(
+            "signer_deactivated",
+            f"{sig.field_name}: signed at {sig.signing_time.isoformat()}, after its signer "
+            f"{entry.signer_id} was deactivated ({ended.isoformat()}).",
+        )
+    ]
 
 
 def _named_school(identities: list[SignerIdentity | None]) -> str | None:
@@ -177,11 +283,15 @@ def _judge_one(
     if who.role is not expected:
         role_ok = False
         said = _ROLE_WORDS[who.role] if who.role else "no role"
+        source = (
+            f"the registry has {who.subject} (serial {who.cert_serial}) as"
+            if who.basis == Basis.REGISTRY
+            else f"{who.subject}'s certificate (serial {who.cert_serial}) says"
+        )
         problems.append(
             Problem(
                 "role_mismatch",
-                f"{name} must be signed by {_ROLE_WORDS[expected]}; {who.subject}'s certificate "
-                f"(serial {who.cert_serial}) says {said}.",
+                f"{name} must be signed by {_ROLE_WORDS[expected]}; {source} {said}.",
             )
         )
     if school is None or who.school_id != school:
