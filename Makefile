@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The AsyncAPI parser's install (tools/asyncapi): defined before `deps` names it.
+ASYNCAPI_STAMP := tools/asyncapi/node_modules/.installed
 
 .PHONY: deps demo test unit integration lint format typecheck system-deps services clean bench bench-quick chaos soak fresh-check district
 
@@ -19,7 +21,6 @@ deps: system-deps $(STAMP) $(ASYNCAPI_STAMP)
 
 ## The AsyncAPI project's parser that tests/unit/test_schemas.py runs (tools/asyncapi);
 ## installed again only when its lock file changes, so offline runs never wait on npm.
-ASYNCAPI_STAMP := tools/asyncapi/node_modules/.installed
 .PHONY: asyncapi-deps
 asyncapi-deps: $(ASYNCAPI_STAMP)
 $(ASYNCAPI_STAMP): tools/asyncapi/package-lock.json | system-deps

@@ -4,6 +4,7 @@ metrics`, and every metric the dashboards and alert rules use is in it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import socket
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from daemon import app
 from daemon.app import Running
 from daemon.settings import Settings
-from daemon.stages import ORDER
+from daemon.stages import ORDER, Stage
 from tests.integration.conftest import SchoolSystem
+from tests.integration.package_fixtures import fresh_year
 from tests.ops.tools import (
     dashboard_queries,
     exists,
@@ -33,8 +35,12 @@ SCHOOL = "31000102"
 async def _scrape_after_a_flow(
     daemon: Running, school_system: SchoolSystem, status: StatusEvents
 ) -> str:
-    # A record taken through all three stages, and a request refused as undecodable.
-    info, _, sent = await school_system.first_stage(SCHOOL)
+    # A record taken through all three stages, and a request refused as undecodable. Its
+    # year is the latest any test uses: the gauges cover the two latest years only.
+    info, pdf = school_system.new_record(SCHOOL)
+    info = info.model_copy(update={"academic_year": fresh_year()})
+    digest = hashlib.sha256(pdf).hexdigest()
+    sent = await school_system.sign(SCHOOL, info, Stage.HOMEROOM_TEACHER, digest, pdf=pdf)
     event = (await status.wait(sent.request_id))[0]
     for stage in ORDER[1:]:
         assert event["state"] != "rejected", event["reason"]

@@ -128,9 +128,11 @@ async def test_no_secret_and_no_student_id_leaves_the_daemon(
             students.append(other.student_id)
             body = json.loads(sent.body)
             body["record"] = {**other.model_dump(), "student_name": "Nguyễn Văn An"}
+            # Its own request_id (the rejected event carries the body's, when it has one).
+            body["request_id"] = str(uuid.uuid4())
             refused.append(
                 await school_system.publish(
-                    sent.routing_key, json.dumps(body).encode(), str(uuid.uuid4())
+                    sent.routing_key, json.dumps(body).encode(), body["request_id"]
                 )
             )
             for bad in refused:
