@@ -46,6 +46,20 @@ class SignatureReport:
     # Whom the signature names, for the verdict on who signed what (None if unreadable).
     signer_cert: x509.Certificate | None = field(default=None, compare=False, repr=False)
 
+    # Reports cross process boundaries (verify-server's pool). An asn1crypto object does
+    # not survive pickling into a process that never parsed one, so the certificate
+    # travels as DER and is parsed again on arrival.
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        cert = state.pop("signer_cert")
+        state["signer_cert_der"] = cert.dump() if cert is not None else None
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        der = state.pop("signer_cert_der")
+        cert = x509.Certificate.load(der) if isinstance(der, bytes) else None
+        self.__dict__.update(state, signer_cert=cert)
+
 
 def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
     """Certificates from PEM or DER files, e.g. the configured trust roots."""
