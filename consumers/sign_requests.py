@@ -16,6 +16,7 @@ shard's prefetch waiting ahead of another school's request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import uuid
@@ -183,8 +184,14 @@ class SignRequestConsumer:
             request_id, record_id = claimed_ids(body, key)
         else:
             request_id, record_id = await asyncio.to_thread(claimed_ids, body, key)
+        delivery = hashlib.sha256(
+            b"\0".join((key.encode(), (message.message_id or "").encode(), body))
+        ).hexdigest()
         return Unreadable(
-            _school_of(message.routing_key), request_id or _uuid(message.message_id), record_id
+            _school_of(message.routing_key),
+            request_id or _uuid(message.message_id),
+            record_id,
+            delivery,
         )
 
     async def _unexpected(

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
@@ -29,6 +29,9 @@ from daemon.registry import keyring
 from daemon.stages import Stage, State
 
 log = logging.getLogger(__name__)
+
+# Names the rejected events of unreadable deliveries (uuid5 of the delivery).
+_UNREADABLE_EVENTS = uuid.UUID("5b0f3c1e-6a8d-4c55-9d0e-7f1a2b3c4d5e")
 
 
 class Signing(Protocol):
@@ -63,6 +66,13 @@ class Unreadable:
     school_id: str
     request_id: UUID | None
     record_id: str | None = None
+    # The delivery's identity (routing key, message id, body digest): a redelivery of the
+    # same bytes after a crash is refused under the same event, not a second one.
+    delivery: str | None = field(default=None, compare=False)
+
+    @property
+    def event_id(self) -> UUID | None:
+        return uuid.uuid5(_UNREADABLE_EVENTS, self.delivery) if self.delivery else None
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,7 @@ class Pipeline:
                 request_id=request.request_id,
                 record_id=request.record_id,
                 remember=False,
+                event_id=request.event_id,
             )
         return await self._refuse(error, request.school_id, request, remember=False)
 
@@ -121,6 +132,7 @@ class Pipeline:
         request_id: UUID | None = None,
         record_id: str | None = None,
         remember: bool = True,
+        event_id: UUID | None = None,
     ) -> Outcome:
         """Store a refusal and its `rejected` event; remember it if told to.
 
@@ -128,7 +140,7 @@ class Pipeline:
         """
         stage = request.stage if request else None
         event = StatusEvent(
-            event_id=uuid.uuid4(),
+            event_id=event_id or uuid.uuid4(),
             request_id=request.request_id if request else request_id,
             school_id=school_id,
             record_id=request.record.record_id if request else record_id,
@@ -154,6 +166,7 @@ class Pipeline:
                 fingerprint(request) if request else "",
                 stage.value if stage else None,
                 remember=request is not None and remember,
+                once=event_id is not None,
             )
         REQUESTS.labels(stage.value if stage else "unknown", "rejected", error.code).inc()
         log.info("Refused request %s for school %s: %s.", event.request_id, school_id, error.code)

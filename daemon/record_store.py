@@ -171,9 +171,19 @@ async def store_rejection(
     fingerprint: str,
     stage: str | None,
     remember: bool,
+    *,
+    once: bool = False,
 ) -> None:
-    """A refusal: audit and outbox, and the request row when the request_id is trusted."""
+    """A refusal: audit and outbox, and the request row when the request_id is trusted.
+
+    With `once`, an event already stored under the same event_id (a redelivery of the
+    same unreadable bytes after a crash) is not stored again.
+    """
     assert event.reason is not None
+    if once:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", str(event.event_id))
+        if await conn.fetchval("SELECT 1 FROM outbox WHERE event_id = $1", event.event_id):
+            return
     if remember:
         await _request_row(conn, event, fingerprint, stage, event.reason.code)
     await audit(

@@ -6,6 +6,7 @@ each `rejected` event can only come from the body.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -157,3 +158,34 @@ async def test_unsafe_or_inconsistent_ids_never_reach_a_topic(
     event = await mqtt.wait(topic, "rejected")
     assert event["request_id"] == envelope_id
     assert all("+" not in t and "#" not in t for t in mqtt.by_topic)
+
+
+async def test_the_same_unreadable_bytes_delivered_again_are_refused_under_one_event(
+    daemon: Running, school_system: SchoolSystem, status: StatusEvents, settings: Settings
+) -> None:
+    # Given an invalid request (an extra field), delivered twice with the same bytes, as
+    # the broker redelivers a message whose acknowledgement a crash lost
+    body, _ = _teacher_body(school_system)
+    body["priority"] = "urgent"
+    message_id = str(uuid.uuid4())
+    await _publish(school_system, f"sign.{SCHOOL}", body, message_id)
+    await status.wait_for_state(body["request_id"], "rejected")
+    await _publish(school_system, f"sign.{SCHOOL}", body, message_id)
+    # (each delivery is dead-lettered; the second one's letter says it was handled)
+    ours: list[str] = []
+    async with asyncio.timeout(60):
+        while len(ours) < 2:
+            taken = await dead_letters(settings.amqp.url)
+            ours += [m.message_id for m in taken if m.message_id == message_id]
+            if len(ours) < 2:
+                await asyncio.sleep(0.2)
+
+    # Then one rejected event was stored for it, not two
+    conn = await asyncpg.connect(settings.database.dsn)
+    try:
+        stored = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE payload->>'request_id' = $1", body["request_id"]
+        )
+    finally:
+        await conn.close()
+    assert stored == 1
