@@ -6,11 +6,18 @@ beside a logged-in one failed or crashed the interpreter. So each worker process
 loads the library once, logs in once, keeps one session and signs whole PDFs with
 it; the event loop only awaits. Exceptions crossing back are ours (they pickle:
 their only argument is the message). The workers' side is daemon/hsm_worker.py.
+
+Recycling (`hsm.recycle_after_jobs`): after that many signatures the pool spawns a
+fresh set of workers, waits until they have logged in, sends new jobs to them, and
+only then lets the old workers finish the jobs they hold and exit. No request waits
+for a login and none is lost; whatever a PKCS#11 library or the allocator keeps
+growing in a long-lived process is bounded by one generation's lifetime.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +30,7 @@ from typing import Any, TypeVar
 from asn1crypto import x509
 
 from daemon import hsm_worker as worker
-from daemon.errors import ConfigError, HsmUnavailable, Unauthorized
+from daemon.errors import ConfigError, HocbaError, HsmUnavailable, Unauthorized
 from daemon.hsm_worker import CHAIN_CERT_LABEL, SignResult, check_certificate
 from daemon.metrics import HSM_ERRORS, HSM_SESSIONS_IN_USE
 from daemon.settings import HsmSettings, SigningSettings
@@ -75,6 +82,9 @@ class SigningPool:
         self._unsigned_bytes = signing.timestamp_bytes_reserved if signing.timestamped else 0
         self._slots = asyncio.Semaphore(hsm.workers)
         self._executor: ProcessPoolExecutor | None = None
+        self._jobs = 0  # signatures sent to the current executor
+        self._recycling: asyncio.Task[None] | None = None
+        self._retiring: set[ProcessPoolExecutor] = set()
 
     async def start(self) -> None:
         """Spawn the workers; raise at once if the token cannot be opened."""
@@ -88,21 +98,35 @@ class SigningPool:
             raise
 
     async def close(self) -> None:
+        recycling, self._recycling = self._recycling, None
+        if recycling is not None:
+            recycling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recycling
         executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        stopping = asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+        for old in [*self._retiring, *([executor] if executor else [])]:
+            await self._stop(old, cancel_futures=True)
+
+    async def _stop(self, executor: ProcessPoolExecutor, *, cancel_futures: bool) -> None:
+        """Let `executor`'s workers finish what they hold (up to op_timeout_s), then exit."""
+        # Kept in _retiring until stopped, so that close() finishes a cancelled stop.
+        self._retiring.add(executor)
+        stopping = asyncio.ensure_future(
+            asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel_futures)
+        )
         try:
-            await asyncio.wait_for(stopping, self._hsm.op_timeout_s)
+            await asyncio.wait_for(asyncio.shield(stopping), self._hsm.op_timeout_s)
         except TimeoutError:
             _terminate(executor)  # a worker hangs in the HSM; shutdown then returns
+            await stopping
+        self._retiring.discard(executor)
 
     async def sign(self, job: SignJob) -> SignResult:
         authorize(job.key, self._hsm.token_label)
         request = worker.PdfJob(
             job.pdf, job.stage, job.key.key_label, self._bytes_reserved, self._unsigned_bytes
         )
-        signed = await self._call(worker.sign_pdf, request)
+        signed = await self._call(worker.sign_pdf, request, signature=True)
         return signed.result(job.pdf)
 
     async def ping(self) -> None:
@@ -121,7 +145,8 @@ class SigningPool:
     async def sign_cms(self, key: KeyRef, data: bytes, signing_time: datetime) -> bytes:
         """A CAdES detached signature (DER) over `data`; same time, same bytes (RSA PKCS#1 v1.5)."""
         authorize(key, self._hsm.token_label)
-        return await self._call(worker.sign_cms, worker.CmsJob(data, key.key_label, signing_time))
+        cms = worker.CmsJob(data, key.key_label, signing_time)
+        return await self._call(worker.sign_cms, cms, signature=True)
 
     def _spawn(self) -> ProcessPoolExecutor:
         config = worker.WorkerConfig(
@@ -137,12 +162,14 @@ class SigningPool:
             initargs=(config,),
         )
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, signature: bool = False) -> T:
         async with self._slots:
             executor = self._executor
             if executor is None:
                 raise HsmUnavailable("The signing pool is not started.")
             loop = asyncio.get_running_loop()
+            if signature:
+                self._count_signature()
             try:
                 # submit itself raises BrokenProcessPool once a worker has died.
                 call = loop.run_in_executor(executor, fn, *args)
@@ -163,9 +190,56 @@ class SigningPool:
                 self._replace(executor, kill=False)
                 raise HsmUnavailable("A signing worker process died.") from exc
 
+    def _count_signature(self) -> None:
+        self._jobs += 1
+        limit = self._hsm.recycle_after_jobs
+        if limit and self._jobs >= limit and self._recycling is None:
+            self._recycling = asyncio.create_task(self._recycle(), name="hsm-recycle")
+
+    async def _recycle(self) -> None:
+        """A fresh generation of workers, logged in, before the old one leaves."""
+        try:
+            old, jobs = self._executor, self._jobs
+            try:
+                fresh = self._spawn()  # reads the PIN again: it may have been rotated
+            except HocbaError as exc:
+                log.warning("HSM workers not recycled: %s", exc)
+                self._jobs = 0
+                return
+            try:
+                loop = asyncio.get_running_loop()
+                workers = range(self._hsm.workers)
+                pings = [loop.run_in_executor(fresh, worker.ping) for _ in workers]
+                async with asyncio.timeout(self._hsm.op_timeout_s):
+                    await asyncio.gather(*pings)
+            except (HocbaError, TimeoutError, BrokenProcessPool) as exc:
+                # The old workers keep signing; try again after another generation's jobs.
+                log.warning(
+                    "HSM workers not recycled: the fresh ones did not log in (%s).",
+                    type(exc).__name__,
+                )
+                self._jobs = 0
+                await self._stop(fresh, cancel_futures=True)
+                return
+            except BaseException:
+                self._retiring.add(fresh)  # close() waits for it to exit
+                _terminate(fresh)
+                raise
+            if self._executor is not old or old is None:
+                # Replaced meanwhile (a worker died or hung): the fresh ones are spare.
+                await self._stop(fresh, cancel_futures=True)
+                return
+            self._executor, self._jobs = fresh, 0
+            log.info("HSM workers recycled after %d signatures.", jobs)
+            await self._stop(old, cancel_futures=False)
+        finally:
+            if self._recycling is asyncio.current_task():
+                self._recycling = None
+
     def _replace(self, executor: ProcessPoolExecutor, *, kill: bool) -> None:
         if self._executor is executor:
             self._executor = self._spawn()
+            self._jobs = 0
         if kill:
             _terminate(executor)
         executor.shutdown(wait=False, cancel_futures=True)

@@ -4,15 +4,21 @@
 
 Every interval it prints the daemons' memory (RSS of each process group, HSM workers
 included), the sign queue backlog, the outbox backlog and the p50/p99 latency from a
-request's publication to its status event; at the end, whether memory stayed flat,
-the backlog did not grow and p99 stayed stable.
+request's publication to its status event; at the end, whether memory stayed flat
+(the least-squares slope of each instance's RSS after `--warmup-minutes`), the backlog
+did not grow and p99 stayed stable, and as its last line one JSON document: per
+instance and per process kind (main, hsm_worker) RSS and PSS at the end of warm-up, at
+the end and their slope in MB/h, open fds, the main process's glibc allocator
+statistics (the daemons run with HOCBA_DEBUG_MEMORY) and Prometheus sample count; p99
+over the first and the last minutes. `--samples-out FILE` keeps every sample (JSON
+lines). The daemons inherit this process's environment (e.g. MALLOC_ARENA_MAX).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import json
 import logging
 import os
 import random
@@ -20,15 +26,21 @@ import secrets
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
 
 from daemon import topology
+from tests.chaos import memory
 from tests.chaos.driver import Driver
-from tests.chaos.run import SIZES, Size, start_cluster, stop_cluster
+from tests.chaos.run import SIZES, Cluster, Size, start_cluster, stop_cluster
+
+SLOPE_LIMIT_MB_PER_H = 2.0
+KINDS = (memory.MAIN, memory.HSM_WORKER)
+ENVIRONMENT_SHOWN = ("MALLOC_", "PYTHONMALLOC", "HOCBA_HSM__", "HOCBA_DEBUG_MEMORY")
 
 
 @dataclass
@@ -41,20 +53,11 @@ class Sample:
     p99_s: float
     done: int
     started: int
-
-
-def group_rss_mb(pgid: int) -> float:
-    total_kb = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError):
-            if os.getpgid(int(entry.name)) != pgid:
-                continue
-            for line in (entry / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-    return total_kb / 1024
+    # instance → kind → usage; "total" is the instance with all its processes.
+    instances: dict[str, dict[str, memory.Usage]] = field(default_factory=dict)
+    allocator: dict[str, dict[str, int] | None] = field(default_factory=dict)
+    metrics_samples: dict[str, int | None] = field(default_factory=dict)
+    p11kit: memory.Usage = field(default_factory=memory.Usage)
 
 
 async def queue_depth(url: str) -> int:
@@ -77,13 +80,22 @@ async def outbox_backlog(dsn: str) -> int:
         await conn.close()
 
 
-async def soak(minutes: float, rate: float, interval_s: float) -> int:
+async def soak(
+    minutes: float,
+    rate: float,
+    interval_s: float,
+    warmup_minutes: float,
+    samples_out: Path | None,
+) -> int:
     size: Size = SIZES["small"]
     seed = secrets.token_hex(3)
     base = Path(tempfile.mkdtemp(prefix="hocba-soak-"))
     os.chmod(base, 0o755)
+    # The daemons inherit the environment: their allocator statistics every interval.
+    os.environ.setdefault("HOCBA_DEBUG_MEMORY", str(max(int(interval_s), 1)))
     cluster = None
     samples: list[Sample] = []
+    out = samples_out.open("w") if samples_out else None
     try:
         cluster = await start_cluster(base, size, random.Random(seed), small_store=False)
         env = cluster.env
@@ -103,32 +115,76 @@ async def soak(minutes: float, rate: float, interval_s: float) -> int:
                     next_sample += interval_s
                     samples.append(await _sample(cluster, driver, started, interval_s, n))
                     _print(samples[-1])
-        verdict = _verdict(samples)
+                    if out is not None:
+                        out.write(json.dumps(asdict(samples[-1])) + "\n")
+                        out.flush()
+            window_s = min(300.0, minutes * 60 / 4)
+            p99 = _p99_first_last(driver.latencies, started, time.monotonic(), window_s)
+        verdict = _verdict(samples, warmup_minutes * 60)
         for line in verdict:
             print(line)
-        return 0 if all(line.endswith("holds") for line in verdict) else 1
+        summary = report(samples, warmup_minutes * 60, p99, window_s)
+        summary |= {"minutes": minutes, "rate": rate, "warmup_minutes": warmup_minutes}
+        summary["ok"] = all(line.endswith("holds") for line in verdict)
+        print(json.dumps(summary), flush=True)
+        return 0 if summary["ok"] else 1
     finally:
+        if out is not None:
+            out.close()
         if cluster is not None:
             await cluster.gate.stop()
         await asyncio.to_thread(stop_cluster, cluster, base, False)
 
 
+def _quantile(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def _p99_first_last(
+    latencies: list[tuple[float, float]], started: float, ended: float, window_s: float
+) -> tuple[float, float]:
+    first = [lat for at, lat in latencies if at < started + window_s]
+    last = [lat for at, lat in latencies if at >= ended - window_s]
+    return _quantile(first, 99), _quantile(last, 99)
+
+
+def _usage_now(cluster: Cluster) -> tuple[dict[str, dict[str, memory.Usage]], dict[str, Any]]:
+    instances: dict[str, dict[str, memory.Usage]] = {}
+    allocator: dict[str, Any] = {}
+    for d in cluster.daemons:
+        if not (d.running and d.process):
+            continue
+        kinds = memory.group_usage(d.process.pid)
+        instances[d.name] = {**kinds, "total": memory.total(kinds.values())}
+        allocator[d.name] = memory.last_allocator_stats(d.log)
+    return instances, allocator
+
+
 async def _sample(
-    cluster, driver: Driver, started: float, window_s: float, records_started: int
+    cluster: Cluster, driver: Driver, started: float, window_s: float, records_started: int
 ) -> Sample:
     now = time.monotonic()
     recent = [lat for at, lat in driver.latencies if at >= now - window_s]
-    quantiles = statistics.quantiles(recent, n=100) if len(recent) >= 2 else [0.0] * 99
-    rss = sum(group_rss_mb(d.process.pid) for d in cluster.daemons if d.running and d.process)
+    instances, allocator = await asyncio.to_thread(_usage_now, cluster)
+    p11kit_pid = cluster.p11kit.process.pid if cluster.p11kit.process else 0
+    scrapes = await asyncio.gather(
+        *(asyncio.to_thread(memory.scrape_samples, d.http_port) for d in cluster.daemons)
+    )
     return Sample(
         at_s=round(now - started),
-        rss_mb=rss,
+        rss_mb=sum(kinds["total"].rss_mb for kinds in instances.values()),
         queue=await queue_depth(cluster.env.settings.amqp.url),
         outbox=await outbox_backlog(cluster.env.settings.database.dsn),
-        p50_s=quantiles[49],
-        p99_s=quantiles[98],
+        p50_s=_quantile(recent, 50),
+        p99_s=_quantile(recent, 99),
         done=driver.finals().get("issued", 0),
         started=records_started,
+        instances=instances,
+        allocator=allocator,
+        metrics_samples={d.name: n for d, n in zip(cluster.daemons, scrapes, strict=True)},
+        p11kit=await asyncio.to_thread(memory.group_total, p11kit_pid),
     )
 
 
@@ -140,12 +196,81 @@ def _print(s: Sample) -> None:
     )
 
 
-def _verdict(samples: list[Sample]) -> list[str]:
-    if len(samples) < 4:
-        return ["too few samples for a verdict (run longer) — VIOLATED"]
+def _after_warmup(samples: list[Sample], warmup_s: float) -> list[Sample]:
+    return [s for s in samples if s.at_s >= warmup_s]
+
+
+def _series(samples: list[Sample], name: str, kind: str, attr: str) -> list[tuple[float, float]]:
+    return [
+        (s.at_s, float(getattr(s.instances[name][kind], attr)))
+        for s in samples
+        if name in s.instances and kind in s.instances[name]
+    ]
+
+
+def _trend(points: list[tuple[float, float]], digits: int = 1) -> dict[str, float | None]:
+    slope = memory.slope_mb_per_h(points)
+    return {
+        "warmup_end": round(points[0][1], digits) if points else None,
+        "end": round(points[-1][1], digits) if points else None,
+        "slope_mb_per_h": None if slope is None else round(slope, 2),
+    }
+
+
+def report(
+    samples: list[Sample], warmup_s: float, p99: tuple[float, float], window_s: float
+) -> dict[str, Any]:
+    """The soak's JSON: memory per instance and kind after warm-up, p99 first and last."""
+    after = _after_warmup(samples, warmup_s)
+    names = sorted({name for s in samples for name in s.instances})
+    instances: dict[str, Any] = {}
+    for name in names:
+        entry: dict[str, Any] = {}
+        for kind in ("total", *KINDS):
+            rss = _series(after, name, kind, "rss_mb")
+            fds = _series(after, name, kind, "fds")
+            entry[kind] = {
+                "rss_mb": _trend(rss),
+                "pss_mb": _trend(_series(after, name, kind, "pss_mb")),
+                "fds": {"warmup_end": fds[0][1], "end": fds[-1][1]} if fds else None,
+            }
+        with_stats = [s for s in after if s.allocator.get(name)]
+        if with_stats:
+            first, last = with_stats[0].allocator[name], with_stats[-1].allocator[name]
+            entry[memory.MAIN]["allocator"] = {"warmup_end": first, "end": last}
+        scraped = [s.metrics_samples.get(name) for s in after if s.metrics_samples.get(name)]
+        if scraped:
+            entry[memory.MAIN]["metrics_samples"] = {"warmup_end": scraped[0], "end": scraped[-1]}
+        instances[name] = entry
+    p11 = [(s.at_s, s.p11kit.rss_mb) for s in after if s.p11kit.processes]
+    return {
+        "instances": instances,
+        "p11kit_server": {"rss_mb": _trend(p11)},
+        "p99_s": {
+            "first": round(p99[0], 3),
+            "last": round(p99[1], 3),
+            "window_minutes": round(window_s / 60, 1),
+        },
+        "issued": samples[-1].done if samples else 0,
+        # What the daemons inherited that shapes their memory.
+        "environment": {
+            k: v for k, v in sorted(os.environ.items()) if k.startswith(ENVIRONMENT_SHOWN)
+        },
+    }
+
+
+def _verdict(samples: list[Sample], warmup_s: float) -> list[str]:
+    after = _after_warmup(samples, warmup_s)
+    if len(samples) < 4 or len(after) < 4:
+        return ["too few samples after warm-up for a verdict (run longer) — VIOLATED"]
     half = len(samples) // 2
     first, second = samples[1:half] or samples[:1], samples[half:]
-    rss_growth = max(s.rss_mb for s in second) / max(max(s.rss_mb for s in first), 1)
+    names = sorted({name for s in after for name in s.instances})
+    slopes = {
+        name: memory.slope_mb_per_h(_series(after, name, "total", "rss_mb")) or 0.0
+        for name in names
+    }
+    worst = max(slopes.values(), default=0.0)
     queue_end = statistics.mean(s.queue for s in second[-3:])
     p99_first = statistics.median(s.p99_s for s in first)
     p99_second = statistics.median(s.p99_s for s in second)
@@ -161,7 +286,11 @@ def _verdict(samples: list[Sample]) -> list[str]:
 
     return [
         line(
-            "memory flat", rss_growth < 1.15, f"peak RSS second half / first half {rss_growth:.2f}"
+            "memory flat",
+            worst < SLOPE_LIMIT_MB_PER_H,
+            "RSS slope after warm-up per instance "
+            + ", ".join(f"{n} {v:+.2f}" for n, v in slopes.items())
+            + f" MB/h (limit {SLOPE_LIMIT_MB_PER_H})",
         ),
         line("no growing backlog", queue_end < 50, f"sign queue at the end {queue_end:.0f}"),
         line(
@@ -182,11 +311,21 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--rate", type=float, default=4, help="new records per second")
     parser.add_argument("--interval", type=float, default=30, help="seconds between samples")
+    parser.add_argument(
+        "--warmup-minutes", type=float, default=10, help="not counted in the memory slope"
+    )
+    parser.add_argument("--samples-out", type=Path, help="every sample, as JSON lines")
     args = parser.parse_args()
+    if args.warmup_minutes >= args.minutes:
+        # `make soak`'s default 10 minutes: half of it still gives a slope.
+        args.warmup_minutes = args.minutes / 2
+        print(f"soak: warm-up shortened to {args.warmup_minutes:g} min for this run")
     logging.basicConfig(level=logging.WARNING)
     for name in ("aiormq", "aio_pika", "aiomqtt"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    return asyncio.run(soak(args.minutes, args.rate, args.interval))
+    return asyncio.run(
+        soak(args.minutes, args.rate, args.interval, args.warmup_minutes, args.samples_out)
+    )
 
 
 if __name__ == "__main__":

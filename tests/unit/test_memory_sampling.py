@@ -1,0 +1,84 @@
+"""The soak's memory measurements (tests/chaos/memory.py) and the daemon's opt-in
+allocator log (daemon/memdebug.py) that the soak reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon import memdebug
+from tests.chaos import memory
+
+
+def test_slope_is_megabytes_per_hour() -> None:
+    # 1 MB more every 10 minutes is 6 MB/h, whatever the noise around the line
+    points = [(600.0 * n, 100.0 + n + (0.2 if n % 2 else -0.2)) for n in range(7)]
+    slope = memory.slope_mb_per_h(points)
+    assert slope == pytest.approx(6.0, abs=0.5)
+    assert memory.slope_mb_per_h([(0, 100.0), (3600, 100.0)]) == 0
+    assert memory.slope_mb_per_h([(0, 100.0)]) is None
+
+
+def test_prometheus_samples_counts_series_not_comments() -> None:
+    text = (
+        "# HELP hocba_x a counter\n# TYPE hocba_x counter\n"
+        'hocba_x_total{stage="a"} 1.0\nhocba_x_total{stage="b"} 2.0\n\nhocba_up 1\n'
+    )
+    assert memory.prometheus_samples(text) == 3
+
+
+def test_own_process_is_measured_from_proc() -> None:
+    rss_kb, pss_kb = memory.rollup_kb(os.getpid())
+    assert rss_kb > 1024 and 0 < pss_kb <= rss_kb
+    usage = memory.group_usage(os.getpgid(0))
+    assert os.getpid() in [pid for u in usage.values() for pid in u.pids]
+    assert memory.total(usage.values()).fds >= 3  # stdin, stdout, stderr at least
+
+
+def test_worker_kinds_from_the_command_line() -> None:
+    spawn = "python3 -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=12)"
+    tracker = "python3 -c from multiprocessing.resource_tracker import main;main(11)"
+    assert memory.kind_of(10, 10, "hocba-signer run") == memory.MAIN
+    assert memory.kind_of(11, 10, spawn) == memory.HSM_WORKER
+    assert memory.kind_of(12, 10, tracker) == memory.TRACKER
+
+
+def test_interval_is_off_unless_asked() -> None:
+    assert memdebug.interval_s({}) is None
+    assert memdebug.interval_s({"HOCBA_DEBUG_MEMORY": "0"}) is None
+    assert memdebug.interval_s({"HOCBA_DEBUG_MEMORY": "1"}) == memdebug.DEFAULT_INTERVAL_S
+    assert memdebug.interval_s({"HOCBA_DEBUG_MEMORY": "5"}) == 5.0
+
+
+def test_allocator_sees_a_large_allocation() -> None:
+    libc = memdebug._libc()
+    if libc is None:
+        pytest.skip("no glibc mallinfo2 here")
+    before = memdebug.sample(libc)
+    block = bytearray(64 * 1024 * 1024)  # above the mmap threshold: its own mapping
+    during = memdebug.sample(libc)
+    del block
+    assert during.mmap_kb - before.mmap_kb >= 64 * 1024
+    assert during.arenas >= 1
+
+
+async def test_the_soak_reads_what_the_daemon_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if memdebug._libc() is None:
+        pytest.skip("no glibc mallinfo2 here")
+    stop = asyncio.Event()
+    stop.set()  # one sample, then stop
+    with caplog.at_level(logging.INFO, logger="daemon.memdebug"):
+        await memdebug.log_allocator(stop, 30.0)
+    log = tmp_path / "daemon.log"
+    log.write_text("".join(f"2026-05-20 INFO daemon.memdebug: {m}\n" for m in caplog.messages))
+
+    stats = memory.last_allocator_stats(log)
+
+    assert stats is not None
+    assert stats["in_use_kb"] > 0 and stats["arenas"] >= 1
