@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 
-from daemon.dev.pki_services import ca_status_pointers, status_pointers
+from daemon.dev.pki_state import ca_status_pointers, status_pointers
 from daemon.dev.softhsm import SOFTHSM_MODULE
 from daemon.hsm import CHAIN_CERT_LABEL
 from daemon.settings import DEV_ROLE_POLICIES

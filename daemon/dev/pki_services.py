@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -42,129 +40,48 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from daemon.dev.pki_state import (
+    DEFAULT_PORT,
+    DEFAULT_VALIDITY_S,
+    REVOKED_FILE,
+    SERVICES_FILE,
+    ServicesConfig,
+    ca_status_pointers,
+    configure,
+    load_config,
+    revoke,
+    revoked,
+    status_pointers,
+)
 from daemon.dev.tsa import TimestampAuthority
 from daemon.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SERVICES_FILE = "services.json"
-REVOKED_FILE = "revoked.json"
-DEFAULT_PORT = 9475
-# How long an OCSP answer or a CRL is fresh (its nextUpdate): short, so that a
-# revocation in a rehearsal reaches every cache within minutes.
-DEFAULT_VALIDITY_S = 300
+# The services' addresses and the revocation state live in pki_state; re-exported here.
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_VALIDITY_S",
+    "REVOKED_FILE",
+    "SERVICES_FILE",
+    "TSA_VALIDITY",
+    "Hold",
+    "Running",
+    "ServicesConfig",
+    "build_app",
+    "ca_status_pointers",
+    "configure",
+    "ensure_tsa",
+    "load_config",
+    "revoke",
+    "revoked",
+    "running",
+    "status_pointers",
+]
+
 TSA_VALIDITY = timedelta(days=10 * 365)
-
-
-@dataclass(frozen=True)
-class ServicesConfig:
-    url: str
-    validity_s: int = DEFAULT_VALIDITY_S
-
-    @property
-    def ocsp_url(self) -> str:
-        return f"{self.url}/ocsp"
-
-    @property
-    def crl_url(self) -> str:
-        return f"{self.url}/crl/issuing.crl"
-
-    @property
-    def root_crl_url(self) -> str:
-        return f"{self.url}/crl/root.crl"
-
-    @property
-    def tsa_url(self) -> str:
-        return f"{self.url}/tsa"
-
-    @property
-    def port(self) -> int:
-        return urlsplit(self.url).port or 80
-
-
-def configure(
-    pki: Path, port: int = DEFAULT_PORT, *, validity_s: int = DEFAULT_VALIDITY_S
-) -> ServicesConfig:
-    """Write (or keep) `services.json` and the TSA certificate; the services' addresses.
-
-    An existing configuration is kept, since certificates already issued name its URL.
-    """
-    pki.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = load_config(pki)
-    if config is None:
-        config = ServicesConfig(f"http://127.0.0.1:{port}", validity_s)
-        (pki / SERVICES_FILE).write_text(
-            json.dumps({"url": config.url, "validity_s": config.validity_s}), "utf-8"
-        )
-    return config
-
-
-def load_config(pki: Path) -> ServicesConfig | None:
-    path = pki / SERVICES_FILE
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text("utf-8"))
-    return ServicesConfig(str(data["url"]), int(data.get("validity_s", DEFAULT_VALIDITY_S)))
-
-
-def status_pointers(pki: Path) -> list[x509.ExtensionType]:
-    """AIA (OCSP) and CRL distribution point extensions for a certificate the issuing CA signs.
-
-    None when the dev PKI has no services configured: such certificates declare no
-    status source, and are not checked (as pyHanko's hard-fail mode does).
-    """
-    config = load_config(pki)
-    if config is None:
-        return []
-    aia = x509.AuthorityInformationAccess(
-        [
-            x509.AccessDescription(
-                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(config.ocsp_url)
-            )
-        ]
-    )
-    crldp = x509.CRLDistributionPoints(
-        [x509.DistributionPoint([x509.UniformResourceIdentifier(config.crl_url)], None, None, None)]
-    )
-    return [aia, crldp]
-
-
-def ca_status_pointers(pki: Path) -> list[x509.ExtensionType]:
-    """The CRL distribution point of the root's CRL, for the issuing CA's certificate."""
-    config = load_config(pki)
-    if config is None:
-        return []
-    point = x509.DistributionPoint(
-        [x509.UniformResourceIdentifier(config.root_crl_url)], None, None, None
-    )
-    return [x509.CRLDistributionPoints([point])]
-
-
-# Revocation state
-
-
-def revoked(pki: Path) -> dict[int, datetime]:
-    """Serial number -> revocation time, as `revoke` recorded them."""
-    path = pki / REVOKED_FILE
-    if not path.exists():
-        return {}
-    data = json.loads(path.read_text("utf-8"))
-    return {int(serial, 16): datetime.fromisoformat(at) for serial, at in data.items()}
-
-
-def revoke(pki: Path, serial_hex: str, at: datetime | None = None) -> bool:
-    """Record `serial_hex` as revoked (atomically); False if it already was."""
-    current = {format(s, "x"): t.isoformat() for s, t in revoked(pki).items()}
-    serial = format(int(serial_hex, 16), "x")
-    if serial in current:
-        return False
-    current[serial] = (at or datetime.now(UTC)).replace(microsecond=0).isoformat()
-    partial = pki / f".{REVOKED_FILE}.tmp"
-    partial.write_text(json.dumps(current, indent=1, sort_keys=True), "utf-8")
-    os.replace(partial, pki / REVOKED_FILE)
-    return True
 
 
 # Keys and the TSA certificate
