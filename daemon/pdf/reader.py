@@ -15,11 +15,11 @@ signs with pyHanko, which reads any PDF and refuses bad ones with a precise reas
 from __future__ import annotations
 
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from daemon.pdf.streams import decode
 from daemon.pdf.syntax import (
     TOKEN_END,
     PdfDict,
@@ -223,7 +223,7 @@ class Document:
                 raise Unsupported(f"The /Length of object stream {num} is compressed.")
             length = self.get(length).value
         data = _stream_data(self.pdf, found.end, as_int(length, "/Length"))
-        decoded = _decode(data, stream, _MAX_OBJECT_STREAM_BYTES, f"Object stream {num}")
+        decoded = decode(data, stream, _MAX_OBJECT_STREAM_BYTES, f"Object stream {num}")
         return _ObjectStream.parse(num, decoded, stream)
 
 
@@ -310,7 +310,7 @@ def _read_stream(pdf: bytes, offset: int) -> Section:
         rows += as_int(count, "/Index")
     data = _stream_data(pdf, found.end, as_int(stream.get("Length"), "/Length"))
     # Bounded: a row is at most one predictor byte longer than its fields.
-    decoded = _decode(data, stream, rows * (sum(widths) + 1) + 1, "The xref stream")
+    decoded = decode(data, stream, rows * (sum(widths) + 1) + 1, "The xref stream")
     if len(decoded) != rows * sum(widths):
         raise Unsupported("The xref stream's length does not match its /W and /Index.")
     return Section(stream, tuple(ranges), decoded, widths)
@@ -336,62 +336,6 @@ def _stream_data(pdf: bytes, dict_end: int, length: int) -> bytes:
     if _ENDSTREAM.match(pdf, end) is None:
         raise Unsupported(f"The stream at byte {keyword.end()} does not end at its /Length.")
     return pdf[keyword.end() : end]
-
-
-def _decode(data: bytes, stream: PdfDict, limit: int, what: str) -> bytes:
-    """A stream's data: Flate with or without a PNG predictor, or no filter."""
-    filters, params = stream.get("Filter"), stream.get("DecodeParms")
-    if isinstance(filters, list) and len(filters) == 1:
-        filters = filters[0]
-        params = params[0] if isinstance(params, list) and len(params) == 1 else params
-    if filters is None:
-        decoded = data
-    elif filters == "FlateDecode":
-        decoded = _inflate(data, limit, what)
-    else:
-        raise Unsupported(f"{what}'s filter {filters!r} is not Flate.")
-    return _unpredict(decoded, params if isinstance(params, dict) else {}, what)
-
-
-def _inflate(data: bytes, limit: int, what: str) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        decoded = inflater.decompress(data, limit)
-    except zlib.error as exc:
-        raise Unsupported(f"{what} does not inflate: {exc}") from exc
-    if inflater.unconsumed_tail:
-        raise Unsupported(f"{what} inflates to more than {limit} bytes.")
-    return decoded
-
-
-def _unpredict(data: bytes, params: PdfDict, what: str) -> bytes:
-    predictor = params.get("Predictor", 1)
-    if predictor == 1:
-        return data
-    layout = (params.get("Colors", 1), params.get("BitsPerComponent", 8))
-    if not isinstance(predictor, int) or not 10 <= predictor <= 15 or layout != (1, 8):
-        raise Unsupported(f"{what}'s predictor {predictor!r} is not PNG on bytes.")
-    columns = as_int(params.get("Columns", 1), "/Columns")
-    stride = columns + 1
-    if columns < 1 or len(data) % stride:
-        raise Unsupported(f"{what}'s rows do not fit its /Columns.")
-    out, above = bytearray(), bytes(columns)
-    for at in range(0, len(data), stride):
-        above = _png_unfilter(data[at], data[at + 1 : at + stride], above)
-        out += above
-    return bytes(out)
-
-
-def _png_unfilter(kind: int, row: bytes, above: bytes) -> bytes:
-    """One row restored from PNG filter Up, the one xref stream writers use.
-
-    pyHanko 0.38 decodes Up alone as the PNG specification does (it reads None rows
-    as zeros and Sub wrongly); any other filter goes to pyHanko, so that both paths
-    read a file the same way.
-    """
-    if kind != 2:
-        raise Unsupported(f"A stream uses PNG filter type {kind}, not Up.")
-    return bytes((x + up) & 0xFF for x, up in zip(row, above, strict=True))
 
 
 def _widths(stream: PdfDict) -> tuple[int, int, int]:
