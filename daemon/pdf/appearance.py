@@ -28,25 +28,12 @@ from pathlib import Path
 from asn1crypto import x509
 
 from daemon.pdf.syntax import PdfDict, PdfObject, Ref, serialize
+from daemon.repertoire import REPERTOIRE
 from daemon.stages import FIELD_NAMES, Stage
 
 BOXES_KEY = "HocbaSignatureBoxes"
 FONT_RESOURCE = "HocbaSans"
 FONT_FILE = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-# The Vietnamese Latin letters, punctuation and ₫: the record model's REPERTOIRE.
-REPERTOIRE = (
-    (0x20, 0x7E),
-    (0xA0, 0x17F),
-    (0x1A0, 0x1A1),
-    (0x1AF, 0x1B0),
-    (0x300, 0x304),
-    (0x306, 0x306),
-    (0x309, 0x309),
-    (0x323, 0x323),
-    (0x1EA0, 0x1EF9),
-    (0x2010, 0x2026),
-    (0x20AB, 0x20AB),
-)
 _BASE_FONT = "HBSIGN+DejaVuSans"  # a subset's name carries a six-letter tag
 _FONT_SIZE_PT = 7.5
 _LEADING_PT = 9.5

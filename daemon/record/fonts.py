@@ -19,7 +19,7 @@ from pathlib import Path
 from fontTools import subset
 from fontTools.ttLib import TTFont
 
-from daemon.record.model import REPERTOIRE
+from daemon.repertoire import REPERTOIRE
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 

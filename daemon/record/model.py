@@ -17,22 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from pydantic import model_validator as _model_validator
 from pydantic_core import PydanticCustomError
 
-# What the record's text may use: Latin with every Vietnamese letter and tone mark,
-# combining marks, punctuation and the đồng sign. The renderer's fonts carry exactly
-# these; XML 1.0 could not carry the C0 control characters anyway.
-REPERTOIRE = (
-    (0x20, 0x7E),
-    (0xA0, 0x17F),
-    (0x1A0, 0x1A1),
-    (0x1AF, 0x1B0),
-    (0x300, 0x304),
-    (0x306, 0x306),
-    (0x309, 0x309),
-    (0x323, 0x323),
-    (0x1EA0, 0x1EF9),
-    (0x2010, 0x2026),
-    (0x20AB, 0x20AB),
-)
+from daemon.repertoire import REPERTOIRE
+
 _XML_TEXT = "^[" + "".join(f"\\u{a:04x}-\\u{b:04x}" for a, b in REPERTOIRE) + "\\n]*$"
 Text = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=_XML_TEXT)
