@@ -71,6 +71,8 @@ class Endpoints:
         """The `HOCBA_*` variables that point a configuration at these services."""
         return {
             "HOCBA_DATABASE__DSN": self.dsn(database),
+            # A configuration that migrates as the schema owner names it apart.
+            "HOCBA_DATABASE__MIGRATE_DSN": self.dsn(database),
             "HOCBA_AMQP__URL": self.amqp_url,
             "HOCBA_MQTT__HOST": self.mqtt_host,
             "HOCBA_MQTT__PORT": str(self.mqtt_port),
