@@ -76,6 +76,7 @@ def test_private_endpoints_become_the_usual_overrides() -> None:
     )
     assert endpoints.overrides("hocba") == {
         "HOCBA_DATABASE__DSN": "postgresql://postgres@127.0.0.1:40001/hocba",
+        "HOCBA_DATABASE__MIGRATE_DSN": "postgresql://postgres@127.0.0.1:40001/hocba",
         "HOCBA_AMQP__URL": "amqp://guest:guest@127.0.0.1:40002/",
         "HOCBA_MQTT__HOST": "127.0.0.1",
         "HOCBA_MQTT__PORT": "40003",
