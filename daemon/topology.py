@@ -152,25 +152,12 @@ async def declare(
         await sign_queue.unbind(back)
     await _declare_delay_queues(channel, SIGN_QUEUE, retry, RETURN, settings)
 
-    package_queue = await _declare_work_queue(channel, "package", requests, dead, settings)
-    package_retry = await channel.declare_exchange(
-        PACKAGE_RETRY, aio_pika.ExchangeType.HEADERS, durable=True
+    package_queue, package_retry = await _declare_retried_queue(
+        channel, "package", PACKAGE_QUEUE, PACKAGE_RETRY, PACKAGE_RETURN, requests, dead, settings
     )
-    package_back = await channel.declare_exchange(
-        PACKAGE_RETURN, aio_pika.ExchangeType.FANOUT, durable=True
+    roster_queue, roster_retry = await _declare_retried_queue(
+        channel, "roster", ROSTER_QUEUE, ROSTER_RETRY, ROSTER_RETURN, requests, dead, settings
     )
-    await package_queue.bind(package_back)
-    await _declare_delay_queues(channel, PACKAGE_QUEUE, package_retry, PACKAGE_RETURN, settings)
-
-    roster_queue = await _declare_work_queue(channel, "roster", requests, dead, settings)
-    roster_retry = await channel.declare_exchange(
-        ROSTER_RETRY, aio_pika.ExchangeType.HEADERS, durable=True
-    )
-    roster_back = await channel.declare_exchange(
-        ROSTER_RETURN, aio_pika.ExchangeType.FANOUT, durable=True
-    )
-    await roster_queue.bind(roster_back)
-    await _declare_delay_queues(channel, ROSTER_QUEUE, roster_retry, ROSTER_RETURN, settings)
     return Topology(
         requests,
         status,
@@ -237,6 +224,25 @@ async def _declare_delay_queues(
             arguments={**_QUORUM_DLX, "x-dead-letter-exchange": back, "x-message-ttl": delay},
         )
         await queue.bind(retry, arguments={"x-match": "all", RETRY_HEADER: str(delay)})
+
+
+async def _declare_retried_queue(
+    channel: AbstractChannel,
+    kind: str,
+    queue_name: str,
+    retry_name: str,
+    return_name: str,
+    requests: AbstractExchange,
+    dead: AbstractExchange,
+    settings: AmqpSettings,
+) -> tuple[AbstractQueue, AbstractExchange]:
+    """A work queue with its own delay exchange, delay queues and return route."""
+    queue = await _declare_work_queue(channel, kind, requests, dead, settings)
+    retry = await channel.declare_exchange(retry_name, aio_pika.ExchangeType.HEADERS, durable=True)
+    back = await channel.declare_exchange(return_name, aio_pika.ExchangeType.FANOUT, durable=True)
+    await queue.bind(back)
+    await _declare_delay_queues(channel, queue_name, retry, return_name, settings)
+    return queue, retry
 
 
 async def _declare_work_queue(
