@@ -25,11 +25,13 @@ test_cmd="${FRESH_TEST_CMD:-make test}"
 [ "$(id -u)" -eq 0 ] || { echo "fresh-check needs root (debootstrap, chroot, mounts)" >&2; exit 2; }
 mirror() {
   local uri
-  uri="$(grep -rhoE '^(URIs:|deb) +http[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-    | grep -v security | head -1 | awk '{print $2}')"
+  # Debian's own archive among the enabled sources (not a third party's, not security).
+  uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources \
+    2>/dev/null | grep -hoE '^(URIs:|deb) +http[^ ]+/debian/?$' | head -1 | awk '{print $2}')"
   echo "${uri:-http://deb.debian.org/debian}"
 }
 started=$(date +%s)
+mkdir -p "$fresh"
 step() { echo "fresh-check [$(( $(date +%s) - started ))s]: $*" >&2; }
 
 if [ ! -e "$base/.bootstrapped" ]; then
