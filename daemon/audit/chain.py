@@ -1,6 +1,7 @@
 """The canonical form of an audit entry and of the chains' heads, and the one INSERT.
 
-Migration 0010's trigger computes each entry's hash in the database; this module
+Migration 0010's trigger computes each entry's hash in the database (0012 only made
+it cheaper: the same bytes, so one format for every entry); this module
 computes the same bytes independently, so a verifier trusts neither the trigger nor
 whoever could have replaced it. Fields are length-prefixed, never escaped or quoted:
 one reading only, whatever a school id or a detail holds.

@@ -6,8 +6,10 @@
 --                   UPDATE or DELETE on audit_log, audit_anchors, signatures,
 --                   record_versions, requests, submission_attempts; no DDL.
 --   hocba_packager  the package runner and the `package*` commands: records, packages
---                   and their audit. The runner lives in the daemon's process and pool
---                   today, so hocba_daemon is also a member of hocba_packager.
+--                   and their audit. The runner lives in the daemon's process, its
+--                   connection pool and HSM pool, so hocba_daemon is also a member of
+--                   hocba_packager: a role of its own would be a second credential in
+--                   the same process, no isolation (README, "Who may change what").
 --   hocba_verifier  `verify-server`: SELECT on what a verification reads, nothing else.
 --
 -- Roles belong to the cluster, grants to this database; several databases (a test run
@@ -47,9 +49,9 @@ GRANT UPDATE ON schools, signers, consent_keys, records, outbox, rosters, roster
 -- Queues and caches, not history: published events, stale status answers, old rosters.
 GRANT DELETE ON outbox, rosters, roster_classes, certificate_status TO hocba_daemon;
 
--- hocba_packager
+-- hocba_packager (audit_log's chain trigger runs as the owner: no grant on audit_heads)
 GRANT SELECT ON schools, signers, records, record_versions, signatures, packages,
-    package_records, submission_attempts, outbox, audit_heads TO hocba_packager;
+    package_records, submission_attempts, outbox TO hocba_packager;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO hocba_packager;
 GRANT INSERT ON packages, package_records, submission_attempts, audit_log, outbox
     TO hocba_packager;
