@@ -89,9 +89,10 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
         with amqp.translated("declaring the topology"):
             consume_channel = await connection.channel(on_return_raises=True)
             await consume_channel.set_qos(prefetch_count=settings.amqp.prefetch)
-            # The sign shards' own channel: a prefetch of one handler line each.
+            # The sign shards' own channel, a prefetch per shard consumer (quorum queues
+            # refuse a channel-wide one): README "Fairness between schools".
             shard_channel = await connection.channel(on_return_raises=True)
-            await shard_channel.set_qos(prefetch_count=_handlers(settings))
+            await shard_channel.set_qos(prefetch_count=_shard_prefetch(settings))
             topo = await topology.declare(consume_channel, settings.amqp, shard_channel)
             status_channel = await connection.channel()
             status_exchange = await status_channel.get_exchange(topology.STATUS)
@@ -265,6 +266,12 @@ async def _finish(task: asyncio.Task[None], stop: asyncio.Event | None) -> None:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+def _shard_prefetch(settings: Settings) -> int:
+    """Each shard consumer's: amqp.sign_shard_prefetch, else twice the handlers, so a
+    handler that finishes finds the next delivery already here."""
+    return settings.amqp.sign_shard_prefetch or 2 * _handlers(settings)
 
 
 def _handlers(settings: Settings) -> int:

@@ -83,6 +83,9 @@ class AmqpSettings(_Section):
     # Sign queues hocba.sign.shard.<i> a consistent-hash exchange spreads the schools
     # over (README "Fairness between schools"); 0: the single queue hocba.sign.
     sign_shards: int = Field(default=8, ge=0, le=64)
+    # Unacknowledged requests each shard's consumer holds; 0: twice the handlers
+    # (README "Fairness between schools": the small school's wait against the total rate).
+    sign_shard_prefetch: int = Field(default=0, ge=0, le=1000)
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret(self.password, self.password_file, "amqp-password")
