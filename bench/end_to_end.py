@@ -53,8 +53,13 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def instances(env: BenchEnv, count: int, level: str = "B-B") -> AsyncIterator[list[Instance]]:
-    """`count` daemons signing at `level`, consuming the same queue; SIGTERM afterwards."""
+async def instances(
+    env: BenchEnv, count: int, level: str = "B-B", extra_env: dict[str, str] | None = None
+) -> AsyncIterator[list[Instance]]:
+    """`count` daemons signing at `level`, consuming the same queue; SIGTERM afterwards.
+
+    `extra_env`: settings for these instances only (`HOCBA_AMQP__BATCH_SIZE`, …).
+    """
     exe = Path(sys.executable).parent / "hocba-signer"
     started: list[Instance] = []
     try:
@@ -68,6 +73,7 @@ async def instances(env: BenchEnv, count: int, level: str = "B-B") -> AsyncItera
                 "HOCBA_MQTT__TOPIC_PREFIX": env.mqtt_prefix,
                 "HOCBA_MQTT__CLIENT_ID_PREFIX": name,
                 "HOCBA_SIGNING__LEVEL": level,
+                **(extra_env or {}),
             }
             with log.open("wb") as out:
                 process = await asyncio.create_subprocess_exec(

@@ -10,6 +10,9 @@ delivery is then acknowledged, and only once the copy it implies is confirmed:
     Postponed     to the delay queue whatever the attempt (its refusal could not be
                   stored yet, so it must not be dead-lettered silently)
 
+A batch (`settle_many`) publishes its copies together, then acknowledges together:
+one `multiple` ack for a run of a channel's deliveries where that is safe.
+
 Nothing sleeps while it holds a delivery: a message that must wait waits in a delay
 queue, and the prefetch slot is free for the next. A copy the broker refuses or does
 not confirm in time hands the delivery back (nack, requeue) instead of acknowledging
@@ -22,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 import aio_pika
 from aio_pika.abc import AbstractMessage
 
+from consumers.acks import Acks
 from daemon import amqp, topology
 from daemon.errors import BrokerUnavailable, HocbaError, TransientError
 from daemon.metrics import DEAD_LETTERS, RETRIES
@@ -118,6 +122,8 @@ class Settler:
     settings: AmqpSettings
     instance: str
     publish_timeout_s: float = PUBLISH_TIMEOUT_S
+    # Where the consumer tracks its deliveries' tags, to acknowledge runs of them at once.
+    acks: Acks | None = None
 
     def attempt(self, delivery: Delivery) -> int:
         """Which attempt this delivery is (1-based), as counted by our own retries."""
@@ -139,21 +145,51 @@ class Settler:
 
     async def settle(self, delivery: Delivery, verdict: Verdict) -> None:
         """The one place a delivery is acknowledged, after its copy (if any) is confirmed."""
+        await self.settle_many([(delivery, verdict)])
+
+    async def settle_many(self, settled: Sequence[tuple[Delivery, Verdict]]) -> None:
+        """Each delivery's copy first (all at once), then the acknowledgements together.
+
+        With `acks`, contiguous deliveries of a channel go in one frame (consumers/acks.py).
+        """
+        forwarded = await asyncio.gather(*(self._forwarded(d, v) for d, v in settled))
+        ready = [d for (d, _), ok in zip(settled, forwarded, strict=True) if ok]
+        if not ready:
+            return
+        try:
+            with amqp.translated("settling"):
+                if self.acks is None:
+                    for delivery in ready:
+                        await delivery.ack()
+                else:
+                    await self.acks.ack(ready)
+        except BrokerUnavailable as exc:
+            for delivery in ready:
+                await self._hand_back(delivery, exc)
+
+    async def _forwarded(self, delivery: Delivery, verdict: Verdict) -> bool:
+        """True once the copy the verdict implies (if any) is confirmed; else handed back."""
         try:
             with amqp.translated("settling"):
                 await self._forward(delivery, verdict)
-                await delivery.ack()
         except BrokerUnavailable as exc:
-            # Not acknowledged: hand it back (the broker redelivers it) rather than
-            # hold a prefetch slot until the channel dies.
-            log.warning(
-                "Could not settle %s %s; it goes back to the queue. %s",
-                self.what,
-                delivery.message_id,
-                exc.message,
-            )
-            with contextlib.suppress(BrokerUnavailable), amqp.translated("handing back"):
-                await delivery.nack(requeue=True)
+            await self._hand_back(delivery, exc)
+            return False
+        return True
+
+    async def _hand_back(self, delivery: Delivery, exc: BrokerUnavailable) -> None:
+        # Not acknowledged: hand it back (the broker redelivers it) rather than hold a
+        # prefetch slot until the channel dies.
+        log.warning(
+            "Could not settle %s %s; it goes back to the queue. %s",
+            self.what,
+            delivery.message_id,
+            exc.message,
+        )
+        if self.acks is not None:
+            self.acks.settled(delivery)
+        with contextlib.suppress(BrokerUnavailable), amqp.translated("handing back"):
+            await delivery.nack(requeue=True)
 
     async def _forward(self, delivery: Delivery, verdict: Verdict) -> None:
         attempt = self.attempt(delivery)

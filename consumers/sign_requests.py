@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from consumers.acks import Acks
+from consumers.batches import Batcher
 from consumers.settle import Done, Postponed, Refused, Settler, Transient, Verdict
 from daemon import amqp, topology
 from daemon.errors import (
@@ -49,7 +51,9 @@ _SAFE_SCHOOL = re.compile(r"^sign\.([0-9A-Za-z_-]{1,32})$")
 class Handler(Protocol):
     """What the consumer needs of the pipeline."""
 
-    async def handle(self, request: SignRequest) -> Outcome: ...
+    async def handle_many(self, requests: list[SignRequest]) -> list[Outcome | Exception]:
+        """Each request's outcome, or the error it failed with, in order."""
+        ...
 
     async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome: ...
 
@@ -66,11 +70,17 @@ class SignRequestConsumer:
         self._topo = topo
         self._pipeline = pipeline
         self._settings = settings
-        self._settler = Settler("sign request", topo.retry, topo.dead, settings, instance)
+        self._acks = Acks()
+        self._settler = Settler(
+            "sign request", topo.retry, topo.dead, settings, instance, acks=self._acks
+        )
         # Deliveries beyond this wait with only their AMQP body in memory: the HSM
         # workers set the pace, and more requests decoded, fetched and waiting for a
-        # worker would only hold more PDFs.
-        self._working = asyncio.Semaphore(concurrency)
+        # worker would only hold more PDFs. Room for two batches: one is signed while
+        # the one before it is stored and acknowledged.
+        batch = settings.batch_size
+        self._working = asyncio.Semaphore(max(concurrency, 2 * batch) if batch > 1 else concurrency)
+        self._batches = Batcher(batch, settings.batch_linger_ms / 1000, self._settle_batch)
         self._queues = (topo.sign_queue, *topo.sign_shards)
         self._tags: dict[str, str] = {}  # queue name -> this instance's consumer tag
         self._handlers: set[asyncio.Task[Any]] = set()
@@ -115,7 +125,8 @@ class SignRequestConsumer:
         CONSUMING.set(0)
         if self._handlers:
             log.info("Waiting for %d in-flight requests.", len(self._handlers))
-            _, pending = await asyncio.wait(self._handlers, timeout=timeout_s)
+            running = {*self._handlers, *self._batches.running}
+            _, pending = await asyncio.wait(running, timeout=timeout_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -138,16 +149,32 @@ class SignRequestConsumer:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._acks.received(message)  # before any await: tags are seen in their order
         IN_FLIGHT.inc()
         try:
             async with self._working:
-                verdict = await self._verdict(message)
-                await self._settler.settle(message, verdict)
+                await self._batches.submit(message)
         finally:
             IN_FLIGHT.dec()
             self._handlers.discard(task)
 
-    async def _verdict(self, message: AbstractIncomingMessage) -> Verdict:
+    async def _settle_batch(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Decide a batch together (one pipeline call), then settle it together."""
+        read = await asyncio.gather(*(self._read(m) for m in messages))
+        requests = [r for r in read if isinstance(r, SignRequest)]
+        try:
+            results = await self._pipeline.handle_many(requests) if requests else []
+        except Exception as exc:  # e.g. the database is down: every request failed with it
+            results = [exc] * len(requests)
+        outcomes = iter(results)
+        verdicts = [
+            r if not isinstance(r, SignRequest) else await self._verdict(m, r, next(outcomes))
+            for m, r in zip(messages, read, strict=True)
+        ]
+        await self._settler.settle_many(list(zip(messages, verdicts, strict=True)))
+
+    async def _read(self, message: AbstractIncomingMessage) -> SignRequest | Verdict:
+        """The decoded request, or the verdict of one that cannot (or must not) be handled."""
         try:
             request = await self._decoded(message)
         except InvalidMessage as exc:
@@ -157,13 +184,16 @@ class SignRequestConsumer:
         if self._settler.crash_looping(message):
             error = InternalError("The request was redelivered too often (crash loop?).")
             return await self._give_up(request, error)
-        try:
-            outcome = await self._pipeline.handle(request)
-        except TransientError as exc:
-            return await self._failed(message, request, exc)
-        except Exception as exc:
-            return await self._unexpected(message, request, exc)
-        return _verdict_of(outcome)
+        return request
+
+    async def _verdict(
+        self, message: AbstractIncomingMessage, request: SignRequest, result: Outcome | Exception
+    ) -> Verdict:
+        if isinstance(result, Outcome):
+            return _verdict_of(result)
+        if isinstance(result, TransientError):
+            return await self._failed(message, request, result)
+        return await self._unexpected(message, request, result)
 
     async def _decoded(self, message: AbstractIncomingMessage) -> SignRequest:
         if len(message.body) > self._settings.max_message_bytes:
@@ -198,7 +228,7 @@ class SignRequestConsumer:
         self, message: AbstractIncomingMessage, request: SignRequest | Unreadable, exc: Exception
     ) -> Verdict:
         # A bug must not lose the message nor loop forever: retry, then dead-letter.
-        log.exception("Unexpected error on message %s.", message.message_id)
+        log.error("Unexpected error on message %s.", message.message_id, exc_info=exc)
         error = InternalError(f"Unexpected {type(exc).__name__} while handling the request.")
         return await self._failed(message, request, error)
 

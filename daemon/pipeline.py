@@ -7,26 +7,34 @@ consumer, which schedules a retry; permanent ones become a stored refusal here.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from uuid import UUID
 
-from daemon import consent, corrections, records, rules
+from daemon import consent, records, rules, storing
 from daemon.blobs import BlobStore
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
-from daemon.errors import HocbaError, PermanentError, RequestIdReused, UnknownSchool
+from daemon.errors import (
+    HocbaError,
+    PermanentError,
+    RequestIdReused,
+    UnknownSchool,
+)
 from daemon.hsm import KeyRef, SignJob, SignResult
 from daemon.messages import Document, Reason, SignRequest, SignRequestV2, StatusEvent
 from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
 from daemon.record.xml import record_sha256
 from daemon.registry import keyring
 from daemon.stages import Stage, State
+from daemon.storing import Signed
 
 log = logging.getLogger(__name__)
 
@@ -84,27 +92,67 @@ class Pipeline:
     clock: Clock = vietnam_now
 
     async def handle(self, request: SignRequest) -> Outcome:
+        """One request's outcome; its transient error raised."""
+        (result,) = await self.handle_many([request])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def handle_many(self, requests: Sequence[SignRequest]) -> list[Outcome | Exception]:
+        """Each request's outcome, or the (transient) error it failed with, in order.
+
+        A batch is looked up in one query and its signatures stored in one statement;
+        requests that touch the same record, student or request_id as an earlier one
+        go in a later round, so that each is decided on what the one before it stored,
+        exactly as one at a time. A request that fails never fails its neighbours.
+        """
+        results: dict[int, Outcome | Exception] = {}
+        for round_ in _rounds(requests):
+            outcomes = await self._round([requests[n] for n in round_])
+            results.update(zip(round_, outcomes, strict=True))
+        return [results[n] for n in range(len(requests))]
+
+    async def _round(self, requests: list[SignRequest]) -> list[Outcome | Exception]:
         started = time.perf_counter()
-        async with self.db.connection() as conn:
-            found = await records.lookup(
-                conn,
-                request.request_id,
-                request.school_id,
-                request.signer_id,
-                request.record.record_id,
-                info=request.record,
-            )
+        try:
+            async with self.db.connection() as conn:
+                found = await records.lookup_many(conn, [_key(r) for r in requests])
+        except Exception as exc:
+            return [exc] * len(requests)
+        decided = await asyncio.gather(
+            *(self._decided(r, f) for r, f in zip(requests, found, strict=True)),
+            return_exceptions=True,
+        )
+        for item in decided:
+            if isinstance(item, BaseException) and not isinstance(item, Exception):
+                raise item
+        signed = [d for d in decided if isinstance(d, Signed)]
+        stored = iter(await storing.store_all(self.db, signed))
+        results: list[Outcome | Exception] = []
+        for item in decided:
+            if not isinstance(item, Signed):
+                results.append(item)  # type: ignore[arg-type]  # BaseException raised above
+                continue
+            result = next(stored)
+            if isinstance(result, Exception):
+                results.append(result)
+                continue
+            request = item.request
+            SIGN_DURATION.labels(request.stage.value).observe(time.perf_counter() - started)
+            results.append(Outcome(result))
+        return results
+
+    async def _decided(self, request: SignRequest, found: records.Lookup) -> Outcome | Signed:
+        """The request signed and ready to store, or its outcome if it ends here."""
         if found.prior is not None:
             if found.prior.fingerprint != fingerprint(request):
                 error = RequestIdReused("request_id was used before for another request.")
                 return await self._refuse(error, request.school_id, request, remember=False)
             return await self._repeat(found.prior.event)
         try:
-            outcome = await self._sign(request, found)
+            return await self._sign(request, found)
         except PermanentError as exc:
             return await self._refuse(exc, request.school_id, request)
-        SIGN_DURATION.labels(request.stage.value).observe(time.perf_counter() - started)
-        return outcome
 
     async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome:
         """Refuse for good a request that cannot be read, or kept failing with `error`.
@@ -182,7 +230,7 @@ class Pipeline:
         log.info("Request %s was seen before; repeated its status.", event.request_id)
         return Outcome(event)
 
-    async def _sign(self, request: SignRequest, found: records.Lookup) -> Outcome:
+    async def _sign(self, request: SignRequest, found: records.Lookup) -> Signed:
         school, record = found.school, found.record
         if school is None:
             raise UnknownSchool(f"School {request.school_id} is not registered.")
@@ -237,29 +285,8 @@ class Pipeline:
             fingerprint=fingerprint(request),
             corrects=corrects,
         )
-        if request.stage is Stage.SCHOOL_SEAL:
-            # A correction's seal supersedes the record it corrects, in the same transaction.
-            async with self.db.transaction() as conn:
-                await records.store_signature(conn, signature, event)
-                await corrections.supersede(
-                    conn,
-                    request.school_id,
-                    request.record.record_id,
-                    result.sha256,
-                    request.request_id,
-                    event.at,
-                )
-        else:
-            async with self.db.connection() as conn:
-                await records.store_signature(conn, signature, event)
-        REQUESTS.labels(request.stage.value, "signed", "").inc()
-        log.info(
-            "Signed stage %s of record %s for school %s.",
-            request.stage,
-            request.record.record_id,
-            request.school_id,
-        )
-        return Outcome(event)
+        supersedes = request.stage is Stage.SCHOOL_SEAL and bool(record and record.corrects)
+        return Signed(request, signature, event, supersedes)
 
     async def _version_to_sign(self, request: SignRequest, digest: str) -> tuple[bytes, str]:
         """The bytes to sign and their sha256 (for record_data, not the consent's digest)."""
@@ -273,6 +300,46 @@ class Pipeline:
             await self.store.put(pdf)
             return pdf, digest
         return await self.store.get(digest), digest
+
+
+def _key(request: SignRequest) -> records.Key:
+    return records.Key(
+        request.request_id,
+        request.school_id,
+        request.signer_id,
+        request.record.record_id,
+        request.record,
+    )
+
+
+def _rounds(requests: Sequence[SignRequest]) -> list[list[int]]:
+    """The requests' indices in rounds: none shares a request_id, record or (at the
+    teacher's stage) student with one of its round, and each comes after those before."""
+    rounds: list[list[int]] = []
+    last: dict[tuple[object, ...], int] = {}
+    for n, request in enumerate(requests):
+        info = request.record
+        keys: list[tuple[object, ...]] = [
+            ("request", request.request_id),
+            ("record", request.school_id, info.record_id),
+        ]
+        if request.stage is Stage.HOMEROOM_TEACHER:
+            keys.append(
+                (
+                    "student",
+                    request.school_id,
+                    info.academic_year,
+                    info.submission_round,
+                    info.student_id,
+                )
+            )
+        at = max((last[k] + 1 for k in keys if k in last), default=0)
+        if at == len(rounds):
+            rounds.append([])
+        rounds[at].append(n)
+        for k in keys:
+            last[k] = at
+    return rounds
 
 
 def _corrects(request: SignRequest) -> str | None:

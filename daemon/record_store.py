@@ -8,6 +8,7 @@ so that nothing is acknowledged, and nothing is announced, that is not durable.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -125,8 +126,113 @@ async def store_signature(conn: asyncpg.Connection, sig: NewSignature, event: St
         raise ConcurrentUpdate(f"Another instance {what} first.")
 
 
-def _signature_params(sig: NewSignature, event: StatusEvent) -> dict[str, Any]:
-    """The store statement's parameters, by name; the record's details only at stage 1."""
+# Many signatures in one statement: the rows travel as arrays (one per column), and
+# the same data-modifying CTEs hang off each record's own insert (stage 1) or
+# compare-and-set update (later stages). A record another instance got to first is
+# simply not in `changed`: nothing of it is written, and only it reports the race. The
+# rows are sorted by school, so two instances' batches take the schools' audit-chain
+# heads in the same order and never deadlock on them.
+_STORE_MANY = Statement(
+    """
+WITH input AS (
+    SELECT * FROM unnest(
+        :school_id::text[], :record_id::text[], :student_id::text[],
+        :academic_year::text[], :grade::smallint[], :class_name::text[],
+        :submission_round::smallint[], :corrects::text[], :state::text[],
+        :signatures::smallint[], :digest_before::text[], :digest_after::text[],
+        :size_before::integer[], :size_after::integer[], :stage::text[],
+        :signer_id::text[], :cert_serial::text[], :signed_at::timestamptz[],
+        :request_id::uuid[], :fingerprint::text[], :event_id::uuid[],
+        :detail::text[], :event::text[]
+    ) WITH ORDINALITY AS i (
+        school_id, record_id, student_id, academic_year, grade, class_name,
+        submission_round, corrects, state, signatures, digest_before, digest_after,
+        size_before, size_after, stage, signer_id, cert_serial, signed_at,
+        request_id, fingerprint, event_id, detail, event, n)
+),
+created AS (
+    INSERT INTO records (school_id, record_id, student_id, academic_year, grade,
+                         class_name, submission_round, state, signatures, current_sha256,
+                         corrects)
+    SELECT school_id, record_id, student_id, academic_year, grade, class_name,
+           submission_round, state, 1, digest_after, corrects
+    FROM input WHERE signatures = 1 ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING school_id, record_id
+),
+advanced AS (
+    UPDATE records r
+    SET state = i.state, signatures = i.signatures, current_sha256 = i.digest_after,
+        updated_at = now()
+    FROM input i
+    WHERE i.signatures > 1 AND r.school_id = i.school_id AND r.record_id = i.record_id
+      AND r.signatures = i.signatures - 1 AND r.current_sha256 = i.digest_before
+    RETURNING r.school_id, r.record_id
+),
+changed AS (
+    SELECT i.* FROM input i
+    JOIN (SELECT * FROM created UNION ALL SELECT * FROM advanced) AS c
+      ON c.school_id = i.school_id AND c.record_id = i.record_id
+),
+versions AS (
+    INSERT INTO record_versions (school_id, record_id, version, sha256, size_bytes)
+    SELECT school_id, record_id, 0, digest_before, size_before
+    FROM changed WHERE signatures = 1
+    UNION ALL
+    SELECT school_id, record_id, signatures, digest_after, size_after FROM changed
+),
+signature AS (
+    INSERT INTO signatures (school_id, record_id, stage, signer_id, cert_serial,
+                            signed_at, digest_before, digest_after, request_id)
+    SELECT school_id, record_id, stage, signer_id, cert_serial,
+           signed_at, digest_before, digest_after, request_id FROM changed
+),
+request AS (
+    INSERT INTO requests (request_id, school_id, record_id, stage, fingerprint,
+                          state, reason_code, event_id)
+    SELECT request_id, school_id, record_id, stage, fingerprint, state, NULL, event_id
+    FROM changed
+),
+audit AS (
+    INSERT INTO audit_log (school_id, record_id, request_id, action, detail)
+    SELECT school_id, record_id, request_id, 'signed', detail::jsonb
+    FROM changed ORDER BY n
+),
+queued AS (
+    INSERT INTO outbox (event_id, school_id, record_id, state, payload, repeat)
+    SELECT event_id, school_id, record_id, state, event::jsonb, false
+    FROM changed ORDER BY n
+)
+SELECT n, pg_notify('"""
+    + OUTBOX_CHANNEL
+    + """', '') FROM changed
+"""
+)
+
+
+async def store_signatures(
+    conn: asyncpg.Connection, stored: Sequence[tuple[NewSignature, StatusEvent]]
+) -> list[bool]:
+    """Many signatures in one statement; per signature, whether it was stored.
+
+    False for one whose record another instance created or advanced first: of it
+    nothing is written, and its neighbours are stored all the same. Two signatures of
+    one record must not share a call (the second would always lose).
+    """
+    order = sorted(range(len(stored)), key=lambda n: (stored[n][0].school_id, n))
+    rows = [_signature_params(*stored[n], every=True) for n in order]
+    params = {name: [row[name] for row in rows] for name in _STORE_MANY.names}
+    changed = {
+        order[n - 1] for n, _ in await conn.fetch(_STORE_MANY.sql, *_STORE_MANY.args(params))
+    }
+    return [n in changed for n in range(len(stored))]
+
+
+def _signature_params(
+    sig: NewSignature, event: StatusEvent, *, every: bool = False
+) -> dict[str, Any]:
+    """The store statement's parameters, by name; the record's details only at stage 1
+    (or, with `every`, for each signature: the batch statement's columns)."""
     detail = {
         "stage": sig.stage.value,
         "signer_id": sig.signer_id,
@@ -152,7 +258,7 @@ def _signature_params(sig: NewSignature, event: StatusEvent) -> dict[str, Any]:
         "detail": json.dumps(detail),
         "event": event.model_dump_json(),
     }
-    if sig.stage is Stage.HOMEROOM_TEACHER:
+    if every or sig.stage is Stage.HOMEROOM_TEACHER:
         params |= {
             "student_id": sig.info.student_id,
             "academic_year": sig.info.academic_year,

@@ -86,6 +86,11 @@ class AmqpSettings(_Section):
     # Unacknowledged requests each shard's consumer holds; 0: twice the handlers
     # (README "Fairness between schools": the small school's wait against the total rate).
     sign_shard_prefetch: int = Field(default=0, ge=0, le=1000)
+    # Sign requests decided, stored and acknowledged together (README "Throughput"): up
+    # to batch_size deliveries, or those that arrived within batch_linger_ms of the
+    # first. 1: one at a time, as before.
+    batch_size: int = Field(default=8, ge=1, le=256)
+    batch_linger_ms: float = Field(default=2.0, ge=0, le=1000)
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret(self.password, self.password_file, "amqp-password")

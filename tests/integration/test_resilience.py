@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import aio_pika
 import aiohttp
@@ -34,8 +34,8 @@ class CrashAfterStoring(Pipeline):
     crashed: asyncio.Event
     connection: aio_pika.abc.AbstractConnection
 
-    async def handle(self, request: SignRequest) -> Outcome:
-        await super().handle(request)
+    async def handle_many(self, requests: Sequence[SignRequest]) -> list[Outcome | Exception]:
+        await super().handle_many(requests)
         # Closing the connection cancels this very handler, as a crash would end it.
         self.crashed.set()
         await self.connection.close()

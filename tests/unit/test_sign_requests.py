@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,12 +64,12 @@ class FakeHandler:
     unreadable: list[Unreadable] = field(default_factory=list)
     handled: int = 0
 
-    async def handle(self, request: SignRequest) -> Outcome:
-        self.handled += 1
+    async def handle_many(self, requests: list[SignRequest]) -> list[Outcome | Exception]:
+        self.handled += len(requests)
         if self.raises is not None:
             raise self.raises
         assert self.outcome is not None
-        return self.outcome
+        return [self.outcome] * len(requests)
 
     async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome:
         if self.refuse_fails:
@@ -90,7 +91,9 @@ class Wired:
     queue: FakeQueue
 
 
-def _consumer(handler: FakeHandler, exchanges: dict[str, FakeExchange]) -> Wired:
+def _consumer(
+    handler: FakeHandler, exchanges: dict[str, FakeExchange], settings: AmqpSettings = SETTINGS
+) -> Wired:
     queue = FakeQueue()
     topo = topology.Topology(
         requests=None,
@@ -99,7 +102,7 @@ def _consumer(handler: FakeHandler, exchanges: dict[str, FakeExchange]) -> Wired
         retry=exchanges["retry"],  # type: ignore[arg-type]
         sign_queue=queue,  # type: ignore[arg-type]
     )
-    return Wired(SignRequestConsumer(topo, handler, SETTINGS, "test"), queue)
+    return Wired(SignRequestConsumer(topo, handler, settings, "test"), queue)
 
 
 async def _deliver(wired: Wired, message: FakeMessage) -> None:
@@ -225,3 +228,43 @@ async def test_a_give_up_that_cannot_be_stored_waits_in_a_declared_delay_queue(e
     assert int(copy.headers[topology.RETRY_HEADER]) in topology.delays_ms(SETTINGS)
     assert copy.headers[ATTEMPT_HEADER] == SETTINGS.max_attempts + 6
     assert not exchanges["dead"].published and message.settled == ["ack"]
+
+
+@dataclass
+class PerRequestHandler(FakeHandler):
+    """Answers each request of a batch as its request_id says: signed, refused, failed."""
+
+    answers: dict[uuid.UUID, Outcome | Exception] = field(default_factory=dict)
+    batches: list[int] = field(default_factory=list)
+
+    async def handle_many(self, requests: list[SignRequest]) -> list[Outcome | Exception]:
+        self.batches.append(len(requests))
+        return [self.answers[r.request_id] for r in requests]
+
+
+async def test_each_request_of_a_batch_gets_its_own_verdict(exchanges) -> None:
+    # Given three requests taken in one batch: one signed, one refused, one failing
+    handler = PerRequestHandler()
+    messages = []
+    answers: list[Outcome | Exception] = [
+        Outcome(_event(State.SIGNED_BY_PRINCIPAL)),
+        Outcome(_event(State.REJECTED, Reason(code="stage_out_of_order", message="m"))),
+        HsmUnavailable("x"),
+    ]
+    for answer in answers:
+        _, body, rid = sign_request("31000123", INFO, Stage.PRINCIPAL, "BGH-0001", "a.b.c")
+        handler.answers[uuid.UUID(rid)] = answer
+        messages.append(FakeMessage(body=body, message_id=rid))
+    wired = _consumer(
+        handler, exchanges, AmqpSettings(**{**SETTINGS.model_dump(), "batch_size": 3})
+    )
+    await wired.consumer.start()
+    # When the broker delivers them together
+    await asyncio.gather(*(wired.queue.deliver(m) for m in messages))
+    # Then they were decided in one batch, and each settled as its own outcome says
+    assert handler.batches == [3]
+    ((letter, _),) = exchanges["dead"].published
+    assert letter.message_id == messages[1].message_id
+    ((copy, _),) = exchanges["retry"].published
+    assert copy.message_id == messages[2].message_id
+    assert [m.settled for m in messages] == [["ack"], ["ack"], ["ack"]]

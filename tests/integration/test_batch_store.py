@@ -1,0 +1,170 @@
+"""A batch looked up in one query and stored in one statement, against the real database:
+a lost race fails only its own record, and the rest is stored whole."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from daemon import records
+from daemon.dev import env as devenv
+from daemon.messages import RecordInfo, StatusEvent
+from daemon.settings import Settings
+from daemon.stages import Stage
+
+
+@pytest.fixture
+async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(settings.database.dsn)
+    yield connection
+    await connection.close()
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _first_stage(school: str, record_id: str) -> tuple[records.NewSignature, StatusEvent]:
+    """A teacher's signature of a new record, and its event, as the pipeline builds them."""
+    info = RecordInfo(
+        record_id=record_id,
+        student_id=f"student-{record_id}",
+        academic_year="2025-2026",
+        grade=5,
+        class_name="5A",
+        submission_round=1,
+    )
+    request_id, now = uuid.uuid4(), datetime.now(UTC)
+    event = StatusEvent(
+        event_id=uuid.uuid4(),
+        request_id=request_id,
+        school_id=school,
+        record_id=record_id,
+        state=Stage.HOMEROOM_TEACHER.state,
+        stage=Stage.HOMEROOM_TEACHER,
+        document_sha256=_digest(f"{record_id}-1"),
+        signatures=1,
+        reason=None,
+        at=now,
+    )
+    signature = records.NewSignature(
+        request_id=request_id,
+        school_id=school,
+        info=info,
+        stage=Stage.HOMEROOM_TEACHER,
+        signer_id="GV-0001",
+        cert_serial="1a",
+        signed_at=now,
+        digest_before=_digest(f"{record_id}-0"),
+        digest_after=_digest(f"{record_id}-1"),
+        size_before=1000,
+        size_after=1500,
+        fingerprint=_digest(str(request_id)),
+    )
+    return signature, event
+
+
+async def _written(conn: asyncpg.Connection, request_id: uuid.UUID) -> tuple[int, int, int]:
+    """Rows the request left: requests, audit entries, outbox events."""
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM requests WHERE request_id = $1) AS requests,
+                  (SELECT count(*) FROM audit_log WHERE request_id = $1) AS audit,
+                  (SELECT count(*) FROM outbox o WHERE o.payload->>'request_id' = $1::text)
+                      AS outbox""",
+        request_id,
+    )
+    assert row is not None
+    return row["requests"], row["audit"], row["outbox"]
+
+
+async def test_a_lost_race_fails_only_its_own_record(
+    dev_env: devenv.DevEnv, conn: asyncpg.Connection
+) -> None:
+    # Given a record another instance created first, and two schools' new records
+    a, b = dev_env.schools[0], dev_env.schools[1]
+    tag = uuid.uuid4().hex[:8]
+    raced = _first_stage(a, f"batch-{tag}-raced")
+    await records.store_signature(conn, *_first_stage(a, f"batch-{tag}-raced"))
+    batch = [_first_stage(b, f"batch-{tag}-1"), raced, _first_stage(a, f"batch-{tag}-2")]
+
+    # When the batch is stored in one statement
+    stored = await records.store_signatures(conn, batch)
+
+    # Then the race is lost by its record alone: of it nothing was written
+    assert stored == [True, False, True]
+    assert await _written(conn, raced[0].request_id) == (0, 0, 0)
+    # and each neighbour is stored whole: record, both versions, signature, request,
+    # audit entry and status event
+    for signature, event in (batch[0], batch[2]):
+        found = await records.record(conn, signature.school_id, signature.info.record_id)
+        assert found is not None and found.current_sha256 == signature.digest_after
+        versions = await conn.fetchval(
+            "SELECT count(*) FROM record_versions WHERE school_id = $1 AND record_id = $2",
+            signature.school_id,
+            signature.info.record_id,
+        )
+        assert versions == 2
+        assert await _written(conn, event.request_id) == (1, 1, 1)
+
+
+async def test_later_stages_are_set_each_by_its_own_compare_and_set(
+    dev_env: devenv.DevEnv, conn: asyncpg.Connection
+) -> None:
+    # Given two records signed by their teachers
+    school = dev_env.schools[0]
+    tag = uuid.uuid4().hex[:8]
+    firsts = [_first_stage(school, f"batch-{tag}-{n}") for n in range(2)]
+    assert await records.store_signatures(conn, firsts) == [True, True]
+
+    # When their principals' signatures are stored together, one of them over a
+    # version the record no longer has
+    nexts = []
+    for n, (first, _) in enumerate(firsts):
+        before = first.digest_after if n == 0 else _digest("not the current version")
+        signature, event = _first_stage(school, first.info.record_id)
+        signature = dataclasses.replace(
+            signature,
+            stage=Stage.PRINCIPAL,
+            digest_before=before,
+            digest_after=_digest(f"{first.info.record_id}-2"),
+        )
+        event = event.model_copy(update={"state": Stage.PRINCIPAL.state, "signatures": 2})
+        nexts.append((signature, event))
+    stored = await records.store_signatures(conn, nexts)
+
+    # Then only the one whose version matched advanced
+    assert stored == [True, False]
+    advanced = await records.record(conn, school, firsts[0][0].info.record_id)
+    kept = await records.record(conn, school, firsts[1][0].info.record_id)
+    assert advanced is not None and advanced.signatures == 2
+    assert kept is not None and kept.signatures == 1
+
+
+async def test_a_batch_lookup_answers_each_key_as_a_lookup_of_its_own(
+    dev_env: devenv.DevEnv, conn: asyncpg.Connection
+) -> None:
+    school = dev_env.schools[0]
+    tag = uuid.uuid4().hex[:8]
+    known = _first_stage(school, f"batch-{tag}-known")
+    await records.store_signature(conn, *known)
+    signature = known[0]
+    keys = [
+        records.Key(uuid.uuid4(), school, "GV-0001", f"batch-{tag}-unknown"),
+        records.Key(uuid.uuid4(), "no-such-school", "GV-0001", "r"),
+        records.Key(uuid.uuid4(), school, "GV-0001", signature.info.record_id, signature.info),
+    ]
+    many = await records.lookup_many(conn, keys)
+    one_by_one = [
+        await records.lookup(conn, k.request_id, k.school_id, k.signer_id, k.record_id, info=k.info)
+        for k in keys
+    ]
+    assert many == one_by_one
+    assert many[0].school is not None and many[0].record is None
+    assert many[1].school is None
+    assert many[2].record is not None and many[2].live_record_id == signature.info.record_id
