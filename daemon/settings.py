@@ -9,6 +9,7 @@ development only, given inline; they print as `**********`.
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ from pydantic_settings import (
 from daemon.errors import ConfigError
 
 CONFIG_ENV = "HOCBA_CONFIG"
+# The file `load_settings(path)` reads, for the Settings it builds (else $HOCBA_CONFIG).
+_config_file: ContextVar[str | None] = ContextVar("hocba_config_file", default=None)
 
 
 def read_secret(inline: SecretStr | None, path: Path | None, credential: str) -> SecretStr | None:
@@ -377,7 +380,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = os.environ.get(CONFIG_ENV)
+        toml = _config_file.get() or os.environ.get(CONFIG_ENV)
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
@@ -386,11 +389,14 @@ class Settings(BaseSettings):
 
 def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     """Load the configuration from `path` (or `$HOCBA_CONFIG`) and the environment."""
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"Configuration file {path} does not exist.")
-        os.environ[CONFIG_ENV] = str(path)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"Configuration file {path} does not exist.")
+    # The file is this call's, not the process's: $HOCBA_CONFIG is left as it was, so
+    # one command's configuration never leaks into the next one loaded without a path.
+    token = _config_file.set(str(path) if path is not None else None)
     try:
         return Settings(**overrides)
     except ValueError as exc:
         raise ConfigError(f"Invalid configuration: {exc}") from exc
+    finally:
+        _config_file.reset(token)

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,23 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     settings = load_settings(config)
     assert settings.amqp.prefetch == 10
     assert settings.http.port == 9100
+
+
+def test_a_file_is_the_calls_own_and_never_leaks_into_the_next_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once load_settings(path) set $HOCBA_CONFIG for the whole process: every later load
+    # without a path (and every command a test ran next) read that file.
+    monkeypatch.delenv("HOCBA_CONFIG", raising=False)
+    config = tmp_path / "c.toml"
+    config.write_text("[amqp]\nprefetch = 10\n", encoding="utf-8")
+
+    assert load_settings(config).amqp.prefetch == 10
+
+    assert "HOCBA_CONFIG" not in os.environ
+    assert load_settings().amqp.prefetch != 10
+    monkeypatch.setenv("HOCBA_CONFIG", str(config))
+    assert load_settings().amqp.prefetch == 10
 
 
 def test_secrets_come_from_files_and_never_print(
