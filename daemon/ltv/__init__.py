@@ -3,7 +3,8 @@
 * `levels.leveled_signing` wraps the HSM pool with `signing.level`: the certificate's
   status before any key is used (`status`: OCSP, the CRL as fallback, answers cached in
   PostgreSQL for every instance), RFC 3161 signature timestamps (`timestamps`), and at
-  the seal the DSS and a document timestamp (`dss`, through pyHanko).
+  the seal the DSS and a document timestamp (`dss`, written by daemon/pdf/dss_update.py;
+  pyHanko for a renewal).
 * `renewal` adds fresh validation data and a document timestamp to issued records whose
   newest timestamp expires soon (`hocba-signer ltv renew` and the daily task).
 

@@ -1,20 +1,25 @@
 """Long-term validation at the seal: the DSS of all three signatures, then a document timestamp.
 
-At B-LT and B-LTA the seal stage ends the record with one more incremental update,
-written by pyHanko (once per record, so its full parse is affordable; see the README's
-measurements): a document security store holding every certificate of the three
-signatures and their timestamps, and the OCSP responses (or CRLs) that said each was
-good, so the record validates with no network; at B-LTA a document timestamp then
-covers it all, so that the data stays provably unchanged after the TSA's certificate
-expires, until the next renewal (`horizon` says when that is due; daemon/ltv/renewal.py
-renews with `extend` again: fresh validation data for everything the file holds,
-the previous document timestamps included, then a new document timestamp). The
-status answers are the ones daemon/ltv/status.py cached when each key was about to
-sign, so building the DSS usually costs no request at all. pyHanko's parse and write
-run in a thread; the TSA request goes back to the event loop, where the TSA client
-lives. A document timestamp by a TSA certificate the file did not hold yet (a renewal
-after the TSA changed its certificate) is followed by one more DSS update with that
-certificate's status, so the newest timestamp validates offline too.
+At B-LT and B-LTA the seal stage ends the record with one more incremental update: a
+document security store holding every certificate of the three signatures and their
+timestamps, and the OCSP responses (or CRLs) that said each was good, so the record
+validates with no network; at B-LTA a document timestamp then covers it all, so that
+the data stays provably unchanged after the TSA's certificate expires, until the next
+renewal (`horizon` says when that is due). The status answers are the ones
+daemon/ltv/status.py cached when each key was about to sign, so building the DSS
+usually costs no request at all.
+
+At issuance the update is written by hand (daemon/pdf/dss_update.py), in the event
+loop: reading the three signatures' CMS and the few objects the update changes, and
+writing it, cost 2-3 ms of CPU, where pyHanko's full parse and write cost 40-50 ms at
+B-LT and about 100 ms at B-LTA (see the README's measurements). A file that writer
+does not take (a renewal: a DSS and a document timestamp already there;
+daemon/ltv/renewal.py) is extended by pyHanko in a thread, the TSA request going back
+to the event loop, where the TSA client lives: fresh validation data for everything
+the file holds, the previous document timestamps included, then a new document
+timestamp. A document timestamp by a TSA certificate the file did not hold yet (a
+renewal after the TSA changed its certificate) is followed by one more DSS update, by
+pyHanko, with that certificate's status, so the newest timestamp validates offline too.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from pyhanko.sign.timestamps.api import TimeStamper
 
-from daemon.errors import NotAPdf
+from daemon.errors import NotAPdf, TsaUnavailable
 from daemon.ltv.timestamps import TsaClient
+from daemon.pdf.dss_update import ContentsTooLarge, Unsupported, ValidationData, read_ltv_target
 from daemon.pdf.pades import parse_errors, read_pdf
 
 if TYPE_CHECKING:
@@ -125,38 +131,90 @@ async def extend(
     The DSS holds every certificate up to `trust_roots` and the status of each one
     below them (signers, the TSA, the issuing CA), so nothing must be fetched later.
     """
+    try:
+        target = read_ltv_target(pdf)
+        chains = _chains(_certificates(target.signatures), trust_roots)
+    except (Unsupported, ValueError, KeyError, TypeError):
+        # A renewal (a DSS and a document timestamp already there) or a file the
+        # hand-written update does not expect: pyHanko reads and extends any PDF.
+        return await _extend_with_pyhanko(pdf, status, tsa, trust_roots, archive=archive)
+    ocsps, crls = await _answers(status, chains.checked)
+    data = ValidationData([c.dump() for c in chains.certs], ocsps, crls)
+    try:
+        if not archive:
+            return target.dss_update(data)
+        prepared = target.prepare_timestamp(data, DOC_TIMESTAMP_BYTES)
+    except Unsupported:  # a file too large for the byte range's slot, say
+        return await _extend_with_pyhanko(pdf, status, tsa, trust_roots, archive=archive)
+    token = await tsa.stamp(prepared.document_digest, "document")
+    try:
+        stamped = prepared.complete(token.dump())
+    except ContentsTooLarge as exc:
+        raise TsaUnavailable(f"The TSA's document timestamp does not fit: {exc}") from exc
+    newcomer = _tsa_of(token["content"])
+    return await _with_newcomer(stamped, newcomer, {c.dump() for c in chains.certs}, status)
+
+
+async def _extend_with_pyhanko(
+    pdf: bytes,
+    status: CertificateStatus,
+    tsa: TsaClient,
+    trust_roots: list[asn1_x509.Certificate],
+    *,
+    archive: bool,
+) -> bytes:
+    """`extend` by pyHanko: its full parse, in a thread; renewals come this way."""
     chains = await asyncio.to_thread(_collect, pdf, trust_roots)
+    ocsps, crls = await _answers(status, chains.checked)
+    loop = asyncio.get_running_loop()
+    stamp = (tsa, chains.timestamp_field[0]) if archive else None
+    stamped = await asyncio.to_thread(_write, pdf, chains.certs, ocsps, crls, stamp, loop)
+    if not archive:
+        return stamped
+    newcomer = await asyncio.to_thread(_newest_tsa, stamped)
+    return await _with_newcomer(stamped, newcomer, {c.dump() for c in chains.certs}, status)
+
+
+async def _answers(
+    status: CertificateStatus,
+    checked: list[tuple[asn1_x509.Certificate, asn1_x509.Certificate]],
+) -> tuple[list[bytes], list[bytes]]:
+    """The cached (or fetched) OCSP responses and CRLs of `checked`, each once."""
     ocsps: list[bytes] = []
     crls: list[bytes] = []
-    for cert, issuer in chains.checked:
+    for cert, issuer in checked:
         answer = await status.answer(_crypto(cert), _crypto(issuer))
         if answer is None:
             continue
         (ocsps if answer.source == "ocsp" else crls).append(answer.answer)
-    loop = asyncio.get_running_loop()
-    stamp = (tsa, chains.timestamp_field[0]) if archive else None
-    stamped = await asyncio.to_thread(
-        _write, pdf, chains.certs, _unique(ocsps), _unique(crls), stamp, loop
-    )
-    if not archive:
-        return stamped
-    known = {c.dump() for c in chains.certs}
-    newcomer = await asyncio.to_thread(_newest_tsa, stamped)
+    return _unique(ocsps), _unique(crls)
+
+
+async def _with_newcomer(
+    stamped: bytes,
+    newcomer: tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None,
+    known: set[bytes],
+    status: CertificateStatus,
+) -> bytes:
+    """`stamped`, and the status of its document timestamp's TSA if the file lacked it."""
     if newcomer is None or newcomer[0].dump() in known:
         return stamped
     answer = await status.answer(_crypto(newcomer[0]), _crypto(newcomer[1]))
     if answer is None:
         return stamped
     ocsps, crls = ([answer.answer], []) if answer.source == "ocsp" else ([], [answer.answer])
+    loop = asyncio.get_running_loop()
     return await asyncio.to_thread(_write, stamped, list(newcomer), ocsps, crls, None, loop)
 
 
 def _newest_tsa(pdf: bytes) -> tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None:
     """The certificate of the last document timestamp's TSA and its issuer, if it has one."""
     stamps = read_pdf(pdf).embedded_timestamp_signatures
-    if not stamps:
-        return None
-    token = stamps[-1].signed_data
+    return _tsa_of(stamps[-1].signed_data) if stamps else None
+
+
+def _tsa_of(token: cms.SignedData) -> tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None:
+    """A timestamp token's TSA certificate and its issuer, if the token carries both."""
     cert = _token_signer(token)
     issuers = [
         c.chosen
@@ -168,23 +226,50 @@ def _newest_tsa(pdf: bytes) -> tuple[asn1_x509.Certificate, asn1_x509.Certificat
 
 def _collect(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> _Chains:
     reader = read_pdf(pdf)
-    chains = _Chains()
+    certs: list[asn1_x509.Certificate] = []
     try:
         stamps = sum(s.sig_object_type == "/DocTimeStamp" for s in reader.embedded_signatures)
-        if stamps:
-            chains.timestamp_field[:] = [f"DocTimeStamp{stamps + 1}"]
         for sig in reader.embedded_signatures:
-            for signed_data in _signed_datas(sig.signed_data):
-                certs = signed_data["certificates"] or []
-                chains.certs.extend(c.chosen for c in certs if c.name == "certificate")
+            certs += _certificates_of(sig.signed_data)
     except parse_errors() as exc:
         raise NotAPdf(f"The record's signatures cannot be read: {exc}") from exc
-    unique = {c.dump(): c for c in [*chains.certs, *trust_roots]}
-    chains.certs[:] = unique.values()
+    chains = _chains(certs, trust_roots)
+    if stamps:
+        chains.timestamp_field[:] = [f"DocTimeStamp{stamps + 1}"]
+    return chains
+
+
+def _certificates(signatures: list[bytes]) -> list[asn1_x509.Certificate]:
+    """The certificates in each signature's CMS (DER, padding after it ignored)."""
+    certs: list[asn1_x509.Certificate] = []
+    for der in signatures:
+        certs += _certificates_of(cms.ContentInfo.load(der, strict=False)["content"])
+    return certs
+
+
+def _certificates_of(signed_data: cms.SignedData) -> list[asn1_x509.Certificate]:
+    """The certificates of a signature and of its signature timestamp tokens."""
+    return [
+        c.chosen
+        for data in _signed_datas(signed_data)
+        for c in data["certificates"] or []
+        if c.name == "certificate"
+    ]
+
+
+def _chains(
+    certs: list[asn1_x509.Certificate], trust_roots: list[asn1_x509.Certificate]
+) -> _Chains:
+    """Every certificate once, the roots included, and each one's issuer among them."""
+    unique = {c.dump(): c for c in [*certs, *trust_roots]}
+    chains = _Chains(certs=list(unique.values()))
     by_subject = {c.subject.dump(): c for c in chains.certs}
     for cert in chains.certs:
-        issuer = by_subject.get(cert.issuer.dump())
-        if issuer is not None and cert.self_signed == "no":
+        issuer_name = cert.issuer.dump()
+        issuer = by_subject.get(issuer_name)
+        # Names compared as bytes first: asn1crypto's self_signed compares them after
+        # LDAP string preparation, a millisecond a certificate; only roots need that.
+        if issuer is not None and (issuer_name != cert.subject.dump() or cert.self_signed == "no"):
             chains.checked.append((cert, issuer))
     return chains
 

@@ -6,7 +6,10 @@ HSM has signed. The HSM worker therefore signs with room to spare in /Contents
 (`signing.timestamp_bytes_reserved`), and this module, in the daemon's event loop
 where aiohttp lives, asks the TSA and writes the CMS with its token into the same
 hex slot: the byte range, and so the signature, do not change. The HSM session is
-never held while the network is waited for.
+never held while the network is waited for. The token goes in at the DER level
+(`CmsSplice`: the attribute appended to the signer, five enclosing lengths rewritten),
+the same bytes asn1crypto writes by decoding and re-encoding the CMS (`with_token`,
+still used for a CMS of another shape), in a twentieth of its time.
 """
 
 from __future__ import annotations
@@ -197,6 +200,121 @@ def replace_contents(pdf: bytes, slot: ContentsSlot, der: bytes) -> bytes:
 async def add_signature_timestamp(pdf: bytes, since: int, tsa: TsaClient) -> bytes:
     """The signed PDF with a signature timestamp in its newest signature (B-T)."""
     slot = contents_slot(pdf, since)
-    signed = signed_cms(pdf, slot)
-    token = await tsa.stamp(hashlib.sha256(signature_value(signed)).digest())
-    return replace_contents(pdf, slot, with_token(signed, token))
+    der = binascii.unhexlify(pdf[slot.start : slot.end])
+    try:
+        splice = CmsSplice.of(der)
+    except ValueError:  # a CMS the DER walk does not expect: asn1crypto rewrites it
+        signed = cms.ContentInfo.load(der, strict=False)
+        token = await tsa.stamp(hashlib.sha256(signature_value(signed)).digest())
+        return replace_contents(pdf, slot, with_token(signed, token))
+    token = await tsa.stamp(hashlib.sha256(splice.signature).digest())
+    return replace_contents(pdf, slot, splice.with_token(token.dump()))
+
+
+# The same splice at the DER level: what asn1crypto's with_token writes, without
+# decoding and re-encoding the whole CMS (a few milliseconds a signature otherwise).
+
+# Attribute { id-aa-signatureTimeStampToken (1.2.840.113549.1.9.16.2.14), SET { token } }
+_TIMESTAMP_ATTRIBUTE_OID = bytes.fromhex("060b2a864886f70d010910020e")
+_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
+_SEQUENCE, _SET, _OCTET_STRING, _EXPLICIT_0, _IMPLICIT_1 = 0x30, 0x31, 0x04, 0xA0, 0xA1
+
+
+@dataclass(frozen=True)
+class _Element:
+    """A DER element: its tag, where its header starts, where its content starts and ends."""
+
+    tag: int
+    start: int
+    content: int
+    end: int
+
+
+def _element(der: bytes, at: int, limit: int) -> _Element:
+    """The element at `at`, which must end by `limit` (single-byte tags, definite lengths)."""
+    if at + 2 > limit:
+        raise ValueError(f"No DER element at byte {at}.")
+    tag, first = der[at], der[at + 1]
+    if tag & 0x1F == 0x1F or first == 0x80 or first > 0x84:
+        raise ValueError(f"The DER element at byte {at} has a form this splice does not read.")
+    if first < 0x80:
+        content, length = at + 2, first
+    else:
+        content = at + 2 + (first & 0x7F)
+        length = int.from_bytes(der[at + 2 : content], "big")
+    if content + length > limit:
+        raise ValueError(f"The DER element at byte {at} overruns its container.")
+    return _Element(tag, at, content, content + length)
+
+
+def _children(der: bytes, parent: _Element) -> list[_Element]:
+    children, at = [], parent.content
+    while at < parent.end:
+        child = _element(der, at, parent.end)
+        children.append(child)
+        at = child.end
+    return children
+
+
+def _header(tag: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes((tag, length))
+    size = (length.bit_length() + 7) // 8
+    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
+
+
+@dataclass(frozen=True)
+class CmsSplice:
+    """A CMS with one signer and no unsigned attributes, walked down to that signer."""
+
+    der: bytes
+    path: tuple[_Element, ...]  # ContentInfo, [0], SignedData, SignerInfos, SignerInfo
+    signature: bytes
+
+    @classmethod
+    def of(cls, padded: bytes) -> CmsSplice:
+        """The walk of the CMS at the start of `padded`; ValueError for any other shape."""
+        info = _element(padded, 0, len(padded))
+        der = padded[: info.end]
+        if not der.startswith(_SIGNED_DATA_OID, info.content):
+            raise ValueError("The CMS is not SignedData.")
+        explicit = _last(der, info, _EXPLICIT_0)
+        signed_data = _only(der, explicit, _SEQUENCE)
+        signer_infos = _last(der, signed_data, _SET)
+        signer = _only(der, signer_infos, _SEQUENCE)
+        fields = _children(der, signer)
+        if info.tag != _SEQUENCE or not fields or fields[-1].tag != _OCTET_STRING:
+            raise ValueError("The signer already has unsigned attributes, or no signature.")
+        value = fields[-1]
+        path = (info, explicit, signed_data, signer_infos, signer)
+        return cls(der, path, der[value.content : value.end])
+
+    def with_token(self, token: bytes) -> bytes:
+        """The CMS DER with `token` (a ContentInfo's DER) as the signature timestamp."""
+        values = _header(_SET, len(token)) + token
+        body = _TIMESTAMP_ATTRIBUTE_OID + values
+        attribute = _header(_SEQUENCE, len(body)) + body
+        added = _header(_IMPLICIT_1, len(attribute)) + attribute
+        # Every element on the path ends where the signer does: each header grows by
+        # len(added), and the bytes between the headers stay as they were.
+        pieces, at = [], 0
+        for element in self.path:
+            pieces.append(self.der[at : element.start])
+            pieces.append(_header(element.tag, element.end - element.content + len(added)))
+            at = element.content
+        pieces += [self.der[at:], added]
+        return b"".join(pieces)
+
+
+def _last(der: bytes, parent: _Element, tag: int) -> _Element:
+    children = _children(der, parent)
+    if not children or children[-1].tag != tag or children[-1].end != parent.end:
+        raise ValueError(f"The CMS does not end with the element tagged {tag:#x} expected.")
+    return children[-1]
+
+
+def _only(der: bytes, parent: _Element, tag: int) -> _Element:
+    children = _children(der, parent)
+    if len(children) != 1 or children[0].tag != tag:
+        raise ValueError(f"The CMS holds other than one element tagged {tag:#x} here.")
+    return children[0]

@@ -1,10 +1,11 @@
 """The PDF and CMS engine: reading PDFs, writing signed incremental updates, validating them.
 
-Its public face is two modules; the rest serves them:
+Its public face is three modules; the rest serves them:
 
 * `pades`: `prepare_and_sign` (a record's next PAdES signature, hand-written where the
   file is one we expect, pyHanko otherwise), `inspect_pdf`, `read_pdf`.
 * `validation`: each signature's report with pyHanko's validator.
+* `dss_update`: the sealed record's LTV revision (DSS, document timestamp), for daemon/ltv.
 
 Inside: `syntax` (PDF objects from bytes and back) ← `reader` (xref sections, object
 streams) ← `certification` (stage 1) and `incremental` (stages 2 and 3) ← `pades`;

@@ -147,6 +147,28 @@ async def test_b_lta_record_validates_with_no_network(
     reports = await validate_pdf_async(issued, serviced_hsm.dev.trust_roots, expected=3)
     assert all(r.intact and r.valid and r.trusted for r in reports)
     assert issued.startswith(homeroom_pdf)
+    # and openssl accepts the document timestamp's token over the bytes its range covers
+    _assert_openssl_verifies_document_timestamp(serviced_hsm, issued, tmp_path)
+
+
+def _assert_openssl_verifies_document_timestamp(
+    serviced: ServicedHsm, issued: bytes, tmp_path: Path
+) -> None:
+    (stamp,) = read_pdf(issued).embedded_timestamp_signatures
+    start, first, second, rest = stamp.sig_object["/ByteRange"]
+    assert start == 0 and second + rest == len(issued)
+    (tmp_path / "covered.bin").write_bytes(issued[:first] + issued[second : second + rest])
+    token = cms.ContentInfo.load(stamp.pkcs7_content, strict=False).dump()
+    (tmp_path / "doc_token.der").write_bytes(token)
+    chain = (serviced.pki / "root.pem").read_text() + (serviced.pki / "issuing.pem").read_text()
+    (tmp_path / "chain.pem").write_text(chain)
+    verified = subprocess.run(
+        ["openssl", "ts", "-verify", "-token_in", "-in", str(tmp_path / "doc_token.der"),
+         "-data", str(tmp_path / "covered.bin"), "-CAfile", str(tmp_path / "chain.pem"),
+         "-untrusted", serviced.tsa_pem],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0 and "Verification: OK" in verified.stdout, verified.stderr
 
 
 async def test_b_t_signature_timestamp_verifies_with_openssl(

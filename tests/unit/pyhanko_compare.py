@@ -21,14 +21,15 @@ def update_objects(reader: PdfFileReader) -> set[generic.Reference]:
 def same_object(ours: object, theirs: object, old: int, skip: Set[str] = frozenset()) -> bool:
     """Equal as PDF objects: objects older than the update by number, new ones by value.
 
-    The signature dictionaries differ only in /Contents and /ByteRange.
+    The signature (and document timestamp) dictionaries differ only in /Contents and
+    /ByteRange.
     """
     if isinstance(ours, generic.IndirectObject) and isinstance(theirs, generic.IndirectObject):
         if ours.idnum < old or theirs.idnum < old:
             return (ours.idnum, ours.generation) == (theirs.idnum, theirs.generation)
         return same_object(ours.get_object(), theirs.get_object(), old)
     if isinstance(ours, dict) and isinstance(theirs, dict):
-        if ours.get("/Type") == "/Sig":
+        if ours.get("/Type") in ("/Sig", "/DocTimeStamp"):
             skip = {*skip, "/Contents", "/ByteRange"}
         keys = set(ours) - set(skip)
         return keys == set(theirs) - set(skip) and all(

@@ -1,0 +1,76 @@
+"""A CA, the dev TSA it certifies and a CRL it signs, for the unit tests of the LTV writers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from asn1crypto import algos, tsp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from daemon.dev import pki_services
+from daemon.dev.tsa import TimestampAuthority
+
+
+class LtvServices:
+    """A CA issuing the dev TSA's certificate and a CRL, in a directory of their own."""
+
+    def __init__(self, pki: Path) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test LTV CA")])
+        now = datetime.now(UTC)
+        ca = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
+        (pki / "issuing.pem").write_bytes(ca.public_bytes(pem))
+        (pki / "issuing.key").write_bytes(
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        pki_services.ensure_tsa(pki)
+        tsa_cert = x509.load_pem_x509_certificate((pki / "tsa.pem").read_bytes())
+        tsa_key = serialization.load_pem_private_key((pki / "tsa.key").read_bytes(), None)
+        assert isinstance(tsa_key, rsa.RSAPrivateKey)
+        self.ca = asn1_x509.Certificate.load(ca.public_bytes(der))
+        self.tsa_cert = asn1_x509.Certificate.load(tsa_cert.public_bytes(der))
+        self.authority = TimestampAuthority(self.tsa_cert.dump(), tsa_key, [self.ca.dump()])
+        self.crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(name)
+            .last_update(now)
+            .next_update(now + timedelta(days=7))
+            .sign(key, hashes.SHA256())
+            .public_bytes(der)
+        )
+
+    def token(self, digest: bytes) -> bytes:
+        """A granted token's DER over `digest` (SHA-256)."""
+        request = tsp.TimeStampReq(
+            {
+                "version": "v1",
+                "message_imprint": {
+                    "hash_algorithm": algos.DigestAlgorithm({"algorithm": "sha256"}),
+                    "hashed_message": digest,
+                },
+                "cert_req": True,
+            }
+        )
+        reply = tsp.TimeStampResp.load(self.authority.respond(request.dump()))
+        assert reply["status"]["status"].native == "granted"
+        return bytes(reply["time_stamp_token"].dump())
