@@ -71,7 +71,7 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
     metrics.set_build_info()
     async with contextlib.AsyncExitStack() as stack:
         _start_watchdog(stack)
-        memdebug.start(stack)
+        memdebug.start(stack, settings.memory.trim_interval_s)
         db, pool = await open_core(stack, settings)
 
         client = await stack.enter_async_context(aiohttp.ClientSession())

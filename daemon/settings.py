@@ -337,6 +337,11 @@ class AuditSettings(_Section):
     verify_every_s: float | None = Field(default=86_400.0, gt=0)
 
 
+class MemorySettings(_Section):
+    # Seconds between two malloc_trim(0) of the main process (daemon/memdebug.py); 0: never.
+    trim_interval_s: float = Field(default=60.0, ge=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration, loaded once in `main` and passed down."""
 
@@ -364,6 +369,7 @@ class Settings(BaseSettings):
     verification: VerificationSettings = VerificationSettings()
     verify_server: VerifyServerSettings = VerifyServerSettings()
     audit: AuditSettings = AuditSettings()
+    memory: MemorySettings = MemorySettings()
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Settings:

@@ -11,7 +11,9 @@ instance and per process kind (main, hsm_worker) RSS and PSS at the end of warm-
 the end and their slope in MB/h, open fds, the main process's glibc allocator
 statistics (the daemons run with HOCBA_DEBUG_MEMORY) and Prometheus sample count; p99
 over the first and the last minutes. `--samples-out FILE` keeps every sample (JSON
-lines). The daemons inherit this process's environment (e.g. MALLOC_ARENA_MAX).
+lines). The daemons inherit this process's environment, and the allocator settings
+the systemd unit gives production (its `MALLOC_*` variables, unless set here already;
+`--no-unit-env` for glibc's defaults), so the soak measures what a district runs.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tests.chaos.run import SIZES, Cluster, Size, start_cluster, stop_cluster
 
 SLOPE_LIMIT_MB_PER_H = 2.0
 KINDS = (memory.MAIN, memory.HSM_WORKER)
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "hocba-signer@.service"
 ENVIRONMENT_SHOWN = ("MALLOC_", "PYTHONMALLOC", "HOCBA_HSM__", "HOCBA_DEBUG_MEMORY")
 
 
@@ -306,6 +309,18 @@ def _verdict(samples: list[Sample], warmup_s: float) -> list[str]:
     ]
 
 
+def unit_allocator_env(unit: str) -> dict[str, str]:
+    """The `MALLOC_*` variables of the unit's `Environment=` lines."""
+    found: dict[str, str] = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            for item in line.removeprefix("Environment=").split():
+                name, _, value = item.partition("=")
+                if name.startswith("MALLOC_"):
+                    found[name] = value
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos.soak")
     parser.add_argument("--minutes", type=float, default=10)
@@ -315,7 +330,13 @@ def main() -> int:
         "--warmup-minutes", type=float, default=10, help="not counted in the memory slope"
     )
     parser.add_argument("--samples-out", type=Path, help="every sample, as JSON lines")
+    parser.add_argument(
+        "--no-unit-env", action="store_true", help="glibc's defaults, not the unit's MALLOC_*"
+    )
     args = parser.parse_args()
+    if not args.no_unit_env:
+        for name, value in unit_allocator_env(UNIT.read_text()).items():
+            os.environ.setdefault(name, value)
     if args.warmup_minutes >= args.minutes:
         # `make soak`'s default 10 minutes: half of it still gives a slope.
         args.warmup_minutes = args.minutes / 2

@@ -82,3 +82,34 @@ async def test_the_soak_reads_what_the_daemon_logs(
 
     assert stats is not None
     assert stats["in_use_kb"] > 0 and stats["arenas"] >= 1
+
+
+async def test_the_trim_gives_a_fragmented_heap_back_to_the_kernel() -> None:
+    if memdebug._libc() is None:
+        pytest.skip("no glibc malloc_trim here")
+
+    def rss_mb() -> float:
+        return (
+            int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE") / 1e6
+        )
+
+    # Holes in the heap: many blocks under the mmap threshold, two of three freed.
+    blocks = [bytearray(8 * 1024 + n % 4096) for n in range(12_000)]
+    kept = blocks[::3]
+    del blocks
+    before = rss_mb()
+    stop = asyncio.Event()
+    task = asyncio.create_task(memdebug.trim_periodically(stop, 0.05))
+    await asyncio.sleep(0.3)
+    stop.set()
+    await task
+    assert len(kept) == 4_000
+    assert rss_mb() < before - 30, (before, rss_mb())
+
+
+def test_the_soak_runs_with_the_allocator_settings_of_the_unit() -> None:
+    from tests.chaos import soak
+
+    found = soak.unit_allocator_env(soak.UNIT.read_text())
+
+    assert found == {"MALLOC_MMAP_THRESHOLD_": "32768", "MALLOC_ARENA_MAX": "2"}
