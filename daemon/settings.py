@@ -21,28 +21,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.credentials import read_secret
 from daemon.errors import ConfigError
 
 CONFIG_ENV = "HOCBA_CONFIG"
 # The file `load_settings(path)` reads, for the Settings it builds (else $HOCBA_CONFIG).
 _config_file: ContextVar[str | None] = ContextVar("hocba_config_file", default=None)
-
-
-def read_secret(inline: SecretStr | None, path: Path | None, credential: str) -> SecretStr | None:
-    """The secret from a file, else a systemd credential, else the inline value."""
-    if path is not None:
-        return SecretStr(_read(path))
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and (Path(creds) / credential).is_file():
-        return SecretStr(_read(Path(creds) / credential))
-    return inline
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read secret file {path}: {exc.strerror}.") from exc
 
 
 class _Section(BaseModel):

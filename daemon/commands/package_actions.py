@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from daemon import app, blobs
 from daemon.clock import vietnam_now
+from daemon.credentials import read_secret
 from daemon.database import Database
 from daemon.dev import ministry_sim
 from daemon.errors import ConfigError, PermanentError
@@ -34,7 +35,7 @@ from daemon.packaging.builder import Packager
 from daemon.packaging.packages import Package, PackageState
 from daemon.packaging.submission import REASON_MESSAGE_CHARS, Submitter
 from daemon.pdf import validation
-from daemon.settings import Settings, read_secret
+from daemon.settings import Settings
 from producers.ministry import MinistryClient
 
 log = logging.getLogger(__name__)
