@@ -38,6 +38,11 @@ _ROLE_WORDS = {
     "HieuTruong": "Hiệu trưởng",
     "DauTruong": "Dấu của nhà trường",
 }
+_REVOCATION_WORDS = {
+    "good": "còn hiệu lực",
+    "revoked": "đã bị thu hồi",
+    "unknown": "không rõ",
+}
 _RECORD = """
 SELECT r.record_id, r.academic_year, r.class_name, r.signatures, r.current_sha256,
        s.school_id, s.name AS school_name
@@ -57,6 +62,8 @@ class Signed:
     field: str
     signer: str
     signed_at: str | None
+    timestamp_at: str | None = None  # the TSA's time, when the timestamp validates
+    revocation: str = "unknown"  # the certificate at signing, by the file's own data
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,8 @@ def facts_of(row: dict[str, Any], report: dict[str, Any], public_url: str) -> Pr
         sha256=sha256,
         verify_url=f"{public_url.rstrip('/')}/r/{sha256}",
         signatures=tuple(
-            Signed(s["field"], s["signer"], s["signed_at"]) for s in report["signatures"]
+            Signed(s["field"], s["signer"], s["signed_at"], s["timestamp_at"], s["revocation"])
+            for s in report["signatures"]
         ),
     )
 
@@ -166,10 +174,7 @@ def verification_page(facts: PrintFacts) -> bytes:
     pdf.cell(0, 8, "Chữ ký số", new_x="LMARGIN", new_y="NEXT")
     _table(
         pdf,
-        [
-            (_ROLE_WORDS.get(s.field, s.field), f"{s.signer}\nKý lúc: {_when(s.signed_at)}")
-            for s in facts.signatures
-        ],
+        [(_ROLE_WORDS.get(s.field, s.field), f"{s.signer}\n{_times(s)}") for s in facts.signatures],
     )
     pdf.ln(3)
     pdf.set_font("DejaVu", "B", 11)
@@ -239,6 +244,12 @@ def _qr(pdf: FPDF, url: str, *, x_mm: float, y_mm: float, size_mm: float) -> flo
                 style="F",
             )
     return size_mm
+
+
+def _times(s: Signed) -> str:
+    stamped = _when(s.timestamp_at) if s.timestamp_at else "không có"
+    status = _REVOCATION_WORDS.get(s.revocation, s.revocation)
+    return f"Ký lúc: {_when(s.signed_at)}\nDấu thời gian: {stamped}\nChứng thư số lúc ký: {status}"
 
 
 def _when(iso: str | None) -> str:

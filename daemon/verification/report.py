@@ -19,6 +19,7 @@ from daemon.pdf import validation
 from daemon.settings import VerificationSettings
 from daemon.stages import FIELD_NAMES
 from daemon.verification import described
+from daemon.verification.evidence import UNKNOWN, SignatureEvidence, evidence_of
 from daemon.verification.verdict import Basis, JudgedSignature, RecordVerdict, Registry, judge
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class CheckedRecord:
     verdict: RecordVerdict | None
     said: described.RecordDescription | None = None
     error: str | None = None  # not a PDF
+    # Each signature's trusted timestamp and certificate status, by the file's own data.
+    evidence: tuple[SignatureEvidence, ...] = ()
 
 
 def check_record(
@@ -48,8 +51,10 @@ def check_record(
     registered: Registry | None = None,
 ) -> CheckedRecord:
     """Validate (CPU-bound) and judge; `registered` may come later (verdict.rejudge)."""
+    roots = validation.load_certificates(trust_roots)
     try:
-        signatures = validation.validate_pdf(pdf, validation.load_certificates(trust_roots))
+        signatures = validation.validate_pdf(pdf, roots)
+        evidence = evidence_of(pdf, roots)
     except NotAPdf as exc:
         return CheckedRecord(None, error=exc.message)
     said = described.describe_pdf(pdf)
@@ -59,7 +64,7 @@ def check_record(
         school_id=said.school_id if said else None,
         registered=registered,
     )
-    return CheckedRecord(verdict, said)
+    return CheckedRecord(verdict, said, evidence=evidence)
 
 
 def report(
@@ -86,13 +91,17 @@ def checked_report(checked: CheckedRecord) -> dict[str, Any]:
             "basis": Basis.CERTIFICATES.value,
             "notes": [],
         }
-    return record_report(checked.verdict, checked.said)
+    return record_report(checked.verdict, checked.said, checked.evidence)
 
 
 def record_report(
-    verdict: RecordVerdict, said: described.RecordDescription | None = None
+    verdict: RecordVerdict,
+    said: described.RecordDescription | None = None,
+    evidence: tuple[SignatureEvidence, ...] = (),
 ) -> dict[str, Any]:
-    rows = [_row(j) for j in verdict.signatures]
+    """The report on one record; without `evidence`, no timestamp and status `unknown`."""
+    found = {e.field_name: e for e in evidence}
+    rows = [_row(j, found.get(j.report.field_name)) for j in verdict.signatures]
     fields = [r["field"] for r in rows]
     return {
         "kind": "record",
@@ -135,28 +144,31 @@ def render(value: dict[str, Any], as_json: bool) -> str:
         lines.append(
             f"  {n}. {sig['field']}: {sig['signer']} ({sig['role'] or 'no role'}, school "
             f"{sig['school_id'] or '?'}, serial {sig['cert_serial']}) at {sig['signing_time']}; "
-            f"{flags}; changes after: {sig['modification_level']}"
+            f"{flags}; timestamp: {sig['timestamp_at'] or 'none'}; "
+            f"revocation: {sig['revocation']}; changes after: {sig['modification_level']}"
         )
     lines += [f"  {p['code']}: {p['message']}" for p in value["problems"]]
     lines += [f"  note: {n}" for n in value.get("notes", [])]
     return "\n".join(lines)
 
 
-def _row(judged: JudgedSignature) -> dict[str, Any]:
+def _row(judged: JudgedSignature, evidence: SignatureEvidence | None) -> dict[str, Any]:
     sig, who = judged.report, judged.identity
     signed_at = sig.signing_time.isoformat() if sig.signing_time else None
+    stamped = evidence.timestamp_at if evidence else None
     return {
         "field": sig.field_name,
         "role": who.role.value if who and who.role else None,
         "signer": sig.signer_subject,
         "school_id": who.school_id if who else None,
         "signed_at": signed_at,
-        # B-B: no signature timestamp, and no revocation checked.
-        "timestamp_at": None,
+        # The TSA's time, when the signature's timestamp validates (daemon.verification.evidence).
+        "timestamp_at": stamped.isoformat() if stamped else None,
         "intact": sig.intact,
         "valid": sig.valid,
         "trusted": sig.trusted,
-        "revocation": None,
+        # The signer certificate's status at that time, by the file's DSS: never fetched.
+        "revocation": evidence.revocation if evidence else UNKNOWN,
         "role_ok": judged.role_ok,
         # `registry` when the registry gave school and role (its signer id then).
         "identified_by": who.basis if who else None,

@@ -94,6 +94,9 @@ async def test_a_printed_copy_ends_with_a_verification_page_whose_qr_opens_the_r
     assert info.record_id in text and school in text and sha in text
     for role in ("Giáo viên chủ nhiệm", "Hiệu trưởng", "Dấu của nhà trường"):
         assert role in text
+    # and each signature's timestamp and status (B-B here: none, and not known)
+    assert text.count("Dấu thời gian: không có") == 3
+    assert text.count("Chứng thư số lúc ký: không rõ") == 3
     # and its QR code, read from the page as printed, opens the landing page of that version.
     last = str(pages)
     await run(

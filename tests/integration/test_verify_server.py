@@ -159,6 +159,10 @@ async def test_an_issued_record_is_issued_with_three_signers_and_registered(
     assert all(
         s["intact"] and s["valid"] and s["trusted"] and s["role_ok"] for s in report["signatures"]
     )
+    # The test daemon signs at B-B: no signature timestamp, no revocation data in the file.
+    assert [(s["timestamp_at"], s["revocation"]) for s in report["signatures"]] == [
+        (None, "unknown")
+    ] * 3
     assert report["registered"] == {
         "state": "issued",
         "school_id": world.school,
@@ -353,6 +357,7 @@ async def test_the_page_shows_an_issued_record_with_its_three_signers(
         ["Giáo viên chủ nhiệm", "Hiệu trưởng", "Dấu của nhà trường"], texts, strict=True
     ):
         assert role in text and "✓ Chữ ký đúng" in text
+        assert "Dấu thời gian: không có" in text and "Chứng thư số lúc ký: không rõ" in text
     assert (
         "Đây đúng là bản học bạ đã ban hành" in await page.page.locator(".registered").inner_text()
     )

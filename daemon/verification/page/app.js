@@ -65,7 +65,7 @@
       return el("tr", { class: "signature" },
         el("th", {}, T.fields[field] || field),
         el("td", { class: "signer" }, s.signer || "?", s.school_id ? el("div", { class: "muted" }, `${T.school} ${s.school_id}`) : null),
-        el("td", {}, when(s.signed_at)),
+        el("td", {}, when(s.signed_at), evidence(s)),
         el("td", { class: sound ? "mark-ok" : "mark-bad" }, sound ? "✓ " + T.signature_ok : "✗ " + T.signature_bad,
           sound ? null : el("div", { class: "why" }, whyNot(s))));
     });
@@ -73,6 +73,14 @@
       el("table", { class: "signers" },
         el("thead", {}, el("tr", {}, el("th"), el("th"), el("th", {}, T.signed_at), el("th"))),
         el("tbody", {}, ...rows)));
+  }
+
+  // The TSA's time and the certificate's status at signing, as the file's own data says.
+  function evidence(s) {
+    const state = s.revocation || "unknown";
+    return el("div", { class: "muted evidence" },
+      el("div", {}, `${T.timestamp_at}: ${s.timestamp_at ? when(s.timestamp_at) : T.no_timestamp}`),
+      el("div", { class: state === "revoked" ? "mark-bad" : "" }, `${T.revocation}: ${T.revocation_state[state] || state}`));
   }
 
   function whyNot(s) {
