@@ -8,7 +8,8 @@ Its public face is three modules; the rest serves them:
 * `dss_update`: the sealed record's LTV revision (DSS, document timestamp), for daemon/ltv.
 
 Inside: `syntax` (PDF objects from bytes and back) ← `reader` (xref sections, object
-streams) ← `certification` (stage 1) and `incremental` (stages 2 and 3) ← `pades`;
+streams) ← `certification` (stage 1; with `annotations`, which makes inline annotations
+objects on both paths) and `incremental` (stages 2 and 3) ← `pades`;
 `cms` builds the CMS SignedData around a raw signature. It imports nothing of the
 service but `daemon.errors` and `daemon.stages`, and nothing of it does I/O.
 """

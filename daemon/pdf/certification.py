@@ -4,14 +4,16 @@ The homeroom teacher's signature is the record's first: it adds the three signat
 fields (the seal's with its lock), certifies the document for form filling (DocMDP)
 and registers the ESIC extension, all in the revision it signs. pyHanko's reader and
 writer cost most of a millisecond for that; this module reads the few objects it
-changes through daemon/pdf/reader.py (the trailers, the catalogue, the page tree down to
-the first page) and appends what daemon/pdf/pades.py has pyHanko write, object for
-object: the catalogue with /AcroForm, /Perms, /Extensions and, for a PDF older than
-1.7, /Version; the first page with the fields in its /Annots (or, when that is an
-indirect array, the array); the AcroForm; three invisible field widgets; the seal's
-/Lock; the signature dictionary with its DocMDP reference. Object numbers start at
-the trailer's /Size (pyHanko skips one), and the new /ID half is a function of the
-request (pyHanko draws it at random).
+changes through daemon/pdf/reader.py (the trailers, the catalogue, the page tree) and
+appends what daemon/pdf/pades.py has pyHanko write, object for object: every page's
+inline annotations as objects of their own, their pages written again with references
+(daemon/pdf/annotations.py says why; a document without any gets none of this); the
+catalogue with /AcroForm, /Perms, /Extensions and, for a PDF older than 1.7, /Version;
+the first page with the fields in its /Annots (or, when that is an indirect array, the
+array); the AcroForm; three invisible field widgets; the seal's /Lock; the signature
+dictionary with its DocMDP reference. Object numbers start at the trailer's /Size
+(pyHanko skips one), and the new /ID half is a function of the request (pyHanko draws
+it at random).
 
 A document whose catalogue asks for visible signatures (daemon/pdf/appearance.py) gets
 them as pyHanko's `SigFieldSpec(box=..., on_page=...)` makes them: each field's widget
@@ -31,6 +33,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
+from daemon.pdf.annotations import Relinked, relink
 from daemon.pdf.appearance import (
     BOXES_KEY,
     FONT_RESOURCE,
@@ -97,7 +100,8 @@ def prepare_certification(
     trailer = next_trailer(
         source.trailer, source.startxref, id_digest(hasher, field_names[0], signing_time)
     )
-    form = Ref(source.size, 0)
+    # Inline annotations first (daemon/pdf/annotations.py), as pyHanko's path adds them.
+    form = Ref(source.size + len(source.relinked.annotations), 0)
     fields = [Ref(form.num + 1 + n, 0) for n in range(len(field_names))]
     lock = Ref(fields[-1].num + 1, 0)
     signature = Ref(lock.num + 1, 0)
@@ -121,6 +125,7 @@ def prepare_certification(
                 value, data = empty_appearance(box.width, box.height)
             streams.append((ref, stream_object(ref, value, data)))
     values: dict[Ref, PdfObject] = {
+        **source.relinked.changed(),
         source.root: _catalog(source, form, signature),
         **_annotations(source, fields, field_names),
         form: form_value,
@@ -151,6 +156,7 @@ class _Source:
     version: tuple[int, int]
     extensions: PdfObject  # the catalogue's /Extensions with ESIC registered
     pages: dict[int, _Page]  # by index: the pages the fields' widgets go on
+    relinked: Relinked  # every page's inline annotations, as new objects
     boxes: dict[str, Box] | None  # where visible signatures go; None: invisible
 
 
@@ -194,6 +200,7 @@ def _read_source(pdf: bytes, *, visible: bool) -> _Source:
         version=catalog_version(document, catalog),
         extensions=_extensions(document, catalog.get("Extensions")),
         pages=pages,
+        relinked=relink(document, catalog, size),
         boxes=boxes,
     )
 
@@ -306,7 +313,7 @@ def _annotations(
     """The fields' widgets after their pages' annotations, as pyHanko adds them.
 
     An indirect /Annots array is written again with them (the page stays as it is);
-    otherwise the page is, with its /Annots.
+    otherwise the page is, with its /Annots; inline annotations there as references.
     """
     changed: dict[Ref, PdfObject] = {}
     for index, page in source.pages.items():
@@ -317,11 +324,12 @@ def _annotations(
         ]
         if page.annots is not None:
             ref, items = page.annots
-            changed[ref] = [*items, *on_page]
+            changed[ref] = [*source.relinked.items(page.ref, items), *on_page]
             continue
         annots = page.value.get("Annots", [])
         if not isinstance(annots, list):
             raise Unsupported(f"Page {index}'s /Annots is not an array.")
+        annots = source.relinked.items(page.ref, annots)
         changed[page.ref] = {**page.value, "Annots": [*annots, *on_page]}
     return changed
 

@@ -16,7 +16,13 @@ write either), the catalogue with /DSS, an invisible widget field /DocTimeStamp 
 first page (flags Print and Locked, /TU Timestamp) added to the form's /Fields, and
 its signature dictionary /Type /DocTimeStamp, /SubFilter /ETSI.RFC3161, whose byte
 range covers the whole file. (pyHanko also rewrites /Info's ModDate and Producer; this
-writer leaves /Info as the seal left it.)
+writer leaves /Info as the seal left it.) The field is a new one, so pyHanko's difference
+analysis then wants every page's /Annots to hold references only, in each signed
+revision too: stage 1 makes inline annotations objects (daemon/pdf/annotations.py).
+It also compares the page before and after by value, every digit of a real counted:
+an object this writer would write with a real rounded (daemon/pdf/syntax.py reads
+reals as floats; jsPDF writes 595.2799999999999727, which pyHanko keeps when it signs
+stage 1) is left to pyHanko as well.
 
 Only a file with no DSS and no document timestamp yet is written here: the issuance
 path. A renewal (a DSS to merge with, a DocTimeStamp2 to add) raises `Unsupported`,
@@ -26,7 +32,9 @@ and daemon/ltv/dss.py leaves it to pyHanko.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from daemon.pdf.appearance import stream_object
 from daemon.pdf.incremental import ContentsTooLarge, PreparedSignature, SignedUpdate, indirect
@@ -39,6 +47,7 @@ __all__ = ["ContentsTooLarge", "LtvTarget", "Unsupported", "ValidationData", "re
 DOC_TIMESTAMP_FIELD = "DocTimeStamp"
 _WIDGET_FLAGS = 132  # Print | Locked, as pyHanko sets them on a timestamp's widget
 _MAX_PAGE_DEPTH = 16
+_REAL = re.compile(rb"[+-]?(?:\d+\.\d*|\.\d+)")
 _DOC_TIMESTAMP_ENTRIES = (
     b"\n/Type /DocTimeStamp\n/Filter /Adobe.PPKLite\n/SubFilter /ETSI.RFC3161\n>>\nendobj\n"
 )
@@ -78,6 +87,9 @@ class LtvTarget:
     page: Ref
     page_value: PdfDict
     annots: tuple[Ref | None, list[PdfObject]]  # the first page's /Annots, and its items
+    # Objects holding a number this writer would write rounded (daemon/pdf/syntax.py
+    # reads reals as floats): pyHanko's difference analysis would see it changed.
+    inexact: frozenset[Ref]
     # Each filled signature field's CMS (DER, the padding after it included), in /Fields order.
     signatures: list[bytes] = field(repr=False)
 
@@ -129,6 +141,9 @@ class LtvTarget:
         dss_ref = Ref(num, 0)
         field_ref = Ref(num + 1, 0) if with_field else None
         changed = self._changed(dss_ref, field_ref)
+        rounded = self.inexact.intersection(c.ref for c in changed)
+        if rounded:
+            raise Unsupported(f"Object {min(rounded).num} has a number written more precisely.")
         objects = [(c.ref, indirect(c.ref, c.value)) for c in changed]
         objects += [*streams, (dss_ref, indirect(dss_ref, dss))]
         if field_ref is not None:
@@ -200,6 +215,7 @@ def read_ltv_target(pdf: bytes) -> LtvTarget:
     changed = [root, page, *(ref for ref in (form, fields[0], annots[0]) if ref is not None)]
     if any(ref.num >= size for ref in changed):
         raise Unsupported("An object the update changes is beyond the trailer's /Size.")
+    inexact = frozenset(ref for ref in changed if not _exact(document.get(ref)))
     return LtvTarget(
         pdf=pdf,
         startxref=document.startxref,
@@ -214,7 +230,21 @@ def read_ltv_target(pdf: bytes) -> LtvTarget:
         page=page,
         page_value=page_value,
         annots=annots,
+        inexact=inexact,
         signatures=signatures,
+    )
+
+
+def _exact(located: Located) -> bool:
+    """Whether every real in the object reads back as the same number once written.
+
+    pyHanko keeps a real's every digit (jsPDF writes 595.2799999999999727) and compares
+    a page before and after an update by value; this writer would write 595.28.
+    """
+    source = located.source
+    return all(
+        Decimal(repr(float(token[0]))) == Decimal(token[0].decode("ascii"))
+        for token in _REAL.finditer(source, located.start, located.end)
     )
 
 

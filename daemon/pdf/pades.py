@@ -340,6 +340,7 @@ def _prepare_and_sign_pyhanko(
     from pyhanko.sign.signers.pdf_byterange import SignatureObject
 
     from daemon.pdf import visible_pyhanko as visible
+    from daemon.pdf.annotations import relink_in_writer
 
     reader = read_pdf(pdf)
     field_ref = _field_to_fill(stage, reader)
@@ -351,6 +352,7 @@ def _prepare_and_sign_pyhanko(
         writer = _update_writer().from_reader(reader)
         writer.register_extension(constants.ESIC_EXTENSION_1)
         if field_ref is None:
+            relink_in_writer(writer)  # before the fields, as certification.py numbers them
             boxes = visible.boxes(reader)
             for spec in _field_specs(boxes):
                 append_signature_field(writer, spec)

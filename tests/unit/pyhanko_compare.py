@@ -45,3 +45,18 @@ def same_object(ours: object, theirs: object, old: int, skip: Set[str] = frozens
     if isinstance(ours, generic.NumberObject | generic.FloatObject):
         return isinstance(theirs, generic.NumberObject | generic.FloatObject) and ours == theirs
     return type(ours) is type(theirs) and ours == theirs
+
+
+def relinked_objects(reader: PdfFileReader) -> int:
+    """How many more objects stage 1 writes for the document's inline annotations.
+
+    Each becomes an object (daemon/pdf/annotations.py), and a page holding one, but the
+    first (whose /Annots the fields' widgets change anyway), is written again.
+    """
+    count = 0
+    for index in range(int(reader.root["/Pages"]["/Count"])):
+        page, _ = reader.find_page_for_modification(index)
+        annots = page.get_object().get("/Annots", generic.ArrayObject()).get_object()
+        inline = sum(not isinstance(item, generic.IndirectObject) for item in annots.iterate())
+        count += inline + (1 if inline and index else 0)
+    return count

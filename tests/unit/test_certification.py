@@ -34,7 +34,7 @@ from daemon.pdf.certification import prepare_certification
 from daemon.pdf.reader import Unsupported
 from daemon.stages import FIELD_NAMES, ORDER, Stage
 from producers.school_system import sample_pdf, sample_record
-from tests.unit.pyhanko_compare import same_object, update_objects
+from tests.unit.pyhanko_compare import relinked_objects, same_object, update_objects
 from tests.unit.signing_kit import (
     BYTES_RESERVED,
     SIGNED_AT,
@@ -198,8 +198,14 @@ def test_the_first_revision_holds_the_objects_pyhanko_writes(original: bytes, pk
     theirs = PdfFileReader(BytesIO(sign(original, ORDER[:1], pki, pades._prepare_and_sign_pyhanko)))
     old = int(PdfFileReader(BytesIO(original)).trailer["/Size"])
 
-    # The catalogue, the first page, the form, three fields, a lock and the signature
-    assert len(update_objects(ours)) == len(update_objects(theirs)) == 8
+    # The catalogue, the first page, the form, three fields, a lock and the signature,
+    # and the objects and pages of any inline annotations, each the same in both
+    expected = 8 + relinked_objects(PdfFileReader(BytesIO(original)))
+    assert len(update_objects(ours)) == len(update_objects(theirs)) == expected
+    rewritten_old = {ref for ref in update_objects(theirs) if ref.idnum < old}
+    assert {ref for ref in update_objects(ours) if ref.idnum < old} == rewritten_old
+    for ref in rewritten_old:
+        assert same_object(ours.get_object(ref), theirs.get_object(ref), old), ref
     assert same_object(ours.root, theirs.root, old)
     page, _ = ours.find_page_for_modification(0)
     their_page, _ = theirs.find_page_for_modification(0)

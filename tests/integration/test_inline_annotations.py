@@ -1,0 +1,90 @@
+"""A record whose links fpdf2 wrote inline, issued at B-LTA with the real token and services.
+
+pyHanko's difference analysis refuses a page /Annots array holding a direct dictionary
+once a revision adds a signature field (the document timestamp); stage 1 makes each
+such annotation an object of its own (daemon/pdf/annotations.py), so the record is
+still issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon import cli
+from daemon.hsm import SigningPool, SignJob
+from daemon.ltv.levels import LeveledSigning
+from daemon.ltv.status import CertificateStatus
+from daemon.ltv.timestamps import TsaClient
+from daemon.pdf.validation import validate_pdf_async
+from daemon.stages import ORDER
+from tests.pki_services_fixtures import *  # noqa: F403
+from tests.pki_services_fixtures import SERVICED_SCHOOL, MemoryStatusCache, ServicedHsm
+from tests.unit.signing_kit import record
+
+pytestmark = pytest.mark.integration
+
+
+async def _issued_at_b_lta(
+    serviced: ServicedHsm, pdf: bytes, session: aiohttp.ClientSession, cache: MemoryStatusCache
+) -> bytes:
+    settings = serviced.signing("B-LTA")
+    pool = SigningPool(serviced.dev.settings(1), settings)
+    await pool.start()
+    try:
+        status = CertificateStatus(session, cache, settings)
+        signing = LeveledSigning(
+            pool, status, TsaClient(session, settings), "B-LTA", serviced.dev.trust_roots
+        )
+        for stage in ORDER:
+            key = serviced.dev.stage_key(SERVICED_SCHOOL, stage)
+            pdf = (await signing.sign(SignJob(pdf, stage, key))).pdf
+    finally:
+        await pool.close()
+    return pdf
+
+
+async def _verify(path: Path, root_pem: Path) -> tuple[int, dict[str, Any]]:
+    """`hocba-signer verify FILE --json`: its exit code and report."""
+    out = io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out):
+            return cli.main(["verify", str(path), "--trust-root", str(root_pem), "--json"])
+
+    code = await asyncio.to_thread(run)
+    return code, json.loads(out.getvalue())
+
+
+async def test_a_b_lta_record_with_inline_links_is_issued(
+    serviced_hsm: ServicedHsm, status_checker, tmp_path: Path
+) -> None:
+    # Given a two-page record with a link on each page, inline in /Annots as fpdf2 writes it
+    original = record(link=True)
+    assert b"/Annots [<<" in original
+
+    # When it is signed through its three stages at B-LTA
+    session, cache = status_checker
+    issued = await _issued_at_b_lta(serviced_hsm, original, session, cache)
+
+    # Then each signature allows what came after it, the seal up to the whole file
+    reports = await validate_pdf_async(issued, serviced_hsm.dev.trust_roots, expected=3)
+    assert all(r.intact and r.valid and r.trusted and r.bottom_line for r in reports)
+    assert [r.modification_level for r in reports] == [
+        "FORM_FILLING",
+        "FORM_FILLING",
+        "LTA_UPDATES",
+    ]
+    assert reports[-1].coverage == "ENTIRE_FILE"
+    # and `hocba-signer verify` calls it issued
+    path = tmp_path / "issued.pdf"
+    path.write_bytes(issued)
+    code, report = await _verify(path, serviced_hsm.pki / "root.pem")
+    assert (code, report["verdict"], report["problems"]) == (0, "issued", [])
