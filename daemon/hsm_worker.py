@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -296,8 +297,37 @@ def chain_der() -> list[bytes]:
 
 
 def sign_pdf(request: PdfJob) -> Signed:
-    worker = _current()
+    return _sign_pdf(_current(), request)
 
+
+def sign_pdfs(requests: list[PdfJob]) -> list[Signed | Exception]:
+    """Each request signed, or the error it alone failed with: one round trip for all."""
+    worker = _current()
+    results: list[Signed | Exception] = []
+    for request in requests:
+        try:
+            results.append(_sign_pdf(worker, request))
+        except Exception as exc:
+            results.append(_sendable(exc))
+    return results
+
+
+def _sendable(exc: Exception) -> Exception:
+    """`exc` if it crosses back to the daemon intact; else an InternalError naming it.
+
+    One result that cannot be unpickled would break the whole pool, not just its job.
+    """
+    if not isinstance(exc, HocbaError):
+        # Not ours, so a bug, whose traceback does not cross back: it is shown here.
+        log.error("Signing failed in the worker.", exc_info=exc)
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return InternalError(f"Signing failed in the worker: {type(exc).__name__}.")
+    return exc
+
+
+def _sign_pdf(worker: _Worker, request: PdfJob) -> Signed:
     def sign(session: Any) -> Signed:
         key = worker.key(session, request.key_label)
         now = datetime.now(UTC)

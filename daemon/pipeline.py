@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 from daemon import consent, records, rules, storing
@@ -33,9 +33,11 @@ from daemon.messages import Document, Reason, SignRequest, SignRequestV2, Status
 from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
 from daemon.record.xml import record_sha256
 from daemon.registry import keyring
+from daemon.rounds import rounds
 from daemon.stages import Stage, State
 from daemon.storing import Signed
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Names the rejected events of unreadable deliveries (uuid5 of the delivery).
@@ -43,7 +45,7 @@ _UNREADABLE_EVENTS = uuid.UUID("5b0f3c1e-6a8d-4c55-9d0e-7f1a2b3c4d5e")
 
 
 class Signing(Protocol):
-    async def sign(self, job: SignJob) -> SignResult: ...
+    async def sign_many(self, jobs: Sequence[SignJob]) -> list[SignResult | Exception]: ...
 
 
 class Documents(Protocol):
@@ -101,13 +103,14 @@ class Pipeline:
     async def handle_many(self, requests: Sequence[SignRequest]) -> list[Outcome | Exception]:
         """Each request's outcome, or the (transient) error it failed with, in order.
 
-        A batch is looked up in one query and its signatures stored in one statement;
-        requests that touch the same record, student or request_id as an earlier one
-        go in a later round, so that each is decided on what the one before it stored,
-        exactly as one at a time. A request that fails never fails its neighbours.
+        A batch is looked up in one query, signed in one call to the HSM workers and
+        stored in one statement; requests that touch the same record, student or
+        request_id as an earlier one go in a later round (daemon/rounds.py), so that
+        each is decided on what the one before it stored, exactly as one at a time. A
+        request that fails never fails its neighbours.
         """
         results: dict[int, Outcome | Exception] = {}
-        for round_ in _rounds(requests):
+        for round_ in rounds(requests):
             outcomes = await self._round([requests[n] for n in round_])
             results.update(zip(round_, outcomes, strict=True))
         return [results[n] for n in range(len(requests))]
@@ -123,15 +126,21 @@ class Pipeline:
             *(self._decided(r, f) for r, f in zip(requests, found, strict=True)),
             return_exceptions=True,
         )
-        for item in decided:
-            if isinstance(item, BaseException) and not isinstance(item, Exception):
-                raise item
-        signed = [d for d in decided if isinstance(d, Signed)]
+        ready = [d for d in _kept(decided) if isinstance(d, _Ready)]
+        signatures = await self._sign_all([r.job for r in ready])
+        finished = await asyncio.gather(
+            *(self._signed(r, s) for r, s in zip(ready, signatures, strict=True)),
+            return_exceptions=True,
+        )
+        done = iter(_kept(finished))
+        outcomes = [next(done) if isinstance(d, _Ready) else d for d in decided]
+        signed = [d for d in outcomes if isinstance(d, Signed)]
         stored = iter(await storing.store_all(self.db, signed))
         results: list[Outcome | Exception] = []
-        for item in decided:
+        for item in outcomes:
             if not isinstance(item, Signed):
-                results.append(item)  # type: ignore[arg-type]  # BaseException raised above
+                assert not isinstance(item, _Ready)  # each was signed, or failed, above
+                results.append(item)  # type: ignore[arg-type]  # BaseException raised
                 continue
             result = next(stored)
             if isinstance(result, Exception):
@@ -142,17 +151,35 @@ class Pipeline:
             results.append(Outcome(result))
         return results
 
-    async def _decided(self, request: SignRequest, found: records.Lookup) -> Outcome | Signed:
-        """The request signed and ready to store, or its outcome if it ends here."""
+    async def _decided(self, request: SignRequest, found: records.Lookup) -> Outcome | _Ready:
+        """The request ready to sign, or its outcome if it ends here."""
         if found.prior is not None:
             if found.prior.fingerprint != fingerprint(request):
                 error = RequestIdReused("request_id was used before for another request.")
                 return await self._refuse(error, request.school_id, request, remember=False)
             return await self._repeat(found.prior.event)
         try:
-            return await self._sign(request, found)
+            return await self._ready(request, found)
         except PermanentError as exc:
             return await self._refuse(exc, request.school_id, request)
+
+    async def _sign_all(self, jobs: list[SignJob]) -> list[SignResult | Exception]:
+        """The round's signatures, in one call: the HSM workers get the batch at once."""
+        if not jobs:
+            return []
+        try:
+            return await self.signing.sign_many(jobs)
+        except Exception as exc:
+            return [exc] * len(jobs)
+
+    async def _signed(self, ready: _Ready, result: SignResult | Exception) -> Outcome | Signed:
+        """The request signed and ready to store, or its refusal if signing refused it."""
+        try:
+            if isinstance(result, Exception):
+                raise result
+            return await self._signed_version(ready, result)
+        except PermanentError as exc:
+            return await self._refuse(exc, ready.request.school_id, ready.request)
 
     async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome:
         """Refuse for good a request that cannot be read, or kept failing with `error`.
@@ -230,7 +257,8 @@ class Pipeline:
         log.info("Request %s was seen before; repeated its status.", event.request_id)
         return Outcome(event)
 
-    async def _sign(self, request: SignRequest, found: records.Lookup) -> Signed:
+    async def _ready(self, request: SignRequest, found: records.Lookup) -> _Ready:
+        """Every rule checked and the consent verified: the version to sign, and the key."""
         school, record = found.school, found.record
         if school is None:
             raise UnknownSchool(f"School {request.school_id} is not registered.")
@@ -255,7 +283,11 @@ class Pipeline:
         )
         pdf, digest_before = await self._version_to_sign(request, digest)
         key = KeyRef(request.school_id, signer.token_label, signer.key_label)
-        result = await self.signing.sign(SignJob(pdf, request.stage, key))
+        job = SignJob(pdf, request.stage, key)
+        return _Ready(request, job, digest_before, corrects, bool(record and record.corrects))
+
+    async def _signed_version(self, ready: _Ready, result: SignResult) -> Signed:
+        request, pdf, corrects = ready.request, ready.job.pdf, ready.corrects
         HSM_DURATION.labels(request.stage.value).observe(result.hsm_seconds)
         await self.store.put(result.pdf)
         event = StatusEvent(
@@ -278,14 +310,14 @@ class Pipeline:
             signer_id=request.signer_id,
             cert_serial=result.cert_serial,
             signed_at=result.signed_at,
-            digest_before=digest_before,
+            digest_before=ready.digest_before,
             digest_after=result.sha256,
             size_before=len(pdf),
             size_after=len(result.pdf),
             fingerprint=fingerprint(request),
             corrects=corrects,
         )
-        supersedes = request.stage is Stage.SCHOOL_SEAL and bool(record and record.corrects)
+        supersedes = request.stage is Stage.SCHOOL_SEAL and ready.corrected
         return Signed(request, signature, event, supersedes)
 
     async def _version_to_sign(self, request: SignRequest, digest: str) -> tuple[bytes, str]:
@@ -302,6 +334,25 @@ class Pipeline:
         return await self.store.get(digest), digest
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """A request decided, waiting for its round's signatures."""
+
+    request: SignRequest
+    job: SignJob
+    digest_before: str
+    corrects: str | None  # the record it corrects (a correction's teacher stage)
+    corrected: bool  # the record is a correction: its seal supersedes the old one
+
+
+def _kept(outcomes: list[T]) -> list[T]:
+    """Gathered outcomes, once none is a cancellation (or an exit): that is raised."""
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+    return outcomes
+
+
 def _key(request: SignRequest) -> records.Key:
     return records.Key(
         request.request_id,
@@ -310,36 +361,6 @@ def _key(request: SignRequest) -> records.Key:
         request.record.record_id,
         request.record,
     )
-
-
-def _rounds(requests: Sequence[SignRequest]) -> list[list[int]]:
-    """The requests' indices in rounds: none shares a request_id, record or (at the
-    teacher's stage) student with one of its round, and each comes after those before."""
-    rounds: list[list[int]] = []
-    last: dict[tuple[object, ...], int] = {}
-    for n, request in enumerate(requests):
-        info = request.record
-        keys: list[tuple[object, ...]] = [
-            ("request", request.request_id),
-            ("record", request.school_id, info.record_id),
-        ]
-        if request.stage is Stage.HOMEROOM_TEACHER:
-            keys.append(
-                (
-                    "student",
-                    request.school_id,
-                    info.academic_year,
-                    info.submission_round,
-                    info.student_id,
-                )
-            )
-        at = max((last[k] + 1 for k in keys if k in last), default=0)
-        if at == len(rounds):
-            rounds.append([])
-        rounds[at].append(n)
-        for k in keys:
-            last[k] = at
-    return rounds
 
 
 def _corrects(request: SignRequest) -> str | None:

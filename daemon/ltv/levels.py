@@ -4,18 +4,21 @@
                                                              ->  at the seal: DSS (B-LT)
                                                                  + document timestamp (B-LTA)
 
-The pipeline sees one `sign(job) -> SignResult`; what each level adds happens here,
-in the event loop, so the HSM worker is never held while the TSA or the OCSP
-responder is waited for. A revoked certificate is refused before its key is used.
+The pipeline sees one `sign_many(jobs) -> [SignResult | Exception]` (a batch's jobs
+go to the HSM pool together); what each level adds happens here, per job, in the
+event loop, so the HSM worker is never held while the TSA or the OCSP responder is
+waited for. A revoked certificate is refused before its key is used.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import aiohttp
 from asn1crypto import x509 as asn1_x509
@@ -31,13 +34,15 @@ from daemon.pdf.validation import load_certificates
 from daemon.settings import SigningSettings
 from daemon.stages import Stage
 
+T = TypeVar("T")
+
 # A certificate read from the token is believed this long before it is read again,
 # so that a certificate replaced under the same label is noticed.
 _CERT_CACHE_S = 300.0
 
 
 class Pool(Protocol):
-    async def sign(self, job: SignJob) -> SignResult: ...
+    async def sign_many(self, jobs: Sequence[SignJob]) -> list[SignResult | Exception]: ...
     async def certificate(self, key: KeyRef) -> asn1_x509.Certificate: ...
     async def chain(self) -> list[asn1_x509.Certificate]: ...
 
@@ -70,11 +75,48 @@ class LeveledSigning:
         self._signers: dict[str, _Signer] = {}
 
     async def sign(self, job: SignJob) -> SignResult:
-        signer = await self._signer(job.key)
+        (result,) = await self.sign_many([job])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def sign_many(self, jobs: Sequence[SignJob]) -> list[SignResult | Exception]:
+        """Each job signed at the level, or the error it alone failed with, in order.
+
+        Each key's status is checked once for the batch, the jobs whose keys pass go to
+        the HSM pool together, and each signature is then timestamped on its own.
+        """
+        keys = list(dict.fromkeys(job.key for job in jobs))
+        checks = await asyncio.gather(*(self._check(key) for key in keys), return_exceptions=True)
+        refused = {key: _kept(check) for key, check in zip(keys, checks, strict=True)}
+        results: dict[int, SignResult | Exception] = {}
+        ready: list[int] = []
+        for n, job in enumerate(jobs):
+            error = refused[job.key]
+            if error is None:
+                ready.append(n)
+            else:
+                results[n] = error
+        signed = await self._pool.sign_many([jobs[n] for n in ready])
+        if self._tsa is not None:
+            extended = await asyncio.gather(
+                *(self._extend(jobs[n], s) for n, s in zip(ready, signed, strict=True)),
+                return_exceptions=True,
+            )
+            signed = [_kept(outcome) for outcome in extended]
+        results.update(zip(ready, signed, strict=True))
+        return [results[n] for n in range(len(jobs))]
+
+    async def _check(self, key: KeyRef) -> None:
+        """Refuse a key whose certificate is revoked (or unknown) before it signs."""
+        signer = await self._signer(key)
         await self._status.check(signer.cert, signer.issuer)
-        result = await self._pool.sign(job)
-        if self._tsa is None:
-            return result
+
+    async def _extend(self, job: SignJob, result: SignResult | Exception) -> SignResult:
+        """The signature timestamp, and at the seal the DSS (B-LT) and document timestamp."""
+        if isinstance(result, Exception):
+            raise result
+        assert self._tsa is not None
         pdf = await add_signature_timestamp(result.pdf, len(job.pdf), self._tsa)
         if job.stage is Stage.SCHOOL_SEAL and self._level in ("B-LT", "B-LTA"):
             archive = self._level == "B-LTA"
@@ -93,6 +135,13 @@ class LeveledSigning:
             )
         signer = self._signers[key.key_label] = _Signer(cert, issuers[0], time.monotonic())
         return signer
+
+
+def _kept(outcome: T | BaseException) -> T | Exception:
+    """A gathered outcome as a result; a cancellation (or an exit) is raised again."""
+    if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _crypto(cert: asn1_x509.Certificate) -> x509.Certificate:

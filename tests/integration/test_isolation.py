@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -36,6 +36,9 @@ class RecordingSigning:
     """A Signing that records every key it is asked to use, and signs nothing real."""
 
     keys: list[KeyRef] = field(default_factory=list)
+
+    async def sign_many(self, jobs: Sequence[SignJob]) -> list[SignResult | Exception]:
+        return [await self.sign(job) for job in jobs]
 
     async def sign(self, job: SignJob) -> SignResult:
         self.keys.append(job.key)

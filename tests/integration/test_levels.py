@@ -10,8 +10,13 @@ import pytest
 from asn1crypto import cms
 
 from daemon.dev import pki_services
-from daemon.errors import CertificateRevoked, CertificateStatusUnavailable, TsaUnavailable
-from daemon.hsm import SigningPool, SignJob
+from daemon.errors import (
+    CertificateRevoked,
+    CertificateStatusUnavailable,
+    TsaUnavailable,
+    UnknownSigner,
+)
+from daemon.hsm import SigningPool, SignJob, SignResult
 from daemon.ltv.levels import LeveledSigning
 from daemon.ltv.status import CertificateStatus
 from daemon.ltv.timestamps import TsaClient, contents_slot, signed_cms
@@ -263,3 +268,36 @@ async def test_status_and_tsa_down_are_transient(serviced_hsm: ServicedHsm, stat
     nowhere = serviced_hsm.signing("B-T", tsa_url="http://127.0.0.1:9/tsa", tsa_timeout_s=2)
     with pytest.raises(TsaUnavailable):
         await TsaClient(session, nowhere).stamp(b"\0" * 32)
+
+
+async def test_a_b_t_batch_timestamps_each_signature_and_fails_only_the_bad_job(
+    serviced_hsm: ServicedHsm, homeroom_pdf: bytes, status_checker
+) -> None:
+    # Given B-T signing and a batch of three records, one of them for a key the token lacks
+    session, cache = status_checker
+    settings = serviced_hsm.signing("B-T")
+    pool = await _pool(serviced_hsm, "B-T")
+    key = serviced_hsm.dev.stage_key(SERVICED_SCHOOL, Stage.HOMEROOM_TEACHER)
+    missing = serviced_hsm.dev.key(SERVICED_SCHOOL, "GV-0999")
+    jobs = [SignJob(homeroom_pdf, Stage.HOMEROOM_TEACHER, k) for k in (key, missing, key)]
+    before = serviced_hsm.running.counts
+    try:
+        tsa = TsaClient(session, settings)
+        status = CertificateStatus(session, cache, settings)
+        signing = LeveledSigning(pool, status, tsa, "B-T", serviced_hsm.dev.trust_roots)
+
+        # When the batch is signed in one call
+        results = await signing.sign_many(jobs)
+    finally:
+        await pool.close()
+
+    # Then the missing key fails alone, and each other record has its own timestamp
+    assert isinstance(results[1], UnknownSigner)
+    signed = [r for n, r in enumerate(results) if n != 1]
+    assert all(isinstance(r, SignResult) for r in signed)
+    assert serviced_hsm.running.counts["tsa"] - before["tsa"] == 2
+    for result in signed:
+        assert isinstance(result, SignResult)
+        assert len(_timestamp_tokens(result.pdf)) == 1
+        [report] = await validate_pdf_async(result.pdf, serviced_hsm.dev.trust_roots)
+        assert report.intact and report.valid and report.trusted
