@@ -16,33 +16,49 @@ from daemon.dev import pki_services
 from daemon.dev.tsa import TimestampAuthority
 
 
+def make_ca(
+    pki: Path,
+    name: str,
+    key_name: str,
+    issuer: tuple[x509.Certificate, rsa.RSAPrivateKey] | None = None,
+) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
+    """A CA certificate and key (self-signed, or by `issuer`), written to `key_name`.pem/.key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+    (pki / f"{key_name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (pki / f"{key_name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key
+
+
 class LtvServices:
     """A CA issuing the dev TSA's certificate and a CRL, in a directory of their own."""
 
     def __init__(self, pki: Path) -> None:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test LTV CA")])
-        now = datetime.now(UTC)
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
-        (pki / "issuing.pem").write_bytes(ca.public_bytes(pem))
-        (pki / "issuing.key").write_bytes(
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
+        ca, key = make_ca(pki, "Test LTV CA", "issuing")
+        name, now, der = ca.subject, datetime.now(UTC), serialization.Encoding.DER
         pki_services.ensure_tsa(pki)
         tsa_cert = x509.load_pem_x509_certificate((pki / "tsa.pem").read_bytes())
         tsa_key = serialization.load_pem_private_key((pki / "tsa.key").read_bytes(), None)

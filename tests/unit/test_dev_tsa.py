@@ -6,58 +6,28 @@ import hashlib
 import re
 import secrets
 import subprocess
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from asn1crypto import algos, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from daemon.dev import pki_services
 from daemon.dev.tsa import POLICY, TimestampAuthority, TimeStampReply
-
-
-def _ca(pki: Path, name: str, key_name: str, issuer: tuple | None = None) -> tuple:  # type: ignore[type-arg]
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, issuer_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(issuer_key, hashes.SHA256())
-    )
-    (pki / f"{key_name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (pki / f"{key_name}.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert, key
+from tests.unit.ltv_kit import make_ca
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root, an issuing CA and the dev TSA certificate it issues (no services named)."""
     pki = tmp_path_factory.mktemp("pki")
-    root = _ca(pki, "Test Root", "root")
-    _ca(pki, "Test Issuing CA", "issuing", root)
+    root = make_ca(pki, "Test Root", "root")
+    make_ca(pki, "Test Issuing CA", "issuing", root)
     pki_services.ensure_tsa(pki)
     return pki
 
