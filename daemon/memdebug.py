@@ -10,7 +10,8 @@ of MB; it runs in a thread (ctypes lets go of the GIL), not on the event loop.
 
 **Statistics** (opt-in, to tell fragmentation from a leak): off unless
 `HOCBA_DEBUG_MEMORY` is set (to a number of seconds, or 1 for every 30 s): then one
-INFO sentence per interval with `mallinfo2()` and the arena count from `malloc_info()`.
+INFO sentence per interval with `mallinfo2()`, the arena count from `malloc_info()` and
+the number of objects CPython's allocator holds (`sys.getallocatedblocks()`).
 Nothing listens and nothing is exposed: it only writes to the log, so it adds no attack
 surface. On a libc without these calls (musl) both log once and stop.
 """
@@ -24,6 +25,7 @@ import ctypes.util
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,9 @@ async def log_allocator(stop: asyncio.Event, every_s: float) -> None:
         s = sample(libc)
         log.info(
             "Allocator: arena_kb=%d mmap_kb=%d in_use_kb=%d free_kb=%d keepcost_kb=%d "
-            "arenas=%d.",
+            "arenas=%d py_blocks=%d.",
             s.arena_kb, s.mmap_kb, s.in_use_kb, s.free_kb, s.keepcost_kb, s.arenas,
+            sys.getallocatedblocks(),
         )  # fmt: skip
         try:
             await asyncio.wait_for(stop.wait(), every_s)

@@ -25,19 +25,34 @@ TRACKER = "resource_tracker"
 
 
 @dataclass
+class Regions:
+    """Resident kB of one process by kind of mapping (smaps)."""
+
+    heap_kb: int = 0  # [heap]: glibc's main arena (brk)
+    anon_kb: int = 0  # other anonymous mappings (shared ones too), stacks included
+    file_kb: int = 0  # file-backed: the interpreter, libraries, mapped files
+
+
+@dataclass
 class Usage:
     rss_mb: float = 0.0
     pss_mb: float = 0.0
     fds: int = 0
     processes: int = 0
     pids: list[int] = field(default_factory=list)
+    heap_mb: float = 0.0
+    anon_mb: float = 0.0
+    file_mb: float = 0.0
 
-    def add(self, pid: int, rss_kb: int, pss_kb: int, fds: int) -> None:
+    def add(self, pid: int, rss_kb: int, pss_kb: int, fds: int, regions: Regions) -> None:
         self.rss_mb += rss_kb / 1024
         self.pss_mb += pss_kb / 1024
         self.fds += fds
         self.processes += 1
         self.pids.append(pid)
+        self.heap_mb += regions.heap_kb / 1024
+        self.anon_mb += regions.anon_kb / 1024
+        self.file_mb += regions.file_kb / 1024
 
 
 def rollup_kb(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
@@ -49,6 +64,33 @@ def rollup_kb(pid: int, proc: Path = Path("/proc")) -> tuple[int, int]:
         elif line.startswith("Pss:"):
             pss = int(line.split()[1])
     return rss, pss
+
+
+def regions_kb(pid: int, proc: Path = Path("/proc")) -> Regions:
+    """Where a process's resident pages are, from /proc/<pid>/smaps."""
+    regions = Regions()
+    kind = "anon"
+    for line in (proc / str(pid) / "smaps").read_text().splitlines():
+        first = line.split(maxsplit=6)
+        if not first:
+            continue
+        if "-" in first[0] and not first[0].endswith(":"):  # a mapping's header line
+            name = first[5] if len(first) > 5 else ""
+            kind = "heap" if name == "[heap]" else "file" if _file_backed(name) else "anon"
+        elif first[0] == "Rss:":
+            kb = int(first[1])
+            if kind == "heap":
+                regions.heap_kb += kb
+            elif kind == "file":
+                regions.file_kb += kb
+            else:
+                regions.anon_kb += kb
+    return regions
+
+
+def _file_backed(name: str) -> bool:
+    """A mapping of a real file; shared anonymous memory shows as /dev/zero or memfd."""
+    return name.startswith("/") and not name.startswith(("/dev/zero", "/memfd:", "/SYSV"))
 
 
 def open_fds(pid: int, proc: Path = Path("/proc")) -> int:
@@ -77,8 +119,8 @@ def group_usage(pgid: int, proc: Path = Path("/proc")) -> dict[str, Usage]:
                 continue
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             rss, pss = rollup_kb(pid, proc)
-            fds = open_fds(pid, proc)
-            usage.setdefault(kind_of(pid, pgid, cmdline), Usage()).add(pid, rss, pss, fds)
+            fds, regions = open_fds(pid, proc), regions_kb(pid, proc)
+            usage.setdefault(kind_of(pid, pgid, cmdline), Usage()).add(pid, rss, pss, fds, regions)
     return usage
 
 
@@ -91,6 +133,9 @@ def total(usages: Iterable[Usage]) -> Usage:
         summed.fds += usage.fds
         summed.processes += usage.processes
         summed.pids += usage.pids
+        summed.heap_mb += usage.heap_mb
+        summed.anon_mb += usage.anon_mb
+        summed.file_mb += usage.file_mb
     return summed
 
 
@@ -115,9 +160,11 @@ def slope_mb_per_h(points: list[tuple[float, float]]) -> float | None:
 
 _ALLOCATOR = re.compile(
     r"Allocator: arena_kb=(\d+) mmap_kb=(\d+) in_use_kb=(\d+) free_kb=(\d+) "
-    r"keepcost_kb=(\d+) arenas=(\d+)"
+    r"keepcost_kb=(\d+) arenas=(\d+) py_blocks=(\d+)"
 )
-_ALLOCATOR_KEYS = ("arena_kb", "mmap_kb", "in_use_kb", "free_kb", "keepcost_kb", "arenas")
+_ALLOCATOR_KEYS = (
+    "arena_kb", "mmap_kb", "in_use_kb", "free_kb", "keepcost_kb", "arenas", "py_blocks",
+)  # fmt: skip
 
 
 def last_allocator_stats(log: Path, tail_bytes: int = 1 << 20) -> dict[str, int] | None:

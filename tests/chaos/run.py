@@ -356,10 +356,16 @@ async def outbox_drained(dsn: str, driver: Driver, mqtt: MqttRecorder) -> bool:
 
 
 async def start_cluster(
-    base: Path, size: Size, rng: random.Random, *, small_store: bool = True
+    base: Path,
+    size: Size,
+    rng: random.Random,
+    *,
+    small_store: bool = True,
+    instance_env: dict[int, dict[str, str]] | None = None,
 ) -> Cluster:
     """The private services and daemons; `small_store` puts the documents on a small
-    tmpfs that the disk-full fault can fill (a soak needs the room instead)."""
+    tmpfs that the disk-full fault can fill (a soak needs the room instead);
+    `instance_env`: more environment for daemon N (from 1), to compare settings."""
     tag = secrets.token_hex(3)
     pg, rabbit, mosquitto = Postgres(base), RabbitMQ(base, tag), Mosquitto(base)
     await asyncio.to_thread(pg.init)
@@ -399,7 +405,12 @@ async def start_cluster(
         "HOCBA_PACKAGING__SCHEDULE_INTERVAL_S": "5",
     }
     daemons = [
-        Daemon(f"chaos-{n + 1}", env.config_path, extra, base / f"daemon-{n + 1}.log")
+        Daemon(
+            f"chaos-{n + 1}",
+            env.config_path,
+            extra | (instance_env or {}).get(n + 1, {}),
+            base / f"daemon-{n + 1}.log",
+        )
         for n in range(size.instances)
     ]
     cluster = Cluster(

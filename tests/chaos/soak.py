@@ -89,6 +89,7 @@ async def soak(
     interval_s: float,
     warmup_minutes: float,
     samples_out: Path | None,
+    instance_env: dict[int, dict[str, str]] | None = None,
 ) -> int:
     size: Size = SIZES["small"]
     seed = secrets.token_hex(3)
@@ -100,7 +101,9 @@ async def soak(
     samples: list[Sample] = []
     out = samples_out.open("w") if samples_out else None
     try:
-        cluster = await start_cluster(base, size, random.Random(seed), small_store=False)
+        cluster = await start_cluster(
+            base, size, random.Random(seed), small_store=False, instance_env=instance_env
+        )
         env = cluster.env
         print(f"soak: {minutes} min at {rate} records/s ({3 * rate} signatures/s), {base}")
         heads = ("at_s", "rss_mb", "queue", "outbox", "p50_s", "p99_s", "issued")
@@ -128,6 +131,8 @@ async def soak(
             print(line)
         summary = report(samples, warmup_minutes * 60, p99, window_s)
         summary |= {"minutes": minutes, "rate": rate, "warmup_minutes": warmup_minutes}
+        if instance_env:
+            summary["instance_environment"] = {f"chaos-{n}": e for n, e in instance_env.items()}
         summary["ok"] = all(line.endswith("holds") for line in verdict)
         print(json.dumps(summary), flush=True)
         return 0 if summary["ok"] else 1
@@ -235,6 +240,11 @@ def report(
             entry[kind] = {
                 "rss_mb": _trend(rss),
                 "pss_mb": _trend(_series(after, name, kind, "pss_mb")),
+                # Where the resident pages are: which of these grows says who holds it.
+                **{
+                    region: _trend(_series(after, name, kind, region))
+                    for region in ("heap_mb", "anon_mb", "file_mb")
+                },
                 "fds": {"warmup_end": fds[0][1], "end": fds[-1][1]} if fds else None,
             }
         with_stats = [s for s in after if s.allocator.get(name)]
@@ -331,6 +341,13 @@ def main() -> int:
     )
     parser.add_argument("--samples-out", type=Path, help="every sample, as JSON lines")
     parser.add_argument(
+        "--instance-env",
+        action="append",
+        default=[],
+        metavar="N:NAME=VALUE",
+        help="more environment for daemon N (from 1), to compare a setting side by side",
+    )
+    parser.add_argument(
         "--no-unit-env", action="store_true", help="glibc's defaults, not the unit's MALLOC_*"
     )
     args = parser.parse_args()
@@ -344,8 +361,20 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     for name in ("aiormq", "aio_pika", "aiomqtt"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    instance_env: dict[int, dict[str, str]] = {}
+    for item in args.instance_env:
+        number, _, assignment = item.partition(":")
+        name, _, value = assignment.partition("=")
+        instance_env.setdefault(int(number), {})[name] = value
     return asyncio.run(
-        soak(args.minutes, args.rate, args.interval, args.warmup_minutes, args.samples_out)
+        soak(
+            args.minutes,
+            args.rate,
+            args.interval,
+            args.warmup_minutes,
+            args.samples_out,
+            instance_env,
+        )
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 from pathlib import Path
 
@@ -37,6 +38,21 @@ def test_own_process_is_measured_from_proc() -> None:
     usage = memory.group_usage(os.getpgid(0))
     assert os.getpid() in [pid for u in usage.values() for pid in u.pids]
     assert memory.total(usage.values()).fds >= 3  # stdin, stdout, stderr at least
+
+
+def test_the_regions_add_up_to_the_rss_and_see_an_anonymous_mapping() -> None:
+    before = memory.regions_kb(os.getpid())
+    rss_kb, _ = memory.rollup_kb(os.getpid())
+    total_kb = before.heap_kb + before.anon_kb + before.file_kb
+    assert abs(total_kb - rss_kb) < 0.1 * rss_kb  # pages come and go between the reads
+    assert before.file_kb > 1024  # the interpreter's own code, at least
+    block = mmap.mmap(-1, 32 << 20)  # 32 MiB, anonymous, touched page by page
+    try:
+        block.write(b"x" * (32 << 20))
+        grown = memory.regions_kb(os.getpid()).anon_kb - before.anon_kb
+        assert 30 << 10 < grown < 40 << 10
+    finally:
+        block.close()
 
 
 def test_worker_kinds_from_the_command_line() -> None:
