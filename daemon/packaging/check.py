@@ -31,6 +31,7 @@ from daemon.record.attached import attached_record_xml
 from daemon.record.xml import read_xml
 from daemon.settings import VerificationSettings
 from daemon.verification import described
+from daemon.verification.evidence import SignatureEvidence, evidence_of
 from daemon.verification.verdict import Problem, RecordVerdict, judge
 
 __all__ = ["CadesReport", "PackageReport", "Problem", "check_package"]
@@ -45,6 +46,8 @@ class PackageReport:
     cades: CadesReport | None = None
     pdfs_checked: int = 0
     records: dict[str, RecordVerdict] = field(default_factory=dict)
+    # Each record's signatures: their trusted timestamp and certificate status.
+    evidence: dict[str, tuple[SignatureEvidence, ...]] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -344,6 +347,7 @@ def _check_pdf(
     entry = f"records/{record_id}.pdf"
     try:
         signatures = validation.validate_pdf(pdf, roots)
+        report.evidence[record_id] = evidence_of(pdf, roots)
     except Exception as exc:  # a PDF hostile enough to break the validator is invalid
         report.add("pdf_invalid", f"{entry}: cannot be validated: {exc}.")
         return

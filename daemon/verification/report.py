@@ -229,7 +229,10 @@ def checked_package_report(checked: PackageReport) -> dict[str, Any]:
         },
         "pdfs_checked": checked.pdfs_checked,
         "problems": [dataclasses.asdict(p) for p in checked.problems],
-        "records": {rid: record_report(v) for rid, v in checked.records.items()},
+        "records": {
+            rid: record_report(v, evidence=checked.evidence.get(rid, ()))
+            for rid, v in checked.records.items()
+        },
     }
 
 

@@ -32,6 +32,7 @@ from daemon.settings import DatabaseSettings, Settings
 from daemon.stages import ORDER, Stage
 from daemon.verification import report as verify
 from daemon.verification import server
+from tests.integration.attack_kit import Forge, Listed, package
 from tests.pki_services_fixtures import *  # noqa: F403
 from tests.pki_services_fixtures import SERVICED_SCHOOL, MemoryStatusCache, ServicedHsm
 
@@ -150,6 +151,43 @@ async def test_a_b_b_record_has_no_timestamps_and_unknown_status(
     assert value["verdict"] == "issued", value["problems"]
     assert [r["timestamp_at"] for r in value["signatures"]] == [None] * 3
     assert [r["revocation"] for r in value["signatures"]] == ["unknown"] * 3
+
+
+async def test_a_package_reports_each_records_timestamps_and_status(
+    serviced_hsm: ServicedHsm, homeroom_pdf: bytes, status_checker, tmp_path: Path
+) -> None:
+    session, cache = status_checker
+    # Given a package sealed by the school, holding one B-LTA record and one B-B record
+    lta = await _issue(serviced_hsm, "B-LTA", homeroom_pdf, session, cache)
+    plain = await _issue(serviced_hsm, "B-B", homeroom_pdf + b"\n", session, cache)
+    pool = SigningPool(serviced_hsm.dev.settings(1), serviced_hsm.signing("B-B"))
+    await pool.start()
+    try:
+        listed = [
+            Listed("2025-2026-5A-01", "HS-01", lta),
+            Listed("2025-2026-5A-02", "HS-02", plain),
+        ]
+        path = await package(
+            Forge(serviced_hsm.dev, pool), tmp_path / "p.asice", SERVICED_SCHOOL, listed
+        )
+    finally:
+        await pool.close()
+
+    # When verify reports on the package, with nothing reachable
+    roots = _roots(serviced_hsm, tmp_path)
+    serviced_hsm.running.set_down("ocsp", "crl", "tsa")
+    try:
+        value = await asyncio.to_thread(verify.package_report, path, roots)
+    finally:
+        serviced_hsm.running.set_down()
+
+    # Then each record carries its own signatures' evidence, as a record's report does
+    assert value["verdict"] == "issued", value["problems"]
+    rows = {rid: r["signatures"] for rid, r in value["records"].items()}
+    assert [r["revocation"] for r in rows["2025-2026-5A-01"]] == ["good"] * 3
+    assert all(r["timestamp_at"] for r in rows["2025-2026-5A-01"])
+    assert [r["revocation"] for r in rows["2025-2026-5A-02"]] == ["unknown"] * 3
+    assert [r["timestamp_at"] for r in rows["2025-2026-5A-02"]] == [None] * 3
 
 
 @pytest.fixture
