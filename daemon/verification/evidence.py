@@ -9,6 +9,12 @@ the file holds no answer that settles it. Nothing is fetched: the verifier must 
 depend on, or reveal its users to, the CA's responders. A signer revoked after
 signing stays `good`, since the certificate is judged at the timestamp's time by the
 answers the daemon embedded then.
+
+A token is judged at the time the file's document timestamps prove it existed by (the
+oldest of a chain that holds today: the newest valid now, each older one valid at the
+time of the one after it), so a record renewed before its first TSA's certificate
+expired still shows its signatures' times after that expiry; a record with no document
+timestamp, or none that holds, has its tokens judged now.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from daemon.verification import signed
 
 if TYPE_CHECKING:
     from pyhanko.sign.validation.dss import DocumentSecurityStore
+    from pyhanko_certvalidator import ValidationContext
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +51,16 @@ class SignatureEvidence:
     revocation: str = UNKNOWN
 
 
-def evidence_of(pdf: bytes, trust_roots: list[x509.Certificate]) -> tuple[SignatureEvidence, ...]:
-    """One entry per regular signature, in the file's order; blocks (CPU-bound)."""
-    return asyncio.run(evidence_of_async(pdf, trust_roots))
+def evidence_of(
+    pdf: bytes, trust_roots: list[x509.Certificate], at: datetime | None = None
+) -> tuple[SignatureEvidence, ...]:
+    """One entry per regular signature, in the file's order, judged as of `at` (now by
+    default); blocks (CPU-bound)."""
+    return asyncio.run(evidence_of_async(pdf, trust_roots, at))
 
 
 async def evidence_of_async(
-    pdf: bytes, trust_roots: list[x509.Certificate]
+    pdf: bytes, trust_roots: list[x509.Certificate], at: datetime | None = None
 ) -> tuple[SignatureEvidence, ...]:
     reader = read_pdf(pdf)
     try:
@@ -64,18 +74,61 @@ async def evidence_of_async(
         except parse_errors() as exc:
             raise NotAPdf(f"The document's signatures cannot be read: {exc}") from exc
     dss = _dss(reader)
-    return tuple([await _one(f, trust_roots, dss) for f in fields])
+    moment = await _proven_at(reader, trust_roots, at) or at
+    return tuple([await _one(f, trust_roots, dss, moment) for f in fields])
+
+
+def _context(roots: list[x509.Certificate], moment: datetime | None) -> ValidationContext:
+    """The B-B context (no revocation asked, nothing fetched), at `moment` if given."""
+    if moment is None:
+        return validation_context(roots)
+    from pyhanko_certvalidator import ValidationContext
+    from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
+
+    return ValidationContext(
+        trust_roots=roots,
+        allow_fetching=False,
+        revinfo_policy=CertRevTrustPolicy(NO_REVOCATION),
+        moment=moment,
+    )
+
+
+async def _proven_at(
+    reader: Any, roots: list[x509.Certificate], at: datetime | None
+) -> datetime | None:
+    """The oldest time the document timestamps prove, by a chain that holds at `at`."""
+    from pyhanko.sign.validation import async_validate_pdf_timestamp
+
+    try:
+        stamps = list(reader.embedded_timestamp_signatures)
+    except Exception as exc:  # unreadable timestamps prove nothing, and break nothing
+        log.info("The document timestamps cannot be read (%s).", type(exc).__name__)
+        return None
+    moment, proven = at, None
+    for stamp in reversed(stamps):
+        try:
+            status = await async_validate_pdf_timestamp(
+                stamp, validation_context=_context(roots, moment), skip_diff=True
+            )
+        except Exception as exc:
+            log.info("A document timestamp cannot be checked (%s).", type(exc).__name__)
+            break
+        if not (status.intact and status.valid and status.trusted):
+            break
+        moment = proven = status.timestamp
+    return proven
 
 
 async def _one(
     field: signed.SignedField,
     roots: list[x509.Certificate],
     dss: DocumentSecurityStore | None,
+    moment: datetime | None,
 ) -> SignatureEvidence:
     # A malformed signature or token has no evidence to show; its report says why.
     name = field.field_name
     try:
-        stamped = await _timestamp_at(field.signed_data, roots)
+        stamped = await _timestamp_at(field.signed_data, roots, moment)
     except Exception as exc:
         log.info("Signature %s: its timestamp cannot be checked (%s).", name,
                  type(exc).__name__)  # fmt: skip
@@ -90,9 +143,10 @@ async def _one(
 
 
 async def _timestamp_at(
-    signed_data: cms.SignedData, roots: list[x509.Certificate]
+    signed_data: cms.SignedData, roots: list[x509.Certificate], moment: datetime | None
 ) -> datetime | None:
-    """The genTime of the signature's timestamp token, if one is intact, valid and trusted.
+    """The genTime of the signature's timestamp token, if one is intact, valid and trusted
+    at `moment` (now if None).
 
     As pyHanko's own validation does (generic_cms.collect_timing_info), the first
     trusted token among the signature's timestamps counts.
@@ -105,7 +159,7 @@ async def _timestamp_at(
     from pyhanko.sign.validation.status import TimestampSignatureStatus
 
     signer_info = signed_data["signer_infos"][0]
-    context = validation_context(roots)
+    context = _context(roots, moment)
     for token in extract_tst_data_iter(signer_info, signed=False):
         found = await validate_tst_signed_data(token, context, message_imprint_checker(signer_info))
         stamp = TimestampSignatureStatus(**found)

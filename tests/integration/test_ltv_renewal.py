@@ -30,6 +30,7 @@ from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.pades import read_pdf
 from daemon.settings import DatabaseSettings, LtvSettings
 from daemon.stages import ORDER
+from daemon.verification.evidence import evidence_of_async
 from tests import services
 from tests.pki_services_fixtures import *  # noqa: F403
 from tests.pki_services_fixtures import SERVICED_SCHOOL, ServicedHsm, free_port
@@ -221,3 +222,12 @@ async def test_renewal_keeps_a_record_valid_past_its_first_tsa(
     assert second.expires_at > first_tsa_expired > first.expires_at
     # and it validates, from the file alone, after the first TSA's certificate expired
     assert await _validates_at(renewed, roots, first_tsa_expired) == [True] * 3
+    # and the verification report still shows each signature's trusted time then, by the
+    # chain of document timestamps, where the record before the renewal shows none
+    later = await evidence_of_async(renewed, roots, first_tsa_expired)
+    assert all(e.timestamp_at is not None for e in later), later
+    assert [e.timestamp_at for e in later] == [
+        e.timestamp_at for e in await evidence_of_async(issued, roots)
+    ]
+    unrenewed = await evidence_of_async(issued, roots, first_tsa_expired)
+    assert [e.timestamp_at for e in unrenewed] == [None] * 3
