@@ -7,6 +7,7 @@ import asyncio
 import logging
 import mmap
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,17 @@ def test_the_soak_runs_with_the_allocator_settings_of_the_unit() -> None:
     found = soak.unit_allocator_env(soak.UNIT.read_text())
 
     assert found == {"MALLOC_MMAP_THRESHOLD_": "32768", "MALLOC_ARENA_MAX": "2"}
+
+
+def test_traced_growth_names_the_line_that_keeps_memory(caplog: pytest.LogCaptureFixture) -> None:
+    tracemalloc.start(4)
+    try:
+        first = memdebug._log_traced_growth(None)
+        kept = [bytearray(1000) for _ in range(2000)]  # ~2 MB held past the baseline
+        with caplog.at_level(logging.INFO, logger="daemon.memdebug"):
+            assert memdebug._log_traced_growth(first) is first
+    finally:
+        tracemalloc.stop()
+    top = caplog.records[0].getMessage()
+    assert top.startswith("Traced growth: +") and "test_memory_sampling.py" in top, top
+    assert len(kept) == 2000
