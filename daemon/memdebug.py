@@ -14,7 +14,9 @@ INFO sentence per interval with `mallinfo2()`, the arena count from `malloc_info
 the number of objects CPython's allocator holds (`sys.getallocatedblocks()`); and, when
 the process traces its allocations (`PYTHONTRACEMALLOC=N`, N frames), the five
 allocation sites that grew most since a snapshot taken after five minutes (once caches
-and pools are warm), with their call stacks (code locations only, no data).
+and pools are warm), with their call stacks (code locations only, no data). Tracing
+costs the process about three times its memory and much of its CPU: for a diagnosis,
+on one instance beside others that do not trace (`make soak`'s `--instance-env`).
 Nothing listens and nothing is exposed: it only writes to the log, so it adds no attack
 surface. On a libc without these calls (musl) both log once and stop.
 """
@@ -154,7 +156,8 @@ def _log_traced_growth(first: tracemalloc.Snapshot | None) -> tracemalloc.Snapsh
     )
     if first is None:
         return snapshot
-    for stat in snapshot.compare_to(first, "traceback")[:5]:
+    grown = sorted(snapshot.compare_to(first, "traceback"), key=lambda s: -s.size_diff)
+    for stat in grown[:5]:
         frames = " < ".join(f"{f.filename}:{f.lineno}" for f in reversed(stat.traceback))
         log.info(
             "Traced growth: %+d kB in %+d blocks at %s.",
