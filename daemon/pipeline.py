@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 from uuid import UUID
 
-from daemon import consent, records, rules, storing
+from daemon import consent, records, rules, storing, versions
 from daemon.blobs import BlobStore
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
@@ -31,8 +30,8 @@ from daemon.errors import (
 from daemon.hsm import KeyRef, SignJob, SignResult
 from daemon.messages import Document, Reason, SignRequest, SignRequestV2, StatusEvent
 from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
-from daemon.record.xml import record_sha256
 from daemon.registry import keyring
+from daemon.requests_identity import corrects_of, fingerprint, version_digest
 from daemon.rounds import rounds
 from daemon.stages import Stage, State
 from daemon.storing import Signed
@@ -122,8 +121,9 @@ class Pipeline:
                 found = await records.lookup_many(conn, [_key(r) for r in requests])
         except Exception as exc:
             return [exc] * len(requests)
+        held = await versions.held(self.store, requests, found)
         decided = await asyncio.gather(
-            *(self._decided(r, f) for r, f in zip(requests, found, strict=True)),
+            *(self._decided(r, f, held) for r, f in zip(requests, found, strict=True)),
             return_exceptions=True,
         )
         ready = [d for d in _kept(decided) if isinstance(d, _Ready)]
@@ -132,7 +132,7 @@ class Pipeline:
             *(self._signed(r, s) for r, s in zip(ready, signatures, strict=True)),
             return_exceptions=True,
         )
-        done = iter(_kept(finished))
+        done = iter(await self._put_versions(ready, signatures, _kept(finished)))
         outcomes = [next(done) if isinstance(d, _Ready) else d for d in decided]
         signed = [d for d in outcomes if isinstance(d, Signed)]
         stored = iter(await storing.store_all(self.db, signed))
@@ -151,7 +151,9 @@ class Pipeline:
             results.append(Outcome(result))
         return results
 
-    async def _decided(self, request: SignRequest, found: records.Lookup) -> Outcome | _Ready:
+    async def _decided(
+        self, request: SignRequest, found: records.Lookup, held: dict[str, bytes | Exception]
+    ) -> Outcome | _Ready:
         """The request ready to sign, or its outcome if it ends here."""
         if found.prior is not None:
             if found.prior.fingerprint != fingerprint(request):
@@ -159,7 +161,7 @@ class Pipeline:
                 return await self._refuse(error, request.school_id, request, remember=False)
             return await self._repeat(found.prior.event)
         try:
-            return await self._ready(request, found)
+            return await self._ready(request, found, held)
         except PermanentError as exc:
             return await self._refuse(exc, request.school_id, request)
 
@@ -180,6 +182,22 @@ class Pipeline:
             return await self._signed_version(ready, result)
         except PermanentError as exc:
             return await self._refuse(exc, ready.request.school_id, ready.request)
+
+    async def _put_versions(
+        self,
+        ready: list[_Ready],
+        signatures: list[SignResult | Exception],
+        finished: list[Outcome | Signed | BaseException],
+    ) -> list[Outcome | Signed | BaseException]:
+        """`finished`, each signed request's versions durable before any row names them."""
+        made = {
+            n: [r.job.pdf] * r.new_version + [s.pdf]
+            for n, (r, s, f) in enumerate(zip(ready, signatures, finished, strict=True))
+            if isinstance(f, Signed) and isinstance(s, SignResult)
+        }
+        failed = await versions.put(self.store, list(made.values()))
+        errors = {n: e for n, e in zip(made, failed, strict=True) if e is not None}
+        return [errors.get(n, f) for n, f in enumerate(finished)]
 
     async def give_up(self, error: HocbaError, request: SignRequest | Unreadable) -> Outcome:
         """Refuse for good a request that cannot be read, or kept failing with `error`.
@@ -257,20 +275,22 @@ class Pipeline:
         log.info("Request %s was seen before; repeated its status.", event.request_id)
         return Outcome(event)
 
-    async def _ready(self, request: SignRequest, found: records.Lookup) -> _Ready:
+    async def _ready(
+        self, request: SignRequest, found: records.Lookup, held: dict[str, bytes | Exception]
+    ) -> _Ready:
         """Every rule checked and the consent verified: the version to sign, and the key."""
         school, record = found.school, found.record
         if school is None:
             raise UnknownSchool(f"School {request.school_id} is not registered.")
         signer = rules.authorised_signer(found.signer, request)
         rules.check_order(record, request)
-        corrects = _corrects(request) if record is None else None
+        corrects = corrects_of(request) if record is None else None
         if corrects is not None:
             async with self.db.connection() as conn:
                 corrected = await records.record(conn, request.school_id, corrects)
             rules.check_correction(request, corrects, corrected)
         rules.check_enrolment(found, request, corrects=corrects)
-        digest = _version_digest(request, record)
+        digest = version_digest(request, record)
         subject = consent.Subject(
             request.school_id,
             request.signer_id,
@@ -281,15 +301,16 @@ class Pipeline:
         keyring.verify(
             request.consent, school.consent_key, school.retired_keys, subject, self.clock()
         )
-        pdf, digest_before = await self._version_to_sign(request, digest)
+        pdf, digest_before = await self._version_to_sign(request, digest, held)
         key = KeyRef(request.school_id, signer.token_label, signer.key_label)
         job = SignJob(pdf, request.stage, key)
-        return _Ready(request, job, digest_before, corrects, bool(record and record.corrects))
+        is_correction = bool(record and record.corrects)
+        new_version = request.stage is Stage.HOMEROOM_TEACHER
+        return _Ready(request, job, digest_before, corrects, is_correction, new_version)
 
     async def _signed_version(self, ready: _Ready, result: SignResult) -> Signed:
         request, pdf, corrects = ready.request, ready.job.pdf, ready.corrects
         HSM_DURATION.labels(request.stage.value).observe(result.hsm_seconds)
-        await self.store.put(result.pdf)
         event = StatusEvent(
             event_id=uuid.uuid4(),
             request_id=request.request_id,
@@ -320,8 +341,14 @@ class Pipeline:
         supersedes = request.stage is Stage.SCHOOL_SEAL and ready.corrected
         return Signed(request, signature, event, supersedes)
 
-    async def _version_to_sign(self, request: SignRequest, digest: str) -> tuple[bytes, str]:
-        """The bytes to sign and their sha256 (for record_data, not the consent's digest)."""
+    async def _version_to_sign(
+        self, request: SignRequest, digest: str, held: dict[str, bytes | Exception]
+    ) -> tuple[bytes, str]:
+        """The bytes to sign and their sha256 (for record_data, not the consent's digest).
+
+        A teacher's version is stored with its signature (`_put_versions`), a later
+        stage's is the record's current one, read from the store with its round's.
+        """
         if request.stage is Stage.HOMEROOM_TEACHER:
             if isinstance(request, SignRequestV2) and request.record_data is not None:
                 pdf = await self.documents.rendered(request)
@@ -329,9 +356,11 @@ class Pipeline:
             else:
                 assert request.document is not None
                 pdf = await self.documents.content(request.document, request)
-            await self.store.put(pdf)
             return pdf, digest
-        return await self.store.get(digest), digest
+        pdf_or_error = held.get(digest)
+        if isinstance(pdf_or_error, Exception):
+            raise pdf_or_error
+        return pdf_or_error or await self.store.get(digest), digest
 
 
 @dataclass(frozen=True)
@@ -343,6 +372,7 @@ class _Ready:
     digest_before: str
     corrects: str | None  # the record it corrects (a correction's teacher stage)
     corrected: bool  # the record is a correction: its seal supersedes the old one
+    new_version: bool = False  # the version to sign is new (a teacher's): to be stored
 
 
 def _kept(outcomes: list[T]) -> list[T]:
@@ -361,40 +391,3 @@ def _key(request: SignRequest) -> records.Key:
         request.record.record_id,
         request.record,
     )
-
-
-def _corrects(request: SignRequest) -> str | None:
-    """The record a v2 request says it corrects (read at the teacher's stage only)."""
-    if isinstance(request, SignRequestV2) and request.corrects is not None:
-        return request.corrects.record_id
-    return None
-
-
-def _version_digest(request: SignRequest, record: records.Record | None) -> str:
-    """The sha256 of the exact version this request signs (and its consent must name)."""
-    if request.document is not None:
-        return request.document.sha256
-    if isinstance(request, SignRequestV2) and request.record_data is not None:
-        # The school system renders nothing: it names the data, as canonical XML.
-        return record_sha256(request.record.record_id, request.record_data)
-    assert record is not None  # check_order refuses later stages of unknown records
-    return record.current_sha256
-
-
-def fingerprint(request: SignRequest) -> str:
-    """What makes two requests the same request: not when it was sent, nor its consent.
-
-    A school system that retries with a re-serialised body (a new `requested_at`, a
-    re-minted consent) gets the status already produced, not `request_id_reused`.
-    """
-    document = request.document.sha256 if request.document else None
-    if isinstance(request, SignRequestV2) and request.record_data is not None:
-        document = record_sha256(request.record.record_id, request.record_data)
-    same = [
-        request.school_id,
-        request.record.model_dump(),
-        request.stage.value,
-        request.signer_id,
-        document,
-    ]
-    return hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()

@@ -1,5 +1,7 @@
 """Storing what a batch signed: together in one statement where it can, alone where not.
 
+The PDFs are in the blob store before (daemon/versions.py).
+
 The batch statement (daemon/record_store.py) sets each record on its own: a record
 another instance got to first reports a lost race, its neighbours are stored. A
 correction's seal is stored alone, in one transaction with the supersession of the

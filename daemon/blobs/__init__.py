@@ -1,7 +1,7 @@
 """Blobs: every version of every record and every package, named by its sha256.
 
-* `BlobStore` (in `base`) is the one interface: `put`, `put_stream`, `get`, `open`
-  (an async stream, checked as it goes), `exists`.
+* `BlobStore` (in `base`) is the one interface: `put`, `put_many` (a batch, durable
+  together), `put_stream`, `get`, `open` (an async stream, checked as it goes), `exists`.
 * `fs.FsStore` keeps them on one machine's disk; `s3.S3Store` in any S3-compatible
   object store, for instances on several machines.
 * `open_store` builds the configured backend; only the composition roots call it

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,6 +44,17 @@ class BlobStore(BlobReader, Protocol):
 
     async def put(self, data: bytes) -> str:
         """Store `data`; return its sha256 hex. Storing the same bytes twice is a no-op."""
+        ...
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        """Store each of `blobs`, all durable once it returns; their sha256 hex, in order.
+
+        If it raises, any of them may or may not be stored (each whole or absent).
+        """
+        ...
+
+    async def get_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
+        """Each blob's bytes, checked, or the StoreUnavailable/StoreCorrupt it alone got."""
         ...
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:

@@ -3,6 +3,11 @@
 Written with fsync, an atomic rename and a directory fsync, so a blob is either whole
 or absent after a crash. The layout is documented and stable: backup tools, the chaos
 suite's validators and `aws s3 sync` (to move to the `s3` backend) may read it.
+
+`put_many` stores a batch in a few thread hops (one per `SHARE` blobs, so that their
+disk waits overlap): in each, every file is written and fsynced, then renamed into
+place, then each directory touched is fsynced once; a directory created on the way is
+fsynced in its parent too. It returns once all of that is done.
 """
 
 from __future__ import annotations
@@ -12,14 +17,18 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from daemon.blobs.base import CHUNK_BYTES, StoredBlob, check, key_of, verified
-from daemon.errors import StoreUnavailable
+from daemon.errors import StoreCorrupt, StoreUnavailable
 
 BACKEND = "fs"
+# Blobs of a batch one thread writes and fsyncs in turn: 2, 4 and 16 cost the same CPU
+# (measured), 2 waited least.
+SHARE = 2
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class FsStore:
@@ -31,9 +40,23 @@ class FsStore:
         return self._root / key_of(sha256)
 
     async def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(self._write, digest, data)
+        (digest,) = await self.put_many([data])
         return digest
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        # A few threads, each writing and fsyncing a share: the disk waits overlap, for
+        # a thread hop per share rather than per blob.
+        shares = [blobs[n : n + SHARE] for n in range(0, len(blobs), SHARE)]
+        written = await asyncio.gather(
+            *(asyncio.to_thread(self._write_many, share) for share in shares),
+            return_exceptions=True,
+        )
+        digests: list[str] = []
+        for share in written:
+            if isinstance(share, BaseException):
+                raise share
+            digests.extend(share)
+        return digests
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
         handle, tmp = await asyncio.to_thread(self._incoming)
@@ -64,6 +87,23 @@ class FsStore:
         except OSError as exc:
             raise _unreadable(sha256, exc) from exc
         return check(data, sha256, BACKEND)
+
+    async def get_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
+        if not digests:
+            return []
+        return await asyncio.to_thread(self._read_many, digests)
+
+    def _read_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
+        """Read and checked in the thread: the digests are not the event loop's work."""
+        found: list[bytes | Exception] = []
+        for sha256 in digests:
+            try:
+                found.append(check(self.path(sha256).read_bytes(), sha256, BACKEND))
+            except OSError as exc:
+                found.append(_unreadable(sha256, exc))
+            except StoreCorrupt as exc:
+                found.append(exc)
+        return found
 
     async def open(self, sha256: str) -> AsyncGenerator[bytes, None]:
         async with contextlib.aclosing(verified(self._chunks(sha256), sha256, BACKEND)) as chunks:
@@ -98,24 +138,64 @@ class FsStore:
             raise StoreUnavailable(f"Cannot store a blob: {exc.strerror}.") from exc
         return os.fdopen(fd, "wb"), Path(tmp)
 
-    def _write(self, digest: str, data: bytes) -> None:
-        target = self.path(digest)
-        if target.exists():
-            return
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    def _write_many(self, blobs: Sequence[bytes]) -> list[str]:
+        digests = [hashlib.sha256(data).hexdigest() for data in blobs]
+        root = str(self._root)
+        todo: dict[str, bytes] = {}  # target -> bytes; the same bytes twice are written once
+        for digest, data in zip(digests, blobs, strict=True):
+            target = os.path.join(root, key_of(digest))
+            if target not in todo and not os.path.exists(target):
+                todo[target] = data
+        if todo:
             try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    _sync(handle)
+                self._write_durably(todo)
+            except OSError as exc:
+                raise StoreUnavailable(f"Cannot store a blob: {exc.strerror}.") from exc
+        return digests
+
+    def _write_durably(self, todo: dict[str, bytes]) -> None:
+        written: list[tuple[str, str]] = []  # (temporary file, target)
+        directories: set[str] = set()
+        try:
+            fds: list[int] = []
+            try:
+                for target, data in todo.items():
+                    fd, tmp = self._create(os.path.dirname(target), directories)
+                    fds.append(fd)
+                    written.append((tmp, target))
+                    _write_all(fd, data)
+                for fd in fds:
+                    os.fsync(fd)  # each file whole on disk before its name points at it
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            for tmp, target in written:
                 os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_dir(target.parent)
-        except OSError as exc:
-            raise StoreUnavailable(f"Cannot store a blob: {exc.strerror}.") from exc
+        except BaseException:
+            for tmp, _ in written:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            raise
+        # The renames are durable once the directory entries are.
+        directories.update(os.path.dirname(target) for target in todo)
+        for directory in directories:
+            _fsync_dir(directory)
+
+    def _create(self, directory: str, created: set[str]) -> tuple[int, str]:
+        """A new temporary file in `directory`, made (with its parents) if missing.
+
+        The parents of a directory made here go in `created`, to be fsynced: the new
+        directories' own entries must be durable too.
+        """
+        tmp = os.path.join(directory, f".tmp-{os.urandom(8).hex()}")
+        try:
+            return os.open(tmp, _WRITE_FLAGS, 0o644), tmp
+        except FileNotFoundError:
+            pass
+        os.makedirs(directory, exist_ok=True)
+        parent = os.path.dirname(directory)  # ab/, holding cd/
+        created.update((parent, os.path.dirname(parent)))  # and the root, holding ab/
+        return os.open(tmp, _WRITE_FLAGS, 0o644), tmp
 
     def _settle(self, tmp: Path, sha256: str) -> None:
         """Move a streamed, synced temporary file to its place, unless the blob is there."""
@@ -142,7 +222,13 @@ def _sync_and_close(handle: BinaryIO) -> None:
     handle.close()
 
 
-def _fsync_dir(path: Path) -> None:
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: Path | str) -> None:
     # The rename is durable only once the directory entry is.
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -11,12 +11,13 @@ aiohttp errors become StoreUnavailable here, once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -100,6 +101,21 @@ class S3Store:
                 Bucket=self._bucket, Key=self.key(digest), Body=data, ContentMD5=_md5(data)
             )
         return digest
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        """Each blob uploaded concurrently (the client's pool bounds the connections)."""
+        results = await asyncio.gather(*(self.put(data) for data in blobs), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [str(result) for result in results]
+
+    async def get_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
+        found = await asyncio.gather(*(self.get(d) for d in digests), return_exceptions=True)
+        for result in found:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        return found  # type: ignore[return-value]  # no BaseException left
 
     async def put_stream(self, chunks: AsyncIterable[bytes]) -> StoredBlob:
         digest = hashlib.sha256()

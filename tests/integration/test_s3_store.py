@@ -147,3 +147,17 @@ def socket_bound() -> Any:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+async def test_a_batch_is_written_and_read_together_each_blob_its_own_error(
+    s3_server: S3Server,  # noqa: F811
+    s3: StoreSettings,  # noqa: F811
+) -> None:
+    async with opened(s3) as store:
+        blobs_in = [b"%PDF-1.7 batch a", b"%PDF-1.7 batch b"]
+        digests = await store.put_many(blobs_in)
+        assert digests == [hashlib.sha256(b).hexdigest() for b in blobs_in]
+        found = await store.get_many([digests[1], "cd" * 32, digests[0]])
+        assert found[0] == blobs_in[1] and found[2] == blobs_in[0]
+        assert isinstance(found[1], StoreUnavailable)
+        assert await store.put_many([]) == [] and await store.get_many([]) == []

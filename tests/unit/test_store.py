@@ -106,3 +106,88 @@ async def test_an_unwritable_store_is_unavailable(tmp_path: Path) -> None:
 def test_a_name_that_is_not_a_digest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         FsStore(tmp_path).path("../../etc/passwd")
+
+
+async def test_a_batch_is_stored_whole_each_blob_once(tmp_path: Path) -> None:
+    store = FsStore(tmp_path)
+    first = await store.put(b"%PDF-1.7 already there")
+    blobs = [b"%PDF-1.7 a", b"%PDF-1.7 b", b"%PDF-1.7 a", b"%PDF-1.7 already there"]
+    digests = await store.put_many(blobs)
+    assert digests == [hashlib.sha256(b).hexdigest() for b in blobs]
+    assert digests[3] == first
+    for digest, data in zip(digests, blobs, strict=True):
+        assert await store.get(digest) == data
+    stored = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert stored == sorted(set(digests))
+    assert await store.put_many([]) == []
+
+
+async def test_a_batch_fsyncs_each_file_before_its_rename_and_each_directory_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FsStore(tmp_path)
+    await store.put(b"%PDF-1.7 makes the root")
+    events: list[tuple[str, str]] = []  # in order, from every thread
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def replace(src: str, dst: str) -> None:
+        assert ("fsync", src) in events, "renamed before its bytes were durable"
+        real_replace(src, dst)
+        events.append(("rename", dst))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    blobs = [f"%PDF-1.7 {n}".encode() for n in range(7)]
+    digests = await store.put_many(blobs)
+    for digest in digests:
+        target = str(store.path(digest))
+        renamed = events.index(("rename", target))
+        after = {path for kind, path in events[renamed + 1 :] if kind == "fsync"}
+        # Every new directory is made durable in its parent: the leaf, ab/ and the root.
+        leaf = os.path.dirname(target)
+        assert {leaf, os.path.dirname(leaf), str(tmp_path)} <= after
+
+
+async def test_a_failed_batch_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FsStore(tmp_path)
+    real_fsync = os.fsync
+    calls = 0
+
+    def failing(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    blobs = [b"%PDF-1.7 x", b"%PDF-1.7 y", b"%PDF-1.7 z"]
+    with pytest.raises(StoreUnavailable):
+        await store.put_many(blobs)
+    # Each blob is whole or absent (a share of the batch may have been stored), no
+    # temporary file is left, and the batch is stored when written again.
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [p for p in left if p.name.startswith(".tmp-")]
+    assert len(left) < len(blobs)
+    for path in left:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.name
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    digests = await store.put_many(blobs)
+    assert [await store.get(d) for d in digests] == blobs
+
+
+async def test_blobs_read_together_each_get_their_own_error(tmp_path: Path) -> None:
+    store = FsStore(tmp_path)
+    good, bad = await store.put_many([b"%PDF-1.7 good", b"%PDF-1.7 bad"])
+    store.path(bad).write_bytes(b"%PDF-1.7 tampered")
+    found = await store.get_many([good, "ab" * 32, bad, good])
+    assert found[0] == found[3] == b"%PDF-1.7 good"
+    assert isinstance(found[1], StoreUnavailable)
+    assert isinstance(found[2], StoreCorrupt)
+    assert await store.get_many([]) == []

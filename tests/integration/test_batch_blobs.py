@@ -1,0 +1,142 @@
+"""A batch's PDFs in one blob write, durable before the rows that name them; a PDF the
+store cannot take fails only its own request (real database, HSM and disk)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Sequence
+
+import aiohttp
+
+from daemon import app
+from daemon.blobs import FsStore
+from daemon.dev import env as devenv
+from daemon.documents import DocumentSource
+from daemon.errors import StoreUnavailable
+from daemon.messages import RecordInfo, SignRequest, decode_sign_request
+from daemon.pipeline import Outcome, Pipeline
+from daemon.settings import Settings
+from daemon.stages import Stage, State
+from producers.school_system import sign_request
+from tests.integration.conftest import SchoolSystem
+
+SCHOOL = "31000103"
+
+
+class Refusing(FsStore):
+    """A disk that refuses any write holding one PDF, and counts the writes."""
+
+    refused: bytes = b""
+    writes: list[int]
+
+    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+        self.writes.append(len(blobs))
+        if self.refused in blobs:
+            raise StoreUnavailable("Cannot store a blob: No space left on device.")
+        return await super().put_many(blobs)
+
+
+@contextlib.asynccontextmanager
+async def pipeline_on(settings: Settings, store: FsStore) -> AsyncIterator[Pipeline]:
+    async with contextlib.AsyncExitStack() as stack:
+        db, pool = await app.open_core(stack, settings)
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        yield Pipeline(db, pool, store, DocumentSource(http, settings.signing))
+
+
+def _request(
+    dev_env: devenv.DevEnv, info: RecordInfo, stage: Stage, digest: str, pdf: bytes | None
+) -> SignRequest:
+    signer = dev_env.signer_for(SCHOOL, stage.value)
+    token = dev_env.consent_signer(SCHOOL).mint(signer, stage, [(info.record_id, digest)])
+    key, body, _ = sign_request(SCHOOL, info, stage, signer, token, pdf, None)
+    return decode_sign_request(body, key)
+
+
+def _teacher_requests(
+    school_system: SchoolSystem, dev_env: devenv.DevEnv, count: int
+) -> list[tuple[SignRequest, bytes]]:
+    requests = []
+    for _ in range(count):
+        info, pdf = school_system.new_record(SCHOOL)
+        digest = hashlib.sha256(pdf).hexdigest()
+        requests.append((_request(dev_env, info, Stage.HOMEROOM_TEACHER, digest, pdf), pdf))
+    return requests
+
+
+async def test_a_pdf_the_store_refuses_fails_only_its_request(
+    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
+) -> None:
+    # Given a batch of three teacher's requests, and a store that refuses the second PDF
+    batch = _teacher_requests(school_system, dev_env, 3)
+    store = Refusing(settings.store.path)
+    store.writes = []
+    store.refused = batch[1][1]
+    async with pipeline_on(settings, store) as pipeline:
+        # When the batch is handled
+        results = await pipeline.handle_many([request for request, _ in batch])
+        async with pipeline.db.connection() as conn:
+            rows = {
+                row["record_id"]: row["n"]
+                for row in await conn.fetch(
+                    "SELECT record_id, count(*) AS n FROM signatures WHERE school_id = $1 "
+                    "AND record_id = ANY($2::text[]) GROUP BY record_id",
+                    SCHOOL,
+                    [request.record.record_id for request, _ in batch],
+                )
+            }
+
+    # Then the batch was one write, retried alone per request once it failed
+    assert store.writes == [6, 2, 2, 2]
+    # and the refused one failed alone, transiently (retried), leaving no signature row
+    assert isinstance(results[1], StoreUnavailable)
+    assert batch[1][0].record.record_id not in rows
+    # while its neighbours were signed, both their versions in the store
+    for n in (0, 2):
+        outcome = results[n]
+        assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_TEACHER
+        request, pdf = batch[n]
+        assert rows[request.record.record_id] == 1
+        assert await store.get(hashlib.sha256(pdf).hexdigest()) == pdf
+        signed = await store.get(outcome.event.document_sha256 or "")
+        assert signed.startswith(pdf) and len(signed) > len(pdf)
+
+
+async def test_a_batch_is_stored_in_one_write(
+    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
+) -> None:
+    batch = _teacher_requests(school_system, dev_env, 4)
+    store = Refusing(settings.store.path)
+    store.writes = []
+    async with pipeline_on(settings, store) as pipeline:
+        results = await pipeline.handle_many([request for request, _ in batch])
+    assert all(isinstance(r, Outcome) and not r.rejected for r in results)
+    assert store.writes == [8]  # each teacher's version and its signed one
+
+
+async def test_a_held_version_the_store_lost_fails_only_its_request(
+    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
+) -> None:
+    # Given two records signed by their teachers, one of whose signed PDF is then lost
+    batch = _teacher_requests(school_system, dev_env, 2)
+    store = Refusing(settings.store.path)
+    store.writes = []
+    async with pipeline_on(settings, store) as pipeline:
+        first = await pipeline.handle_many([request for request, _ in batch])
+        held = [r.event.document_sha256 or "" for r in first if isinstance(r, Outcome)]
+        assert len(held) == 2
+        store.path(held[0]).unlink()
+        # When both principals' requests come in one batch
+        principals = [
+            _request(dev_env, request.record, Stage.PRINCIPAL, digest, None)
+            for (request, _), digest in zip(batch, held, strict=True)
+        ]
+        results = await pipeline.handle_many(principals)
+
+    # Then the lost one failed alone, transiently, and the other was signed on its version
+    assert isinstance(results[0], StoreUnavailable)
+    outcome = results[1]
+    assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_PRINCIPAL
+    signed = await store.get(outcome.event.document_sha256 or "")
+    assert signed.startswith(await store.get(held[1]))
