@@ -12,7 +12,10 @@ usually costs no request at all.
 At issuance the update is written by hand (daemon/pdf/dss_update.py), in the event
 loop: reading the three signatures' CMS and the few objects the update changes, and
 writing it, cost 2-3 ms of CPU, where pyHanko's full parse and write cost 40-50 ms at
-B-LT and about 100 ms at B-LTA (see the README's measurements). A file that writer
+B-LT and about 100 ms at B-LTA (see the README's measurements). The certificates are
+found in the CMS by a DER walk, and what is worked out from them (parsed, paired
+with their issuers, the document timestamp's TSA) is kept by their DER
+(daemon/ltv/memo.py): a school's records all carry the same few. A file that writer
 does not take (a renewal: a DSS and a document timestamp already there;
 daemon/ltv/renewal.py) is extended by pyHanko in a thread, the TSA request going back
 to the event loop, where the TSA client lives: fresh validation data for everything
@@ -40,6 +43,7 @@ from cryptography import x509
 from pyhanko.sign.timestamps.api import TimeStamper
 
 from daemon.errors import NotAPdf, TsaUnavailable
+from daemon.ltv import memo as _memo
 from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.dss_update import ContentsTooLarge, Unsupported, ValidationData, read_ltv_target
 from daemon.pdf.pades import parse_errors, read_pdf
@@ -101,7 +105,11 @@ def _token_signer(token: cms.SignedData) -> asn1_x509.Certificate:
         if choice.name != "certificate":
             continue
         if isinstance(sid, cms.IssuerAndSerialNumber):
-            if cert.issuer == sid["issuer"] and cert.serial_number == sid["serial_number"].native:
+            # The serial first, and the names by their DER before asn1crypto's
+            # comparison (after LDAP string preparation, slow): mostly they are copies.
+            if cert.serial_number == sid["serial_number"].native and _same_name(
+                cert.issuer, sid["issuer"]
+            ):
                 return cert
         elif cert.key_identifier == sid.native:
             return cert
@@ -114,6 +122,7 @@ class _Chains:
 
     certs: list[asn1_x509.Certificate] = field(default_factory=list)
     checked: list[tuple[asn1_x509.Certificate, asn1_x509.Certificate]] = field(default_factory=list)
+    known: frozenset[bytes] = frozenset()  # the certificates' DER
     # The field of the next document timestamp: DocTimeStamp, then DocTimeStamp2, ...
     timestamp_field: list[str] = field(default_factory=lambda: ["DocTimeStamp"])
 
@@ -133,7 +142,7 @@ async def extend(
     """
     try:
         target = read_ltv_target(pdf)
-        chains = _chains(_certificates(target.signatures), trust_roots)
+        chains = _issuance_chains(target.signatures, trust_roots)
     except (Unsupported, ValueError, KeyError, TypeError):
         # A renewal (a DSS and a document timestamp already there) or a file the
         # hand-written update does not expect: pyHanko reads and extends any PDF.
@@ -151,8 +160,8 @@ async def extend(
         stamped = prepared.complete(token.dump())
     except ContentsTooLarge as exc:
         raise TsaUnavailable(f"The TSA's document timestamp does not fit: {exc}") from exc
-    newcomer = _tsa_of(token["content"])
-    return await _with_newcomer(stamped, newcomer, {c.dump() for c in chains.certs}, status)
+    newcomer = _token_tsa(token.dump())
+    return await _with_newcomer(stamped, newcomer, chains.known, status)
 
 
 async def _extend_with_pyhanko(
@@ -172,7 +181,7 @@ async def _extend_with_pyhanko(
     if not archive:
         return stamped
     newcomer = await asyncio.to_thread(_newest_tsa, stamped)
-    return await _with_newcomer(stamped, newcomer, {c.dump() for c in chains.certs}, status)
+    return await _with_newcomer(stamped, newcomer, chains.known, status)
 
 
 async def _answers(
@@ -193,7 +202,7 @@ async def _answers(
 async def _with_newcomer(
     stamped: bytes,
     newcomer: tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None,
-    known: set[bytes],
+    known: frozenset[bytes],
     status: CertificateStatus,
 ) -> bytes:
     """`stamped`, and the status of its document timestamp's TSA if the file lacked it."""
@@ -216,10 +225,10 @@ def _newest_tsa(pdf: bytes) -> tuple[asn1_x509.Certificate, asn1_x509.Certificat
 def _tsa_of(token: cms.SignedData) -> tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None:
     """A timestamp token's TSA certificate and its issuer, if the token carries both."""
     cert = _token_signer(token)
-    issuers = [
-        c.chosen
-        for c in token["certificates"] or []
-        if c.name == "certificate" and c.chosen.subject == cert.issuer
+    certs = [c.chosen for c in token["certificates"] or [] if c.name == "certificate"]
+    issuer = cert.issuer.dump()
+    issuers = [c for c in certs if c.subject.dump() == issuer] or [
+        c for c in certs if c.subject == cert.issuer
     ]
     return (cert, issuers[0]) if issuers else None
 
@@ -237,6 +246,34 @@ def _collect(pdf: bytes, trust_roots: list[asn1_x509.Certificate]) -> _Chains:
     if stamps:
         chains.timestamp_field[:] = [f"DocTimeStamp{stamps + 1}"]
     return chains
+
+
+def _issuance_chains(signatures: list[bytes], trust_roots: list[asn1_x509.Certificate]) -> _Chains:
+    """`_chains` of the certificates in the signatures' CMS, worked out once per set.
+
+    A school's records carry the same few certificates (three signers, the TSA, the
+    CA), so the chains are kept by those certificates' DER, read by a DER walk.
+    """
+    try:
+        ders = [cert for signature in signatures for cert in _memo.certificate_ders(signature)]
+    except (ValueError, IndexError):  # a CMS the walk does not read: asn1crypto does
+        return _chains(_certificates(signatures), trust_roots)
+    # DER elements delimit themselves, so the digest of their concatenation names the set.
+    key = (hashlib.sha256(b"".join(ders)).digest(), tuple(root.dump() for root in trust_roots))
+    return _memo.CHAINS.get(key, lambda: _chains([_memo.certificate(d) for d in ders], trust_roots))
+
+
+def _token_tsa(token: bytes) -> tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None:
+    """`_tsa_of` a token's DER, kept by the token's certificates and signer id."""
+
+    def afresh() -> tuple[asn1_x509.Certificate, asn1_x509.Certificate] | None:
+        return _tsa_of(cms.ContentInfo.load(token)["content"])
+
+    try:
+        key = _memo.signer_key(token)
+    except (ValueError, IndexError):
+        return afresh()
+    return _memo.TOKEN_TSAS.get(key, afresh)
 
 
 def _certificates(signatures: list[bytes]) -> list[asn1_x509.Certificate]:
@@ -262,7 +299,7 @@ def _chains(
 ) -> _Chains:
     """Every certificate once, the roots included, and each one's issuer among them."""
     unique = {c.dump(): c for c in [*certs, *trust_roots]}
-    chains = _Chains(certs=list(unique.values()))
+    chains = _Chains(certs=list(unique.values()), known=frozenset(unique))
     by_subject = {c.subject.dump(): c for c in chains.certs}
     for cert in chains.certs:
         issuer_name = cert.issuer.dump()
@@ -335,7 +372,11 @@ class _LoopTimeStamper(TimeStamper):
 
 
 def _crypto(cert: asn1_x509.Certificate) -> x509.Certificate:
-    return x509.load_der_x509_certificate(cert.dump())
+    return _memo.crypto(cert.dump())
+
+
+def _same_name(a: asn1_x509.Name, b: asn1_x509.Name) -> bool:
+    return a.dump() == b.dump() or a == b
 
 
 def _unique(items: list[bytes]) -> list[bytes]:

@@ -15,6 +15,7 @@ stale) before they are believed. The DER of each answer is kept: the seal embeds
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -394,5 +395,6 @@ def _verify(
         raise _Unusable("the answer's signature does not verify") from exc
 
 
+@functools.lru_cache(maxsize=4096)  # the same few issuers, asked about for every signature
 def _sha256(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()

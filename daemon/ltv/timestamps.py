@@ -9,7 +9,10 @@ hex slot: the byte range, and so the signature, do not change. The HSM session i
 never held while the network is waited for. The token goes in at the DER level
 (`CmsSplice`: the attribute appended to the signer, five enclosing lengths rewritten),
 the same bytes asn1crypto writes by decoding and re-encoding the CMS (`with_token`,
-still used for a CMS of another shape), in a twentieth of its time.
+still used for a CMS of another shape), in a twentieth of its time. Likewise the
+request is written from a template and the TSA's answer read by a DER walk
+(daemon/ltv/der.py: the status, and the TSTInfo's imprint and nonce), an answer of
+another form by asn1crypto.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
-from asn1crypto import algos, cms, core, tsp
+from asn1crypto import cms, core, tsp
 
 from daemon.errors import TsaUnavailable
+from daemon.ltv import der as walk
 from daemon.metrics import TSA_DURATION, TSA_ERRORS
 from daemon.settings import SigningSettings
 
@@ -56,23 +60,13 @@ class TsaClient:
     async def stamp(self, digest: bytes, kind: str = "signature") -> cms.ContentInfo:
         """A timestamp token over `digest` (SHA-256), checked to be for it."""
         nonce = secrets.randbits(63)
-        request = tsp.TimeStampReq(
-            {
-                "version": "v1",
-                "message_imprint": {
-                    "hash_algorithm": algos.DigestAlgorithm({"algorithm": "sha256"}),
-                    "hashed_message": digest,
-                },
-                "nonce": nonce,
-                "cert_req": True,
-            }
-        )
         started = time.perf_counter()
         try:
-            body = await self._post(request.dump())
+            body = await self._post(timestamp_request(digest, nonce))
         finally:
             TSA_DURATION.labels(kind).observe(time.perf_counter() - started)
-        return _token(body, digest, nonce)
+        # Loaded, not parsed: its DER is written as it came, and read only where needed.
+        return cms.ContentInfo.load(_token(body, digest, nonce))
 
     async def _post(self, query: bytes) -> bytes:
         try:
@@ -95,8 +89,89 @@ class TsaClient:
             raise TsaUnavailable(f"The TSA cannot be reached: {type(exc).__name__}.") from exc
 
 
-def _token(body: bytes, digest: bytes, nonce: int) -> cms.ContentInfo:
-    """The token of a TSA's answer, if it is granted and for this digest and nonce."""
+# TimeStampReq { v1, MessageImprint { sha256 (NULL parameters), digest }, nonce, certReq }
+# as asn1crypto writes it (tests/unit/test_tsa_der.py compares the two).
+_SHA256_ALGORITHM = bytes.fromhex("300d06096086480165030402010500")
+_SHA256_OID = _SHA256_ALGORITHM[2:13]
+_VERSION_1 = bytes.fromhex("020101")
+_CERT_REQ = bytes.fromhex("0101ff")
+_TST_INFO_OID = bytes.fromhex("060b2a864886f70d0109100104")  # 1.2.840.113549.1.9.16.1.4
+_STATUS_GRANTED = {0, 1}  # granted, granted_with_mods
+_STATUS_NAMES = dict(
+    enumerate(
+        (
+            "granted",
+            "granted_with_mods",
+            "rejection",
+            "waiting",
+            "revocation_warning",
+            "revocation_notification",
+        )
+    )
+)
+
+
+def timestamp_request(digest: bytes, nonce: int) -> bytes:
+    """The DER TimeStampReq for a SHA-256 `digest`, with `nonce` and certReq."""
+    imprint = walk.tlv(walk.SEQUENCE, _SHA256_ALGORITHM + walk.tlv(walk.OCTET_STRING, digest))
+    return walk.tlv(walk.SEQUENCE, _VERSION_1 + imprint + walk.integer(nonce) + _CERT_REQ)
+
+
+def _token(body: bytes, digest: bytes, nonce: int) -> bytes:
+    """The token's DER in a TSA's answer, if it is granted and for this digest and nonce.
+
+    Read at the DER level (status, the TSTInfo's imprint and nonce), asn1crypto's
+    parse being most of a token's cost in the client; an answer of a form the walk
+    does not read is parsed by asn1crypto, as the RFC allows it.
+    """
+    try:
+        status, token, imprint, echoed = _granted(body)
+    except (ValueError, IndexError):
+        return _token_by_asn1crypto(body, digest, nonce).dump()
+    if status not in _STATUS_GRANTED or token is None:
+        TSA_ERRORS.labels("refused").inc()
+        raise TsaUnavailable(f"The TSA refused the request ({_STATUS_NAMES.get(status, status)}).")
+    if imprint != (_SHA256_OID, digest) or echoed != nonce:
+        TSA_ERRORS.labels("invalid").inc()
+        raise TsaUnavailable("The TSA's token is not for the digest and nonce asked.")
+    return token
+
+
+def _granted(body: bytes) -> tuple[int, bytes | None, tuple[bytes, bytes], int | None]:
+    """A TimeStampResp's status, its token's DER, the token's imprint and nonce.
+
+    The imprint is (the algorithm's OID element, the hashed message). ValueError for
+    any form this walk does not read (the answer is then parsed by asn1crypto).
+    """
+    reply = walk.element(body)
+    if reply.tag != walk.SEQUENCE or reply.end != len(body):
+        raise ValueError("The answer is not one SEQUENCE.")
+    parts = walk.children(body, reply)
+    status = walk.unsigned(body, walk.children(body, parts[0])[0])
+    if len(parts) == 1:
+        return status, None, (b"", b""), None
+    token = parts[1]
+    content_type, explicit = walk.tagged(body, token, walk.OID, walk.EXPLICIT_0)
+    if walk.whole(body, content_type) != _SIGNED_DATA_OID or len(parts) != 2:
+        raise ValueError("The token is not SignedData.")
+    (signed_data,) = walk.tagged(body, explicit, walk.SEQUENCE)
+    encap = walk.children(body, signed_data)[2]
+    econtent_type, wrapper = walk.tagged(body, encap, walk.OID, walk.EXPLICIT_0)
+    (octets,) = walk.tagged(body, wrapper, walk.OCTET_STRING)
+    if walk.whole(body, econtent_type) != _TST_INFO_OID:
+        raise ValueError("The token's content is not a TSTInfo.")
+    info = walk.element(body, octets.content, octets.end)
+    fields = walk.children(body, info)
+    algorithm, hashed = walk.tagged(body, fields[2], walk.SEQUENCE, walk.OCTET_STRING)
+    oid = walk.whole(body, walk.children(body, algorithm)[0])
+    # After genTime: accuracy (SEQUENCE), ordering (BOOLEAN), then the nonce, each optional.
+    rest = [f for f in fields[5:] if f.tag not in (walk.SEQUENCE, walk.BOOLEAN)]
+    echoed = walk.unsigned(body, rest[0]) if rest and rest[0].tag == walk.INTEGER else None
+    return status, walk.whole(body, token), (oid, walk.value(body, hashed)), echoed
+
+
+def _token_by_asn1crypto(body: bytes, digest: bytes, nonce: int) -> cms.ContentInfo:
+    """`_token` by asn1crypto's parse, for an answer the DER walk does not read."""
     try:
         response = _Reply.load(body)
         status = response["status"]["status"].native
@@ -217,50 +292,6 @@ async def add_signature_timestamp(pdf: bytes, since: int, tsa: TsaClient) -> byt
 # Attribute { id-aa-signatureTimeStampToken (1.2.840.113549.1.9.16.2.14), SET { token } }
 _TIMESTAMP_ATTRIBUTE_OID = bytes.fromhex("060b2a864886f70d010910020e")
 _SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")  # 1.2.840.113549.1.7.2
-_SEQUENCE, _SET, _OCTET_STRING, _EXPLICIT_0, _IMPLICIT_1 = 0x30, 0x31, 0x04, 0xA0, 0xA1
-
-
-@dataclass(frozen=True)
-class _Element:
-    """A DER element: its tag, where its header starts, where its content starts and ends."""
-
-    tag: int
-    start: int
-    content: int
-    end: int
-
-
-def _element(der: bytes, at: int, limit: int) -> _Element:
-    """The element at `at`, which must end by `limit` (single-byte tags, definite lengths)."""
-    if at + 2 > limit:
-        raise ValueError(f"No DER element at byte {at}.")
-    tag, first = der[at], der[at + 1]
-    if tag & 0x1F == 0x1F or first == 0x80 or first > 0x84:
-        raise ValueError(f"The DER element at byte {at} has a form this splice does not read.")
-    if first < 0x80:
-        content, length = at + 2, first
-    else:
-        content = at + 2 + (first & 0x7F)
-        length = int.from_bytes(der[at + 2 : content], "big")
-    if content + length > limit:
-        raise ValueError(f"The DER element at byte {at} overruns its container.")
-    return _Element(tag, at, content, content + length)
-
-
-def _children(der: bytes, parent: _Element) -> list[_Element]:
-    children, at = [], parent.content
-    while at < parent.end:
-        child = _element(der, at, parent.end)
-        children.append(child)
-        at = child.end
-    return children
-
-
-def _header(tag: int, length: int) -> bytes:
-    if length < 0x80:
-        return bytes((tag, length))
-    size = (length.bit_length() + 7) // 8
-    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
 
 
 @dataclass(frozen=True)
@@ -268,22 +299,22 @@ class CmsSplice:
     """A CMS with one signer and no unsigned attributes, walked down to that signer."""
 
     der: bytes
-    path: tuple[_Element, ...]  # ContentInfo, [0], SignedData, SignerInfos, SignerInfo
+    path: tuple[walk.Element, ...]  # ContentInfo, [0], SignedData, SignerInfos, SignerInfo
     signature: bytes
 
     @classmethod
     def of(cls, padded: bytes) -> CmsSplice:
         """The walk of the CMS at the start of `padded`; ValueError for any other shape."""
-        info = _element(padded, 0, len(padded))
+        info = walk.element(padded, 0, len(padded))
         der = padded[: info.end]
         if not der.startswith(_SIGNED_DATA_OID, info.content):
             raise ValueError("The CMS is not SignedData.")
-        explicit = _last(der, info, _EXPLICIT_0)
-        signed_data = _only(der, explicit, _SEQUENCE)
-        signer_infos = _last(der, signed_data, _SET)
-        signer = _only(der, signer_infos, _SEQUENCE)
-        fields = _children(der, signer)
-        if info.tag != _SEQUENCE or not fields or fields[-1].tag != _OCTET_STRING:
+        explicit = _last(der, info, walk.EXPLICIT_0)
+        signed_data = _only(der, explicit, walk.SEQUENCE)
+        signer_infos = _last(der, signed_data, walk.SET)
+        signer = _only(der, signer_infos, walk.SEQUENCE)
+        fields = walk.children(der, signer)
+        if info.tag != walk.SEQUENCE or not fields or fields[-1].tag != walk.OCTET_STRING:
             raise ValueError("The signer already has unsigned attributes, or no signature.")
         value = fields[-1]
         path = (info, explicit, signed_data, signer_infos, signer)
@@ -291,30 +322,29 @@ class CmsSplice:
 
     def with_token(self, token: bytes) -> bytes:
         """The CMS DER with `token` (a ContentInfo's DER) as the signature timestamp."""
-        values = _header(_SET, len(token)) + token
-        body = _TIMESTAMP_ATTRIBUTE_OID + values
-        attribute = _header(_SEQUENCE, len(body)) + body
-        added = _header(_IMPLICIT_1, len(attribute)) + attribute
+        values = walk.tlv(walk.SET, token)
+        attribute = walk.tlv(walk.SEQUENCE, _TIMESTAMP_ATTRIBUTE_OID + values)
+        added = walk.tlv(walk.IMPLICIT_1, attribute)
         # Every element on the path ends where the signer does: each header grows by
         # len(added), and the bytes between the headers stay as they were.
         pieces, at = [], 0
         for element in self.path:
             pieces.append(self.der[at : element.start])
-            pieces.append(_header(element.tag, element.end - element.content + len(added)))
+            pieces.append(walk.header(element.tag, element.end - element.content + len(added)))
             at = element.content
         pieces += [self.der[at:], added]
         return b"".join(pieces)
 
 
-def _last(der: bytes, parent: _Element, tag: int) -> _Element:
-    children = _children(der, parent)
+def _last(der: bytes, parent: walk.Element, tag: int) -> walk.Element:
+    children = walk.children(der, parent)
     if not children or children[-1].tag != tag or children[-1].end != parent.end:
         raise ValueError(f"The CMS does not end with the element tagged {tag:#x} expected.")
     return children[-1]
 
 
-def _only(der: bytes, parent: _Element, tag: int) -> _Element:
-    children = _children(der, parent)
+def _only(der: bytes, parent: walk.Element, tag: int) -> walk.Element:
+    children = walk.children(der, parent)
     if len(children) != 1 or children[0].tag != tag:
         raise ValueError(f"The CMS holds other than one element tagged {tag:#x} here.")
     return children[0]

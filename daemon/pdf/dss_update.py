@@ -113,14 +113,15 @@ class LtvTarget:
         """
         objects, field_ref = self._dss_objects(data, with_field=True)
         assert field_ref is not None
+        read = hashlib.sha256(self.pdf)  # the file so far, for the /ID and the byte range
         update = SignedUpdate(
             objects=objects,
             signature=Ref(field_ref.num + 1, 0),
             signature_entries=_DOC_TIMESTAMP_ENTRIES,
-            trailer=next_trailer(self.trailer, self.startxref, self._id_digest()),
+            trailer=next_trailer(self.trailer, self.startxref, self._id_digest(read.copy())),
             xref_stream=self.xref_stream,
         )
-        return update.prepare(self.pdf, hashlib.sha256(self.pdf), contents_bytes)
+        return update.prepare(self.pdf, read, contents_bytes)
 
     def _dss_objects(
         self, data: ValidationData, *, with_field: bool
@@ -187,9 +188,14 @@ class LtvTarget:
         changed[self.root] = catalog
         return [_Changed(ref, changed[ref]) for ref in sorted(changed)]
 
-    def _id_digest(self) -> bytes:
-        """What the new /ID half comes from: the input and the update's purpose."""
-        return hashlib.sha256(self.pdf + b"\nLTV " + DOC_TIMESTAMP_FIELD.encode()).digest()
+    def _id_digest(self, read: hashlib._Hash | None = None) -> bytes:
+        """What the new /ID half comes from: the input and the update's purpose.
+
+        `read`: a SHA-256 that has read the input already (the input is not hashed twice).
+        """
+        digest = read if read is not None else hashlib.sha256(self.pdf)
+        digest.update(b"\nLTV " + DOC_TIMESTAMP_FIELD.encode())
+        return digest.digest()
 
 
 def read_ltv_target(pdf: bytes) -> LtvTarget:
