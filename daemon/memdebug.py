@@ -11,7 +11,11 @@ of MB; it runs in a thread (ctypes lets go of the GIL), not on the event loop.
 **Statistics** (opt-in, to tell fragmentation from a leak): off unless
 `HOCBA_DEBUG_MEMORY` is set (to a number of seconds, or 1 for every 30 s): then one
 INFO sentence per interval with `mallinfo2()`, the arena count from `malloc_info()` and
-the number of objects CPython's allocator holds (`sys.getallocatedblocks()`); and, when
+the number of objects CPython's allocator holds (`sys.getallocatedblocks()`); with
+`HOCBA_DEBUG_MEMORY_OBJECTS=1` too, the eight object types (by name) whose count grew
+most since five minutes in and the five containers that grew most in length, named by
+their owner (`Class.attribute`; never a key or a value), a walk of every object that
+blocks the event loop for a fraction of a second each time; and, when
 the process traces its allocations (`PYTHONTRACEMALLOC=N`, N frames), the five
 allocation sites that grew most since a snapshot taken after five minutes (once caches
 and pools are warm), with their call stacks (code locations only, no data). Tracing
@@ -25,9 +29,11 @@ surface. On a libc without these calls (musl) both log once and stop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import re
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 ENV = "HOCBA_DEBUG_MEMORY"
 DEFAULT_INTERVAL_S = 30.0
 TRACE_BASELINE_S = 300.0
+OBJECTS_ENV = "HOCBA_DEBUG_MEMORY_OBJECTS"
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -132,6 +139,7 @@ async def log_allocator(stop: asyncio.Event, every_s: float) -> None:
         log.info("Allocator statistics unavailable: this libc has no mallinfo2.")
         return
     first: tracemalloc.Snapshot | None = None
+    types: _Baseline | None = None
     started = time.monotonic()
     while True:  # one sample at once, then one per interval until `stop`
         s = sample(libc)
@@ -141,13 +149,77 @@ async def log_allocator(stop: asyncio.Event, every_s: float) -> None:
             s.arena_kb, s.mmap_kb, s.in_use_kb, s.free_kb, s.keepcost_kb, s.arenas,
             sys.getallocatedblocks(),
         )  # fmt: skip
-        if tracemalloc.is_tracing() and time.monotonic() - started >= TRACE_BASELINE_S:
-            first = _log_traced_growth(first)
+        if time.monotonic() - started >= TRACE_BASELINE_S:
+            if os.environ.get(OBJECTS_ENV):
+                types = _log_type_growth(types)
+            if tracemalloc.is_tracing():
+                first = _log_traced_growth(first)
         try:
             await asyncio.wait_for(stop.wait(), every_s)
             return
         except TimeoutError:
             pass
+
+
+_CONTAINERS = (dict, list, set, collections.deque, collections.OrderedDict)
+
+
+@dataclass
+class _Baseline:
+    types: collections.Counter[str]
+    sizes: dict[int, int]  # id → len of every container of 64 items or more
+
+
+def _log_type_growth(first: _Baseline | None) -> _Baseline:
+    """Log the object types whose count grew most since `first` (taken now if None), and
+    the containers that grew most in length, by their owner's type and attribute."""
+    objects = gc.get_objects()
+    # A dict or list of atoms only (str to int, say) is not tracked by the collector:
+    # found as what tracked objects refer to.
+    objects += [
+        r
+        for o in objects
+        for r in gc.get_referents(o)
+        if isinstance(r, _CONTAINERS) and not gc.is_tracked(r)
+    ]
+    sizes = {id(o): len(o) for o in objects if isinstance(o, _CONTAINERS) and len(o) >= 64}
+    counts = collections.Counter(type(o).__qualname__ for o in objects)
+    if first is None:
+        return _Baseline(counts, sizes)
+    grown = sorted(((n - first.types[t], t) for t, n in counts.items()), reverse=True)[:8]
+    log.info("Objects grown: %s.", ", ".join(f"{t} {d:+d}" for d, t in grown))
+    longer = sorted(((n - first.sizes.get(i, 0), i) for i, n in sizes.items()), reverse=True)
+    top = {ident for _, ident in longer[:5]}
+    by_id = {id(o): o for o in objects if id(o) in top}
+    for delta, ident in longer[:5]:
+        container = by_id.get(ident)
+        if container is not None and delta > 0:
+            log.info("Container grown: %s of %d items (%+d) held by %s.",
+                     type(container).__qualname__, len(container), delta,
+                     _owner(container))  # fmt: skip
+    return first
+
+
+def _owner(container: object) -> str:
+    """Where a container hangs: `Type.attribute` or `module.name`, as far as one step shows."""
+    for referrer in gc.get_referrers(container):
+        if not isinstance(referrer, dict):
+            attributes = getattr(referrer, "__dict__", None)
+            if isinstance(attributes, dict):  # an instance whose dict is not an object
+                name = next((k for k, v in attributes.items() if v is container), None)
+                if isinstance(name, str):
+                    return f"{type(referrer).__qualname__}.{name}"
+            continue
+        name = next((k for k, v in referrer.items() if v is container), None)
+        if not isinstance(name, str) or not name.isidentifier():
+            continue  # a value under a data key (a record id, say): not shown
+        if "__name__" in referrer and isinstance(referrer.get("__name__"), str):
+            return f"{referrer['__name__']}.{name}"
+        for holder in gc.get_referrers(referrer):
+            if getattr(holder, "__dict__", None) is referrer:
+                return f"{type(holder).__qualname__}.{name}"
+        return f"a dict's {name}"
+    return "?"
 
 
 def _log_traced_growth(first: tracemalloc.Snapshot | None) -> tracemalloc.Snapshot:

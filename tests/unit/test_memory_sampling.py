@@ -144,3 +144,19 @@ def test_traced_growth_names_the_line_that_keeps_memory(caplog: pytest.LogCaptur
     top = caplog.records[0].getMessage()
     assert top.startswith("Traced growth: +") and "test_memory_sampling.py" in top, top
     assert len(kept) == 2000
+
+
+class _Holder:
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+
+
+def test_a_growing_container_is_named_by_its_owner(caplog: pytest.LogCaptureFixture) -> None:
+    # a dict of atoms only, which the collector does not track, held by an attribute
+    holder = _Holder()
+    first = memdebug._log_type_growth(None)
+    holder.seen.update((f"k{n}", n) for n in range(5000))
+    with caplog.at_level(logging.INFO, logger="daemon.memdebug"):
+        memdebug._log_type_growth(first)
+    grown = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Container")]
+    assert grown[0] == "Container grown: dict of 5000 items (+5000) held by _Holder.seen.", grown
