@@ -188,7 +188,10 @@ def _log_type_growth(first: _Baseline | None) -> _Baseline:
         return _Baseline(counts, sizes)
     grown = sorted(((n - first.types[t], t) for t, n in counts.items()), reverse=True)[:8]
     log.info("Objects grown: %s.", ", ".join(f"{t} {d:+d}" for d, t in grown))
-    longer = sorted(((n - first.sizes.get(i, 0), i) for i, n in sizes.items()), reverse=True)
+    own = {id(first.types), id(first.sizes)}
+    longer = sorted(
+        ((n - first.sizes.get(i, 0), i) for i, n in sizes.items() if i not in own), reverse=True
+    )
     top = {ident for _, ident in longer[:5]}
     by_id = {id(o): o for o in objects if id(o) in top}
     for delta, ident in longer[:5]:
