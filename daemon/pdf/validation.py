@@ -75,8 +75,11 @@ def load_certificates(paths: Iterable[Path]) -> list[x509.Certificate]:
     return certs
 
 
-def validation_context(trust_roots: list[x509.Certificate]) -> ValidationContext:
-    """Trust only these roots, fetch nothing, and ask for no revocation data (B-B)."""
+def validation_context(
+    trust_roots: list[x509.Certificate], moment: datetime | None = None
+) -> ValidationContext:
+    """Trust only these roots, fetch nothing, and ask for no revocation data (B-B); as of
+    `moment` if given, else now."""
     from pyhanko_certvalidator import ValidationContext
     from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
 
@@ -84,6 +87,7 @@ def validation_context(trust_roots: list[x509.Certificate]) -> ValidationContext
         trust_roots=trust_roots,
         allow_fetching=False,
         revinfo_policy=CertRevTrustPolicy(NO_REVOCATION),
+        moment=moment,
     )
 
 

@@ -35,7 +35,6 @@ from daemon.verification import signed
 
 if TYPE_CHECKING:
     from pyhanko.sign.validation.dss import DocumentSecurityStore
-    from pyhanko_certvalidator import ValidationContext
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +77,6 @@ async def evidence_of_async(
     return tuple([await _one(f, trust_roots, dss, moment) for f in fields])
 
 
-def _context(roots: list[x509.Certificate], moment: datetime | None) -> ValidationContext:
-    """The B-B context (no revocation asked, nothing fetched), at `moment` if given."""
-    if moment is None:
-        return validation_context(roots)
-    from pyhanko_certvalidator import ValidationContext
-    from pyhanko_certvalidator.policy_decl import NO_REVOCATION, CertRevTrustPolicy
-
-    return ValidationContext(
-        trust_roots=roots,
-        allow_fetching=False,
-        revinfo_policy=CertRevTrustPolicy(NO_REVOCATION),
-        moment=moment,
-    )
-
-
 async def _proven_at(
     reader: Any, roots: list[x509.Certificate], at: datetime | None
 ) -> datetime | None:
@@ -108,7 +92,7 @@ async def _proven_at(
     for stamp in reversed(stamps):
         try:
             status = await async_validate_pdf_timestamp(
-                stamp, validation_context=_context(roots, moment), skip_diff=True
+                stamp, validation_context=validation_context(roots, moment), skip_diff=True
             )
         except Exception as exc:
             log.info("A document timestamp cannot be checked (%s).", type(exc).__name__)
@@ -159,7 +143,7 @@ async def _timestamp_at(
     from pyhanko.sign.validation.status import TimestampSignatureStatus
 
     signer_info = signed_data["signer_infos"][0]
-    context = _context(roots, moment)
+    context = validation_context(roots, moment)
     for token in extract_tst_data_iter(signer_info, signed=False):
         found = await validate_tst_signed_data(token, context, message_imprint_checker(signer_info))
         stamp = TimestampSignatureStatus(**found)
