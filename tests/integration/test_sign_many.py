@@ -49,6 +49,18 @@ async def _valid(dev_hsm: DevHsm, job: SignJob, result: SignResult | Exception) 
     assert result.cert_serial == signer.cert_serial
 
 
+async def _each_its_own(
+    dev_hsm: DevHsm, jobs: list[SignJob], results: list[SignResult | Exception]
+) -> None:
+    """The failing jobs of `_jobs` with their own errors, every other one validly signed."""
+    assert isinstance(results[1], UnknownSigner)
+    assert isinstance(results[3], CertificateInvalid)
+    assert isinstance(results[5], NotAPdf)
+    assert isinstance(results[6], Unauthorized)
+    for n in (0, 2, 4, 7, 8):
+        await _valid(dev_hsm, jobs[n], results[n])
+
+
 async def test_a_failing_job_fails_only_itself(
     dev_hsm: DevHsm, signing_pool, homeroom_pdf: bytes
 ) -> None:
@@ -61,12 +73,7 @@ async def test_a_failing_job_fails_only_itself(
 
     # Then each failing job has its own error and every other one is signed by its key
     assert len(results) == len(jobs)
-    assert isinstance(results[1], UnknownSigner)
-    assert isinstance(results[3], CertificateInvalid)
-    assert isinstance(results[5], NotAPdf)
-    assert isinstance(results[6], Unauthorized)
-    for n in (0, 2, 4, 7, 8):
-        await _valid(dev_hsm, jobs[n], results[n])
+    await _each_its_own(dev_hsm, jobs, results)
     assert len({r.sha256 for r in results if isinstance(r, SignResult)}) == 5
 
 
@@ -85,12 +92,7 @@ async def test_a_batch_through_the_levels_keeps_each_jobs_error(
 
     # Then the key that does not exist and the foreign key fail before the HSM signs,
     # the expired certificate and the non-PDF in the worker, each alone
-    assert isinstance(results[1], UnknownSigner)
-    assert isinstance(results[3], CertificateInvalid)
-    assert isinstance(results[5], NotAPdf)
-    assert isinstance(results[6], Unauthorized)
-    for n in (0, 2, 4, 7, 8):
-        await _valid(dev_hsm, jobs[n], results[n])
+    await _each_its_own(dev_hsm, jobs, results)
 
 
 async def test_a_dead_worker_fails_its_batch_as_transient(
