@@ -19,10 +19,13 @@ import pytest_asyncio
 from daemon.dev import pki_services
 from daemon.dev.pki import SignerSpec, provision
 from daemon.dev.softhsm import ensure_softhsm_token
-from daemon.ltv.status import Fetch, Found, StatusAnswer
+from daemon.hsm import KeyRef, SigningPool, SignJob
+from daemon.ltv.levels import LeveledSigning
+from daemon.ltv.status import CertificateStatus, Fetch, Found, StatusAnswer
+from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.validation import load_certificates
 from daemon.settings import SigningSettings
-from daemon.stages import Stage
+from daemon.stages import ORDER, Stage
 from tests.hsm_fixtures import DevHsm
 
 __all__ = ["MemoryStatusCache", "ServicedHsm", "serviced_hsm", "status_checker"]
@@ -57,6 +60,30 @@ class ServicedHsm:
 
     def serial(self, signer_id: str) -> str:
         return next(s.cert_serial for s in self.dev.signers if s.signer_id == signer_id)
+
+    async def issue(
+        self,
+        pdf: bytes,
+        settings: SigningSettings,
+        session: aiohttp.ClientSession,
+        status: CertificateStatus,
+        *,
+        keys: dict[Stage, KeyRef] | None = None,
+        stages: tuple[Stage, ...] = ORDER,
+    ) -> bytes:
+        """`pdf` signed stage after stage at `settings.level` by the school's signers (or
+        `keys`), through the levels and a one-worker pool of its own, as the daemon signs."""
+        pool = SigningPool(self.dev.settings(1), settings)
+        await pool.start()
+        try:
+            tsa = TsaClient(session, settings) if settings.timestamped else None
+            signing = LeveledSigning(pool, status, tsa, settings.level, self.dev.trust_roots)
+            for stage in stages:
+                key = (keys or {}).get(stage) or self.dev.stage_key(SERVICED_SCHOOL, stage)
+                pdf = (await signing.sign(SignJob(pdf, stage, key))).pdf
+        finally:
+            await pool.close()
+        return pdf
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -19,14 +19,10 @@ import aiohttp
 import pytest
 
 from daemon import cli
-from daemon.hsm import SigningPool, SignJob
-from daemon.ltv.levels import LeveledSigning
 from daemon.ltv.status import CertificateStatus
-from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.validation import validate_pdf_async
-from daemon.stages import ORDER
 from tests.pki_services_fixtures import *  # noqa: F403
-from tests.pki_services_fixtures import SERVICED_SCHOOL, MemoryStatusCache, ServicedHsm
+from tests.pki_services_fixtures import MemoryStatusCache, ServicedHsm
 from tests.unit.signing_kit import record
 
 pytestmark = pytest.mark.integration
@@ -36,19 +32,7 @@ async def _issued_at_b_lta(
     serviced: ServicedHsm, pdf: bytes, session: aiohttp.ClientSession, cache: MemoryStatusCache
 ) -> bytes:
     settings = serviced.signing("B-LTA")
-    pool = SigningPool(serviced.dev.settings(1), settings)
-    await pool.start()
-    try:
-        status = CertificateStatus(session, cache, settings)
-        signing = LeveledSigning(
-            pool, status, TsaClient(session, settings), "B-LTA", serviced.dev.trust_roots
-        )
-        for stage in ORDER:
-            key = serviced.dev.stage_key(SERVICED_SCHOOL, stage)
-            pdf = (await signing.sign(SignJob(pdf, stage, key))).pdf
-    finally:
-        await pool.close()
-    return pdf
+    return await serviced.issue(pdf, settings, session, CertificateStatus(session, cache, settings))
 
 
 async def _verify(path: Path, root_pem: Path) -> tuple[int, dict[str, Any]]:

@@ -44,18 +44,8 @@ async def _issue(
     stages: tuple[Stage, ...] = ORDER,
 ) -> bytes:
     settings = serviced.signing(level)
-    pool = await _pool(serviced, level)
-    try:
-        tsa = TsaClient(session, settings) if settings.timestamped else None
-        status = CertificateStatus(session, cache, settings)
-        roots = serviced.dev.trust_roots
-        signing = LeveledSigning(pool, status, tsa, level, roots)
-        for stage in stages:
-            key = serviced.dev.stage_key(SERVICED_SCHOOL, stage)
-            pdf = (await signing.sign(SignJob(pdf, stage, key))).pdf
-    finally:
-        await pool.close()
-    return pdf
+    status = CertificateStatus(session, cache, settings)
+    return await serviced.issue(pdf, settings, session, status, stages=stages)
 
 
 def _timestamp_tokens(pdf: bytes) -> list[cms.ContentInfo]:

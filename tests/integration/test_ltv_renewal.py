@@ -21,15 +21,12 @@ from daemon.database import Database
 from daemon.dev import env as devenv
 from daemon.dev import pki_services
 from daemon.dev.pki import SIGNER_VALIDITY
-from daemon.hsm import SigningPool, SignJob
 from daemon.ltv.dss import horizon
-from daemon.ltv.levels import LeveledSigning
 from daemon.ltv.renewal import Renewer, Shown
 from daemon.ltv.status import CertificateStatus, DatabaseStatusCache
 from daemon.ltv.timestamps import TsaClient
 from daemon.pdf.pades import read_pdf
 from daemon.settings import DatabaseSettings, LtvSettings
-from daemon.stages import ORDER
 from daemon.verification.evidence import evidence_of_async
 from tests import services
 from tests.pki_services_fixtures import *  # noqa: F403
@@ -83,19 +80,7 @@ async def database(run_id: str) -> AsyncIterator[Database]:
 async def _issue(
     serviced: ServicedHsm, pdf: bytes, tsa_url: str, status: CertificateStatus, session
 ):  # type: ignore[no-untyped-def]
-    settings = serviced.signing("B-LTA", tsa_url=tsa_url)
-    pool = SigningPool(serviced.dev.settings(1), settings)
-    await pool.start()
-    try:
-        signing = LeveledSigning(
-            pool, status, TsaClient(session, settings), "B-LTA", serviced.dev.trust_roots
-        )
-        for stage in ORDER:
-            key = serviced.dev.stage_key(SERVICED_SCHOOL, stage)
-            pdf = (await signing.sign(SignJob(pdf, stage, key))).pdf
-    finally:
-        await pool.close()
-    return pdf
+    return await serviced.issue(pdf, serviced.signing("B-LTA", tsa_url=tsa_url), session, status)
 
 
 async def _register(db: Database, pdf: bytes, before: bytes) -> str:

@@ -24,12 +24,10 @@ from daemon.clock import VIETNAM
 from daemon.database import Database
 from daemon.dev import pki_services
 from daemon.errors import CertificateRevoked
-from daemon.hsm import SigningPool, SignJob
-from daemon.ltv.levels import LeveledSigning
+from daemon.hsm import SigningPool
 from daemon.ltv.status import CertificateStatus
-from daemon.ltv.timestamps import TsaClient
 from daemon.settings import DatabaseSettings, Settings
-from daemon.stages import ORDER, Stage
+from daemon.stages import Stage
 from daemon.verification import report as verify
 from daemon.verification import server
 from tests.integration.attack_kit import Forge, Listed, package
@@ -53,20 +51,9 @@ async def _issue(
 ) -> bytes:
     """`pdf` signed by its school's teacher (or `teacher`), principal and seal, at `level`."""
     settings = serviced.signing(level)
-    pool = SigningPool(serviced.dev.settings(1), settings)
-    await pool.start()
-    try:
-        tsa = TsaClient(session, settings) if settings.timestamped else None
-        status = CertificateStatus(session, cache, settings)
-        signing = LeveledSigning(pool, status, tsa, level, serviced.dev.trust_roots)
-        for stage in ORDER:
-            key = serviced.dev.stage_key(SERVICED_SCHOOL, stage)
-            if stage is Stage.HOMEROOM_TEACHER and teacher is not None:
-                key = serviced.dev.key(SERVICED_SCHOOL, teacher)
-            pdf = (await signing.sign(SignJob(pdf, stage, key))).pdf
-    finally:
-        await pool.close()
-    return pdf
+    keys = {Stage.HOMEROOM_TEACHER: serviced.dev.key(SERVICED_SCHOOL, teacher)} if teacher else {}
+    status = CertificateStatus(session, cache, settings)
+    return await serviced.issue(pdf, settings, session, status, keys=keys)
 
 
 def _keep(path: Path) -> None:
