@@ -37,8 +37,8 @@ import asyncpg
 
 from daemon import topology
 from tests.chaos import memory
+from tests.chaos.cluster import SIZES, Cluster, Size, start_cluster, stop_cluster
 from tests.chaos.driver import Driver
-from tests.chaos.run import SIZES, Cluster, Size, start_cluster, stop_cluster
 
 SLOPE_LIMIT_MB_PER_H = 2.0
 KINDS = (memory.MAIN, memory.HSM_WORKER)
