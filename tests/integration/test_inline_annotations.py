@@ -8,19 +8,14 @@ still issued.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
-import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from daemon import cli
 from daemon.ltv.status import CertificateStatus
 from daemon.pdf.validation import validate_pdf_async
+from tests.integration.cli_kit import verify_json
 from tests.pki_services_fixtures import *  # noqa: F403
 from tests.pki_services_fixtures import MemoryStatusCache, ServicedHsm
 from tests.unit.signing_kit import record
@@ -33,18 +28,6 @@ async def _issued_at_b_lta(
 ) -> bytes:
     settings = serviced.signing("B-LTA")
     return await serviced.issue(pdf, settings, session, CertificateStatus(session, cache, settings))
-
-
-async def _verify(path: Path, root_pem: Path) -> tuple[int, dict[str, Any]]:
-    """`hocba-signer verify FILE --json`: its exit code and report."""
-    out = io.StringIO()
-
-    def run() -> int:
-        with contextlib.redirect_stdout(out):
-            return cli.main(["verify", str(path), "--trust-root", str(root_pem), "--json"])
-
-    code = await asyncio.to_thread(run)
-    return code, json.loads(out.getvalue())
 
 
 async def test_a_b_lta_record_with_inline_links_is_issued(
@@ -70,5 +53,5 @@ async def test_a_b_lta_record_with_inline_links_is_issued(
     # and `hocba-signer verify` calls it issued
     path = tmp_path / "issued.pdf"
     path.write_bytes(issued)
-    code, report = await _verify(path, serviced_hsm.pki / "root.pem")
+    code, report = await verify_json(path, serviced_hsm.pki / "root.pem")
     assert (code, report["verdict"], report["problems"]) == (0, "issued", [])

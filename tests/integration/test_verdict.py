@@ -8,9 +8,6 @@ check, and of the ministry simulator.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,6 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
-from daemon import cli
 from daemon.dev import ministry_sim
 from daemon.hsm import SigningPool
 from daemon.packaging import check
@@ -33,6 +29,7 @@ from tests.integration.attack_kit import (
     package,
     record_pdf,
 )
+from tests.integration.cli_kit import verify_json
 
 A, B = SCHOOLS
 TOKEN = "verdict-test-token"
@@ -51,18 +48,6 @@ def root_pem(dev_hsm: DevHsm) -> Path:
     return dev_hsm.base_dir / "pki" / "root.pem"
 
 
-async def verify(path: Path, root_pem: Path) -> tuple[int, dict[str, Any]]:
-    """`hocba-signer verify FILE --json`, as a script runs it: exit code and report."""
-    out = io.StringIO()
-
-    def run() -> int:
-        with contextlib.redirect_stdout(out):
-            return cli.main(["verify", str(path), "--trust-root", str(root_pem), "--json"])
-
-    code = await asyncio.to_thread(run)
-    return code, json.loads(out.getvalue())
-
-
 def codes(report: dict[str, Any]) -> set[str]:
     return {p["code"] for p in report["problems"]}
 
@@ -76,7 +61,7 @@ async def test_a_genuine_record_is_issued_with_its_three_signers(
     path = tmp_path / "r.pdf"
     path.write_bytes(await forge.issued("2025-2026-5A-01", "3100012300001", A))
 
-    code, report = await verify(path, root_pem)
+    code, report = await verify_json(path, root_pem)
 
     assert (code, report["verdict"], report["problems"]) == (0, "issued", [])
     assert [
@@ -96,7 +81,7 @@ async def test_a_record_with_only_the_teachers_signature_is_not_issued(
     pdf = record_pdf("2025-2026-5A-02", "3100012300002", A)
     path.write_bytes(await forge.sign(pdf, forge.right_keys(A)[:1]))
 
-    code, report = await verify(path, root_pem)
+    code, report = await verify_json(path, root_pem)
 
     assert code == 3 and report["verdict"] == "not_issued"
     assert codes(report) == {"incomplete"}
@@ -111,7 +96,7 @@ async def test_all_three_fields_signed_with_one_teachers_key_is_invalid(
     pdf = record_pdf("2025-2026-5A-03", "3100012300003", A)
     path.write_bytes(await forge.sign(pdf, [teacher, teacher, teacher]))
 
-    code, report = await verify(path, root_pem)
+    code, report = await verify_json(path, root_pem)
 
     assert code == 1 and report["verdict"] == "invalid"
     assert {"role_mismatch", "same_signer_twice"} <= codes(report)
@@ -128,7 +113,7 @@ async def test_the_seal_field_signed_with_another_schools_seal_is_invalid(
     pdf = record_pdf("2025-2026-5A-04", "3100012300004", A)
     path.write_bytes(await forge.sign(pdf, keys))
 
-    code, report = await verify(path, root_pem)
+    code, report = await verify_json(path, root_pem)
 
     assert code == 1 and report["verdict"] == "invalid"
     assert codes(report) == {"wrong_school"}
@@ -143,7 +128,7 @@ async def test_a_record_signed_by_two_teachers_of_its_school_is_invalid(
     keys = [forge.key(A, "GV-0001"), forge.key(A, "GV-0002"), forge.key(A, "SEAL")]
     path.write_bytes(await forge.sign(record_pdf("2025-2026-5A-05", "31000123005", A), keys))
 
-    code, report = await verify(path, root_pem)
+    code, report = await verify_json(path, root_pem)
 
     assert code == 1 and codes(report) == {"role_mismatch"}
 
@@ -216,7 +201,7 @@ async def genuine_package(forge: Forge, tmp_path_factory: pytest.TempPathFactory
 
 
 async def test_a_genuine_package_is_issued(genuine_package: Path, root_pem: Path) -> None:
-    code, report = await verify(genuine_package, root_pem)
+    code, report = await verify_json(genuine_package, root_pem)
     assert (code, report["verdict"], report["problems"]) == (0, "issued", [])
     assert report["seal"]["school_id"] == A and report["seal"]["role"] == "school_seal"
     assert {r["verdict"] for r in report["records"].values()} == {"issued"}
@@ -240,7 +225,7 @@ async def test_a_forged_package_is_invalid_with_its_code(
 ) -> None:
     path, code = packages[attack]
 
-    exit_code, report = await verify(path, root_pem)
+    exit_code, report = await verify_json(path, root_pem)
 
     assert exit_code == 1 and report["verdict"] == "invalid"
     assert code in codes(report), report["problems"]
