@@ -5,70 +5,41 @@ that chain is not judged (everything after a break is suspect). Anchors are chec
 against their token (imprint, TSA signature to a trust root) and against the entries
 they name, so a chain rewritten wholesale after an anchor still disagrees with it. The
 entries are then cross-checked against signatures, versions and the stored documents.
+
+The daemon verifies while it writes, and the trail grows all year, so the walk reads in
+pages (`PAGE_ROWS` rows a statement, by key; no snapshot is held open while documents
+are read) and keeps only the page in hand: its memory does not grow with the trail.
+The heads are read first and each chain is walked up to its head, so an entry written
+during the walk is newer than the verification, not a missing head.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
 
 import asyncpg
-from asn1crypto import cms, x509
+from asn1crypto import x509
 
-from daemon.audit import chain
-from daemon.audit.tokens import TokenProblem, check_token
+from daemon.audit import chain, crosscheck
+from daemon.audit.report import Break, Report, pages
 from daemon.blobs.base import BlobReader
-from daemon.errors import StoreCorrupt, StoreUnavailable
 
+PAGE_ROWS = 1000
 
-@dataclass(frozen=True)
-class Break:
-    """What is wrong, and where: the first broken entry of a chain, or another row."""
-
-    code: str
-    chain: str
-    message: str
-    seq: int | None = None
-    entry_id: int | None = None
-
-
-@dataclass
-class Report:
-    chains: int = 0
-    entries: int = 0
-    anchors: int = 0
-    documents: int = 0
-    breaks: list[Break] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.breaks
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "chains": self.chains,
-            "entries": self.entries,
-            "anchors": self.anchors,
-            "documents": self.documents,
-            "breaks": [asdict(b) for b in self.breaks],
-        }
-
-
-# From each chain's first entry at or after `since` (all of it without), to its end.
+# Where each chain's walk starts: its first entry at or after `since` (all of it without).
+_STARTS = """
+SELECT chain, min(seq) AS seq FROM audit_log
+WHERE ($1::text IS NULL OR chain = $1) AND ($2::timestamptz IS NULL OR at >= $2)
+GROUP BY chain
+"""
+# One page of a chain, after `$3` and up to `$4` (its head when the walk began).
 _ENTRIES = """
-WITH start AS (
-    SELECT chain, min(seq) AS seq FROM audit_log
-    WHERE ($1::text IS NULL OR chain = $1) AND ($2::timestamptz IS NULL OR at >= $2)
-    GROUP BY chain
-)
-SELECT a.id, a.chain, a.seq, a.prev_hash, a.hash, a.at, a.school_id, a.record_id,
-       a.request_id, a.action, a.detail::text AS detail
-FROM audit_log a JOIN start USING (chain)
-WHERE a.seq >= start.seq
-ORDER BY a.chain, a.seq
+SELECT id, chain, seq, prev_hash, hash, at, school_id, record_id, request_id, action,
+       detail::text AS detail
+FROM audit_log
+WHERE chain = $1 AND seq >= $2 AND seq > $3 AND ($4::bigint IS NULL OR seq <= $4)
+ORDER BY seq LIMIT $5
 """
 
 
@@ -80,14 +51,12 @@ async def verify(
     school_id: str | None = None,
     since: datetime | None = None,
     documents_since: datetime | None = None,
+    page_rows: int = PAGE_ROWS,
 ) -> Report:
     """Everything checked; `since` limits the walk and the documents to what is newer,
     `documents_since` the documents only (the daemon's daily run)."""
     report = Report()
-    entries = [chain.Entry(**dict(row)) for row in await conn.fetch(_ENTRIES, school_id, since)]
-    by_chain: dict[str, list[chain.Entry]] = {}
-    for entry in entries:
-        by_chain.setdefault(entry.chain, []).append(entry)
+    # The heads first: what the walk must reach. Entries written after this are newer.
     heads = {
         r["chain"]: chain.Head(r["chain"], r["seq"], r["hash"])
         for r in await conn.fetch(
@@ -95,30 +64,102 @@ async def verify(
             school_id,
         )
     }
+    starts = {r["chain"]: r["seq"] for r in await conn.fetch(_STARTS, school_id, since)}
     broken: set[str] = set()
     # With `since`, a chain with nothing newer is not walked (its head is older).
-    names = set(by_chain) if since is not None else set(by_chain) | set(heads)
+    names = set(starts) if since is not None else set(starts) | set(heads)
     for name in sorted(names):
-        found = _walk(name, by_chain.get(name, []), heads.get(name), since is None)
+        walk = _Walk(name, heads.get(name), since is None)
+        async for entry in _entries(conn, name, starts.get(name, 1), walk.head, page_rows):
+            report.entries += 1
+            walk.step(entry)
         report.chains += 1
-        report.entries += len(by_chain.get(name, []))
+        found = walk.end()
         if found is not None:
             report.breaks.append(found)
             broken.add(name)
-    await _anchors(conn, report, trust_roots, school_id, broken)
-    await _signatures(conn, report, school_id, broken)
+    for found in await _behind_heads(conn, school_id, broken):
+        report.breaks.append(found)
+        broken.add(found.chain)
+    await crosscheck.anchors(conn, report, trust_roots, school_id, broken)
+    await crosscheck.signatures(conn, report, school_id, page_rows)
     if store is not None:
-        await _documents(conn, report, store, school_id, documents_since or since)
+        await crosscheck.documents(
+            conn, report, store, school_id, documents_since or since, page_rows
+        )
     return report
 
 
-def _walk(
-    name: str, entries: list[chain.Entry], head: chain.Head | None, from_genesis: bool
-) -> Break | None:
-    """The first entry of the chain that is not where, or what, it claims to be."""
-    prev: chain.Entry | None = None
-    for entry in entries:
-        expected_seq = prev.seq + 1 if prev else (1 if from_genesis else entry.seq)
+# Entries past their chain's head, in one statement: the trigger writes an entry and its
+# head together, so one snapshot sees both or neither of a genuine one.
+_BEHIND = """
+SELECT h.chain, h.seq AS head, a.seq, a.id
+FROM audit_heads h
+JOIN LATERAL (SELECT seq, id FROM audit_log a WHERE a.chain = h.chain AND a.seq > h.seq
+              ORDER BY seq LIMIT 1) a ON true
+WHERE $1::text IS NULL OR h.chain = $1
+"""
+
+
+async def _behind_heads(
+    conn: asyncpg.Connection, school_id: str | None, broken: set[str]
+) -> list[Break]:
+    """Entries written past their chain's head: inserted behind the trigger's back."""
+    return [
+        Break(
+            "link_broken",
+            r["chain"],
+            f"Entry {r['seq']} of chain {r['chain']!r} comes after its head (entry {r['head']}):"
+            " it was inserted without the chain.",
+            r["seq"],
+            r["id"],
+        )
+        for r in await conn.fetch(_BEHIND, school_id)
+        if r["chain"] not in broken
+    ]
+
+
+async def _entries(
+    conn: asyncpg.Connection, name: str, start: int, head: chain.Head | None, page_rows: int
+) -> AsyncIterator[chain.Entry]:
+    """The chain's entries from `start` to its head (to its end, if it had none)."""
+    upto = head.seq if head is not None else None
+    async for row in pages(conn, _ENTRIES, (name, start), ("seq",), (0,), upto, page_rows):
+        yield chain.Entry(**dict(row))
+
+
+class _Walk:
+    """One chain, entry by entry: the first entry that is not where, or what, it claims."""
+
+    def __init__(self, name: str, head: chain.Head | None, from_genesis: bool) -> None:
+        self.name, self.head, self._from_genesis = name, head, from_genesis
+        self._prev: chain.Entry | None = None
+        self._found: Break | None = None
+
+    def step(self, entry: chain.Entry) -> None:
+        if self._found is None:  # after a break, the rest of the chain is not judged
+            self._found = self._judge(entry)
+            self._prev = entry
+
+    def end(self) -> Break | None:
+        """The break found, or the head's: the walk must end where the head says."""
+        if self._found is not None:
+            return self._found
+        head, prev = self.head, self._prev
+        if head is not None and (prev is None or (head.seq, head.hash) != (prev.seq, prev.hash)):
+            last = prev.seq if prev else 0
+            return Break(
+                "entry_missing",
+                self.name,
+                f"Chain {self.name!r} ends at entry {last}, its head says {head.seq}"
+                " (the newest entries were removed).",
+                last + 1,
+            )
+        return None
+
+    def _judge(self, entry: chain.Entry) -> Break | None:
+        name, prev = self.name, self._prev
+        expected_seq = prev.seq + 1 if prev else (1 if self._from_genesis else entry.seq)
         expected_prev = prev.hash if prev else (chain.GENESIS if entry.seq == 1 else None)
         if entry.seq != expected_seq:
             return Break(
@@ -146,161 +187,7 @@ def _walk(
                 entry.seq,
                 entry.id,
             )
-        prev = entry
-    if head is not None and (prev is None or (head.seq, head.hash) != (prev.seq, prev.hash)):
-        last = prev.seq if prev else 0
-        return Break(
-            "entry_missing",
-            name,
-            f"Chain {name!r} ends at entry {last}, its head says {head.seq}"
-            " (the newest entries were removed).",
-            last + 1,
-        )
-    return None
+        return None
 
 
-async def _anchors(
-    conn: asyncpg.Connection,
-    report: Report,
-    trust_roots: list[x509.Certificate],
-    school_id: str | None,
-    broken: set[str],
-) -> None:
-    rows = await conn.fetch(
-        "SELECT id, heads::text AS heads, heads_sha256, token FROM audit_anchors ORDER BY id"
-    )
-    stored = {
-        (r["chain"], r["seq"]): r["hash"]
-        for r in await conn.fetch(
-            """SELECT a.chain, a.seq, a.hash FROM audit_log a
-               JOIN (SELECT h->>'chain' AS chain, (h->>'seq')::bigint AS seq
-                     FROM audit_anchors, jsonb_array_elements(heads) AS h) n
-                 ON n.chain = a.chain AND n.seq = a.seq"""
-        )
-    }
-    last_time: datetime | None = None
-    for row in rows:
-        report.anchors += 1
-        heads = chain.heads_from_json(row["heads"])
-        digest = chain.heads_digest(heads)
-        try:
-            at = await check_token(cms.ContentInfo.load(bytes(row["token"])), digest, trust_roots)
-        except TokenProblem as exc:
-            report.breaks.append(Break("anchor_invalid", "", f"Anchor {row['id']}: {exc}"))
-            continue
-        if digest.hex() != row["heads_sha256"]:
-            report.breaks.append(
-                Break("anchor_invalid", "", f"Anchor {row['id']}: its digest is not its heads'.")
-            )
-        if last_time is not None and at < last_time:
-            report.breaks.append(
-                Break("anchor_invalid", "", f"Anchor {row['id']} is older than the one before.")
-            )
-        last_time = at
-        for head in heads:
-            if school_id is not None and head.chain != school_id:
-                continue
-            if stored.get((head.chain, head.seq)) != head.hash and head.chain not in broken:
-                report.breaks.append(
-                    Break(
-                        "anchor_mismatch",
-                        head.chain,
-                        f"Entry {head.seq} of chain {head.chain!r} is not the one anchor "
-                        f"{row['id']} timestamped at {at.isoformat()} (the chain was rewritten).",
-                        head.seq,
-                    )
-                )
-                broken.add(head.chain)
-
-
-_SIGNED = """
-SELECT s.school_id, s.record_id, s.stage, s.signer_id, s.cert_serial, s.digest_before,
-       s.digest_after, a.id AS entry_id, a.seq, a.detail::text AS detail,
-       EXISTS (SELECT FROM record_versions v WHERE v.school_id = s.school_id
-               AND v.record_id = s.record_id AND v.sha256 = s.digest_after) AS versioned
-FROM signatures s
-LEFT JOIN audit_log a ON a.chain = s.school_id AND a.record_id = s.record_id
-     AND a.action = 'signed' AND a.detail->>'stage' = s.stage
-WHERE $1::text IS NULL OR s.school_id = $1
-ORDER BY s.school_id, a.seq NULLS FIRST, s.record_id, s.stage
-"""
-_FIELDS = ("signer_id", "cert_serial", "digest_before", "digest_after")
-
-
-async def _signatures(
-    conn: asyncpg.Connection, report: Report, school_id: str | None, broken: set[str]
-) -> None:
-    """Every signature has its `signed` entry, saying the same, and its version."""
-    for row in await conn.fetch(_SIGNED, school_id):
-        where = f"record {row['record_id']} stage {row['stage']}"
-        problem: Break | None
-        if row["entry_id"] is None:
-            problem = Break("signature_unaudited", row["school_id"], f"{where}: no audit entry.")
-        else:
-            said = json.loads(row["detail"])
-            wrong = [f for f in _FIELDS if said.get(f) != row[f]]
-            problem = (
-                Break(
-                    "signature_disagrees",
-                    row["school_id"],
-                    f"{where}: the signature's {', '.join(wrong)} differ from entry {row['seq']}.",
-                    row["seq"],
-                    row["entry_id"],
-                )
-                if wrong
-                else None
-            )
-        if problem is None and not row["versioned"]:
-            problem = Break(
-                "version_missing", row["school_id"], f"{where}: its signed version is not stored."
-            )
-        if problem is not None:
-            report.breaks.append(problem)
-
-
-_VERSIONS = """
-SELECT v.school_id, v.record_id, v.version, v.sha256,
-       (v.version = 0 AND EXISTS (SELECT FROM signatures s WHERE s.school_id = v.school_id
-            AND s.record_id = v.record_id AND s.stage = 'homeroom_teacher'
-            AND s.digest_before = v.sha256))
-       OR EXISTS (SELECT FROM signatures s WHERE s.school_id = v.school_id
-            AND s.record_id = v.record_id AND s.digest_after = v.sha256)
-       OR EXISTS (SELECT FROM audit_log a WHERE a.chain = v.school_id
-            AND a.record_id = v.record_id AND a.action = 'ltv_renewed'
-            AND a.detail->>'digest_after' = v.sha256) AS accounted
-FROM record_versions v
-WHERE ($1::text IS NULL OR v.school_id = $1) AND ($2::timestamptz IS NULL OR v.created_at >= $2)
-ORDER BY v.school_id, v.record_id, v.version
-"""
-
-
-async def _documents(
-    conn: asyncpg.Connection,
-    report: Report,
-    store: BlobReader,
-    school_id: str | None,
-    since: datetime | None,
-) -> None:
-    """Each version is accounted for by a signature or a renewal, and its bytes are stored."""
-    for row in await conn.fetch(_VERSIONS, school_id, since):
-        where = f"record {row['record_id']} version {row['version']}"
-        report.documents += 1
-        if not row["accounted"]:
-            report.breaks.append(
-                Break(
-                    "version_unaudited",
-                    row["school_id"],
-                    f"{where}: no signature or audit entry made it ({row['sha256'][:12]}…).",
-                )
-            )
-            continue
-        try:
-            await store.get(row["sha256"])
-        except StoreCorrupt:
-            report.breaks.append(
-                Break("document_altered", row["school_id"], f"{where}: the stored file changed.")
-            )
-        except StoreUnavailable:
-            report.breaks.append(
-                Break("document_missing", row["school_id"], f"{where}: the stored file is gone.")
-            )
+__all__ = ["PAGE_ROWS", "Break", "Report", "verify"]
