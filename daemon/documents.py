@@ -5,6 +5,10 @@ root, `signing.render_workers`; 0 renders in a thread): rendering is pure-Python
 work (~8 ms a record), which in a thread holds the GIL the event loop needs, so a
 burst of records would stall every other request. The HSM workers are not used for
 it: their slots are the token's sessions, needed by signatures.
+
+Every document passes the intake check (`inspect_document`): daemon/pdf/intake.py for a
+file our reader reads, in one read; pyHanko (`pades.inspect_pdf`,
+`attached.attached_record_xml`) for the others and for every refusal.
 """
 
 from __future__ import annotations
@@ -27,20 +31,47 @@ from daemon.errors import (
     NotAPdf,
 )
 from daemon.messages import Document, SignRequest, SignRequestV2
+from daemon.pdf import intake
 from daemon.pdf.pades import inspect_pdf
-from daemon.record.attached import check_attached_record
+from daemon.pdf.reader import Unsupported
+from daemon.record.attached import attached_record_xml, check_record_xml
 from daemon.record.model import RecordData
 from daemon.record.render import render_record, warm_fonts
+from daemon.record.xml import FILENAME, MAX_XML_BYTES
 from daemon.settings import SigningSettings
 
 _PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 414, 451})
 log = logging.getLogger(__name__)
 
 
+def inspect_document(pdf: bytes, max_bytes: int, *, attached: bool) -> bytes | None:
+    """Accept a teacher's unsigned PDF or raise NotAPdf (InvalidMessage for its XML).
+
+    With `attached`, the bytes of the hocba-record.xml it carries (None without).
+    A file daemon/pdf/intake.py does not handle, or would not accept, is read by
+    pyHanko, which refuses bad files with its precise reasons.
+    """
+    try:
+        document = intake.accepted(pdf, max_bytes)
+    except Unsupported as exc:
+        log.debug("Intake of a %d-byte PDF by pyHanko: %s", len(pdf), exc)
+        inspect_pdf(pdf, max_bytes)
+        document = None
+    # check_attached_record's first look, on both paths (daemon/record/attached.py).
+    if not attached or b"EmbeddedFile" not in pdf:
+        return None
+    if document is not None:
+        try:
+            return intake.embedded_file(document, FILENAME, MAX_XML_BYTES)
+        except Unsupported as exc:
+            log.debug("Attachments of a %d-byte PDF read by pyHanko: %s", len(pdf), exc)
+    return attached_record_xml(pdf)
+
+
 def render_checked(record_id: str, record_data: RecordData, max_bytes: int) -> bytes:
     """The record's PDF, accepted by the intake check as any teacher's PDF must be."""
     pdf = render_record(record_id, record_data)
-    inspect_pdf(pdf, max_bytes)
+    inspect_document(pdf, max_bytes, attached=False)
     return pdf
 
 
@@ -126,9 +157,9 @@ class DocumentSource:
         )
 
     def _inspect(self, data: bytes, request: SignRequest | None) -> None:
-        inspect_pdf(data, self._max_bytes)
-        if request is not None:
-            check_attached_record(data, request.school_id, request.record)
+        xml = inspect_document(data, self._max_bytes, attached=request is not None)
+        if request is not None and xml is not None:
+            check_record_xml(xml, request.school_id, request.record)
 
     async def _fetch(self, url: str) -> bytes:
         self._check_allowed(URL(url))

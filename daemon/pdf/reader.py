@@ -206,25 +206,32 @@ class Document:
             stream = self._object_streams[num] = self._open_object_stream(num)
         return stream
 
-    def _open_object_stream(self, num: int) -> _ObjectStream:
-        entry = self._locate(num)
-        if entry.compressed or entry.gen:
-            raise Unsupported(f"Object stream {num} is not a plain generation-0 object.")
+    def stream(self, ref: Ref) -> tuple[Located, bytes]:
+        """A stream object (its dictionary) and its data as the file has it (not decoded)."""
+        entry = self._locate(ref.num)
+        if entry.compressed or entry.gen != ref.gen:
+            raise Unsupported(f"Stream {ref.num} is not a plain object of generation {ref.gen}.")
         found = _read_indirect(self.pdf, entry.offset, stream=True)
-        if found.ref != Ref(num, 0):
-            raise Unsupported(f"The xref points object stream {num} at another object.")
+        if found.ref != ref:
+            raise Unsupported(f"The xref points stream {ref.num} at another object.")
+        length = as_dict(found.value, f"Stream {ref.num}").get("Length")
+        if isinstance(length, Ref):  # written after the data, so never compressed itself
+            if self._locate(length.num).compressed:
+                raise Unsupported(f"The /Length of stream {ref.num} is compressed.")
+            length = self.get(length).value
+        return found, _stream_data(self.pdf, found.end, as_int(length, "/Length"))
+
+    def object_streams(self) -> list[tuple[Located, int]]:
+        """The object streams read so far: each one (its dictionary) and its decoded size."""
+        return [(s.located, len(s.data)) for s in self._object_streams.values()]
+
+    def _open_object_stream(self, num: int) -> _ObjectStream:
+        found, data = self.stream(Ref(num, 0))
         stream = as_dict(found.value, f"Object stream {num}")
         if stream.get("Type") != "ObjStm":
             raise Unsupported(f"Object {num} is not an object stream.")
-        length = stream.get("Length")
-        if isinstance(length, Ref):  # written after the data, so never compressed itself
-            length_entry = self._locate(length.num)
-            if length_entry.compressed:
-                raise Unsupported(f"The /Length of object stream {num} is compressed.")
-            length = self.get(length).value
-        data = _stream_data(self.pdf, found.end, as_int(length, "/Length"))
         decoded = decode(data, stream, _MAX_OBJECT_STREAM_BYTES, f"Object stream {num}")
-        return _ObjectStream.parse(num, decoded, stream)
+        return _ObjectStream.parse(found, decoded)
 
 
 @dataclass(frozen=True)
@@ -235,9 +242,11 @@ class _ObjectStream:
     data: bytes
     first: int  # where the objects start
     pairs: tuple[tuple[int, int], ...]  # (object number, offset from `first`) each
+    located: Located  # the stream's dictionary, in the file
 
     @classmethod
-    def parse(cls, num: int, data: bytes, stream: PdfDict) -> _ObjectStream:
+    def parse(cls, located: Located, data: bytes) -> _ObjectStream:
+        num, stream = located.ref.num, as_dict(located.value, "An object stream")
         count = as_int(stream.get("N"), "/N")
         first = as_int(stream.get("First"), "/First")
         pairs, pos = [], 0
@@ -247,7 +256,7 @@ class _ObjectStream:
                 raise Unsupported(f"The header of object stream {num} is malformed.")
             pairs.append((int(pair[1]), int(pair[2])))
             pos = pair.end()
-        return cls(num, data, first, tuple(pairs))
+        return cls(num, data, first, tuple(pairs), located)
 
     def get(self, num: int, index: int) -> Located:
         """Object `num`, which the xref says is the `index`th here (pyHanko's strict check)."""

@@ -34,6 +34,8 @@ def _inflate(data: bytes, limit: int, what: str) -> bytes:
         raise Unsupported(f"{what} does not inflate: {exc}") from exc
     if inflater.unconsumed_tail:
         raise Unsupported(f"{what} inflates to more than {limit} bytes.")
+    if not inflater.eof:  # pyHanko refuses truncated data (zlib.error), as zlib.decompress does
+        raise Unsupported(f"{what}'s Flate data is truncated.")
     return decoded
 
 
