@@ -41,7 +41,7 @@ from producers.school_system import sample_pdf, sample_record, sample_record_dat
 from tests.corpus import cases
 from tests.corpus.generate import encrypted_pdf, plain_pdf
 from tests.unit.signing_kit import by_qpdf, make_pki, record, rewritten, sign
-from tests.unit.test_intake_fuzz import TOKENS
+from tests.unit.test_intake_fuzz import mutate
 
 CORPUS = Path(__file__).parents[1] / "corpus"
 SCHOOL = "31000123"
@@ -324,19 +324,7 @@ def _seeds() -> list[Case]:
 @st.composite
 def mutated(draw: st.DrawFn) -> Case:
     case = draw(st.sampled_from(_seeds()))
-    pdf = bytearray(case.pdf)
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(pdf)))
-        action = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        if action == "flip" and at < len(pdf):
-            pdf[at] = draw(st.integers(0, 255))
-        elif action == "insert":
-            pdf[at:at] = draw(st.sampled_from(TOKENS))
-        elif action == "delete":
-            del pdf[at : at + draw(st.integers(1, 16))]
-        elif action == "truncate":
-            del pdf[at:]
-    return replace(case, pdf=bytes(pdf))
+    return replace(case, pdf=mutate(draw, case.pdf, rounds=4, longest_cut=16, duplicate=False))
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=300)

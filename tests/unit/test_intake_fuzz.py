@@ -71,23 +71,31 @@ TOKENS = [
 ]  # fmt: skip
 
 
+def mutate(
+    draw: st.DrawFn, pdf: bytes, rounds: int = 6, longest_cut: int = 64, duplicate: bool = True
+) -> bytes:
+    """`pdf` with up to `rounds` bytes flipped, tokens inserted, runs cut or copied."""
+    out = bytearray(pdf)
+    actions = ["flip", "insert", "delete", "truncate"] + (["duplicate"] if duplicate else [])
+    for _ in range(draw(st.integers(1, rounds))):
+        at = draw(st.integers(0, len(out)))
+        action = draw(st.sampled_from(actions))
+        if action == "flip" and at < len(out):
+            out[at] = draw(st.integers(0, 255))
+        elif action == "insert":
+            out[at:at] = draw(st.sampled_from(TOKENS))
+        elif action == "delete":
+            del out[at : at + draw(st.integers(1, longest_cut))]
+        elif action == "truncate":
+            del out[at:]
+        elif action == "duplicate":
+            out[at:at] = out[max(0, at - 200) : at]
+    return bytes(out)
+
+
 @st.composite
 def mutated_pdfs(draw: st.DrawFn) -> bytes:
-    pdf = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 6))):
-        at = draw(st.integers(0, len(pdf)))
-        action = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "duplicate"]))
-        if action == "flip" and at < len(pdf):
-            pdf[at] = draw(st.integers(0, 255))
-        elif action == "insert":
-            pdf[at:at] = draw(st.sampled_from(TOKENS))
-        elif action == "delete":
-            del pdf[at : at + draw(st.integers(1, 64))]
-        elif action == "truncate":
-            del pdf[at:]
-        else:
-            pdf[at:at] = pdf[max(0, at - 200) : at]
-    return bytes(pdf)
+    return mutate(draw, draw(st.sampled_from(SEEDS)))
 
 
 @lenient
