@@ -126,3 +126,8 @@ async def trail(tmp_path: Path, serviced_hsm: ServicedHsm) -> AsyncIterator[Trai
     finally:
         await conn.close()
         await services.drop_database(name)
+
+
+def codes(report: verify.Report) -> list[tuple[str, str, int | None]]:
+    """Each break as (code, chain, seq): what the tests compare."""
+    return [(b.code, b.chain, b.seq) for b in report.breaks]

@@ -21,14 +21,10 @@ from daemon.audit import chain, verify
 from daemon.blobs import FsStore
 from daemon.dev import env as devenv
 from tests.integration.audit_kit import *  # noqa: F403
-from tests.integration.audit_kit import OTHER, SCHOOL, Trail
+from tests.integration.audit_kit import OTHER, SCHOOL, Trail, codes
 from tests.integration.conftest import SchoolSystem
 from tests.pki_services_fixtures import *  # noqa: F403
 from tests.services import StatusEvents
-
-
-def _codes(report: verify.Report) -> list[tuple[str, str, int | None]]:
-    return [(b.code, b.chain, b.seq) for b in report.breaks]
 
 
 async def test_an_untouched_trail_verifies_with_its_anchor(trail: Trail) -> None:
@@ -59,7 +55,7 @@ async def test_an_updated_entry_is_named(trail: Trail) -> None:
         SCHOOL,
     )
     report = await trail.verify()
-    assert _codes(report)[0] == ("entry_altered", SCHOOL, 2)
+    assert codes(report)[0] == ("entry_altered", SCHOOL, 2)
     assert not report.ok
 
 
@@ -67,7 +63,7 @@ async def test_a_deleted_entry_is_named(trail: Trail) -> None:
     await trail.issue(SCHOOL, "R-1")
     await trail.as_superuser("DELETE FROM audit_log WHERE chain = $1 AND seq = 2", SCHOOL)
     report = await trail.verify(SCHOOL)
-    assert ("entry_missing", SCHOOL, 2) in _codes(report)
+    assert ("entry_missing", SCHOOL, 2) in codes(report)
     # And the signature whose entry was removed has no audit entry any more
     assert "signature_unaudited" in {b.code for b in report.breaks}
 
@@ -76,7 +72,7 @@ async def test_a_deleted_newest_entry_is_named_by_the_head(trail: Trail) -> None
     await trail.issue(SCHOOL, "R-1")
     await trail.as_superuser("DELETE FROM audit_log WHERE chain = $1 AND seq = 3", SCHOOL)
     report = await trail.verify(SCHOOL)
-    assert ("entry_missing", SCHOOL, 3) in _codes(report)
+    assert ("entry_missing", SCHOOL, 3) in codes(report)
 
 
 async def test_reordered_entries_are_named(trail: Trail) -> None:
@@ -88,7 +84,7 @@ async def test_reordered_entries_are_named(trail: Trail) -> None:
         f"UPDATE audit_log SET seq = 2 WHERE chain = '{SCHOOL}' AND seq = -1;"
     )
     report = await trail.verify(SCHOOL)
-    assert _codes(report)[0] == ("link_broken", SCHOOL, 1)
+    assert codes(report)[0] == ("link_broken", SCHOOL, 1)
 
 
 async def test_a_chain_rewritten_after_its_anchor_is_caught_by_the_anchor(trail: Trail) -> None:
@@ -124,7 +120,7 @@ async def test_a_chain_rewritten_after_its_anchor_is_caught_by_the_anchor(trail:
     await trail.as_superuser("UPDATE audit_heads SET hash = $2 WHERE chain = $1", SCHOOL, prev)
     report = await trail.verify()
     # Then the chain itself is consistent, but the anchor's timestamped head is not in it
-    assert _codes(report) == [("anchor_mismatch", SCHOOL, 3)]
+    assert codes(report) == [("anchor_mismatch", SCHOOL, 3)]
     assert "was rewritten" in report.breaks[0].message
 
 

@@ -16,7 +16,7 @@ import asyncpg
 
 from daemon.audit import verify
 from tests.integration.audit_kit import *  # noqa: F403
-from tests.integration.audit_kit import OTHER, SCHOOL, Trail
+from tests.integration.audit_kit import OTHER, SCHOOL, Trail, codes
 from tests.pki_services_fixtures import *  # noqa: F403
 
 
@@ -30,10 +30,6 @@ class Interleaved(asyncpg.Connection):
         if self.between is not None:
             await self.between()
         return rows
-
-
-def _codes(report: verify.Report) -> list[tuple[str, str, int | None]]:
-    return [(b.code, b.chain, b.seq) for b in report.breaks]
 
 
 async def test_records_signed_during_a_walk_leave_it_whole(trail: Trail) -> None:
@@ -76,7 +72,7 @@ async def test_an_entry_slipped_in_past_its_head_is_named(trail: Trail) -> None:
     )
     # Then the walk names it, though it only walks each chain up to its head
     report = await trail.verify()
-    assert _codes(report) == [("link_broken", SCHOOL, 4)]
+    assert codes(report) == [("link_broken", SCHOOL, 4)]
 
 
 async def test_a_trail_longer_than_a_page_is_walked_whole_and_judged_on_every_page(
@@ -99,4 +95,4 @@ async def test_a_trail_longer_than_a_page_is_walked_whole_and_judged_on_every_pa
         SCHOOL,
     )
     report = await verify.verify(trail.conn, trail.store, trail.roots, page_rows=2)
-    assert _codes(report)[0] == ("entry_altered", SCHOOL, 8)
+    assert codes(report)[0] == ("entry_altered", SCHOOL, 8)
