@@ -34,10 +34,20 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0
 class FsStore:
     def __init__(self, root: Path) -> None:
         self._root = root
+        self._root_text = str(root)
 
     def path(self, sha256: str) -> Path:
         """Where the blob lies (the documented layout); it may not exist."""
         return self._root / key_of(sha256)
+
+    def _file(self, sha256: str) -> str:
+        """`path` as a plain string, for this store's own reads and writes.
+
+        Not a Path: pathlib interns every part of every path it parses, so one per
+        blob name grew the interpreter's interned-string table (a 3.7 MB resize that
+        gdb caught in the 80-minute soak of 2026-12-02).
+        """
+        return os.path.join(self._root_text, key_of(sha256))
 
     async def put(self, data: bytes) -> str:
         (digest,) = await self.put_many([data])
@@ -81,9 +91,8 @@ class FsStore:
         return StoredBlob(sha256, size)
 
     async def get(self, sha256: str) -> bytes:
-        path = self.path(sha256)
         try:
-            data = await asyncio.to_thread(path.read_bytes)
+            data = await asyncio.to_thread(_read, self._file(sha256))
         except OSError as exc:
             raise _unreadable(sha256, exc) from exc
         return check(data, sha256, BACKEND)
@@ -96,15 +105,9 @@ class FsStore:
     def _read_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
         """Read and checked in the thread: the digests are not the event loop's work."""
         found: list[bytes | Exception] = []
-        # Plain strings, not Path: pathlib interns every part of every path it parses,
-        # and a blob name read once a signature grew the interpreter's interned table
-        # (a 3.7 MB resize seen by gdb in the 80-minute soak of 2026-12-02).
-        root = str(self._root)
         for sha256 in digests:
             try:
-                with open(os.path.join(root, key_of(sha256)), "rb") as handle:
-                    data = handle.read()
-                found.append(check(data, sha256, BACKEND))
+                found.append(check(_read(self._file(sha256)), sha256, BACKEND))
             except OSError as exc:
                 found.append(_unreadable(sha256, exc))
             except StoreCorrupt as exc:
@@ -117,11 +120,11 @@ class FsStore:
                 yield chunk
 
     async def exists(self, sha256: str) -> bool:
-        return await asyncio.to_thread(self.path(sha256).is_file)
+        return await asyncio.to_thread(os.path.isfile, self._file(sha256))
 
     async def _chunks(self, sha256: str) -> AsyncGenerator[bytes, None]:
         try:
-            handle = await asyncio.to_thread(self.path(sha256).open, "rb")
+            handle = await asyncio.to_thread(open, self._file(sha256), "rb")
         except OSError as exc:
             raise _unreadable(sha256, exc) from exc
         try:
@@ -146,10 +149,9 @@ class FsStore:
 
     def _write_many(self, blobs: Sequence[bytes]) -> list[str]:
         digests = [hashlib.sha256(data).hexdigest() for data in blobs]
-        root = str(self._root)
         todo: dict[str, bytes] = {}  # target -> bytes; the same bytes twice are written once
         for digest, data in zip(digests, blobs, strict=True):
-            target = os.path.join(root, key_of(digest))
+            target = self._file(digest)
             if target not in todo and not os.path.exists(target):
                 todo[target] = data
         if todo:
@@ -226,6 +228,11 @@ def _sync(handle: BinaryIO) -> None:
 def _sync_and_close(handle: BinaryIO) -> None:
     _sync(handle)
     handle.close()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _write_all(fd: int, data: bytes) -> None:
