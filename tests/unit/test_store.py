@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -157,12 +158,13 @@ async def test_a_failed_batch_leaves_no_temporary_file(
 ) -> None:
     store = FsStore(tmp_path)
     real_fsync = os.fsync
-    calls = 0
+    failed = threading.Lock()
 
     def failing(fd: int) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
+        # The first fsync of a temporary file fails, whichever thread's share it is in
+        # (a count of calls across the shares' threads made which one fail a race).
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name.startswith(".tmp-") and failed.acquire(blocking=False):
             raise OSError(5, "Input/output error")
         real_fsync(fd)
 
