@@ -88,7 +88,8 @@ class SigningPool:
         self._executor: ProcessPoolExecutor | None = None
         self._jobs = 0  # signatures sent to the current executor
         self._recycling: asyncio.Task[None] | None = None
-        self._retiring: set[ProcessPoolExecutor] = set()
+        # Executors being stopped, each with its one shutdown (see _stop).
+        self._retiring: dict[ProcessPoolExecutor, asyncio.Future[None]] = {}
 
     async def start(self) -> None:
         """Spawn the workers; raise at once if the token cannot be opened."""
@@ -112,18 +113,33 @@ class SigningPool:
             await self._stop(old, cancel_futures=True)
 
     async def _stop(self, executor: ProcessPoolExecutor, *, cancel_futures: bool) -> None:
-        """Let `executor`'s workers finish what they hold (up to op_timeout_s), then exit."""
-        # Kept in _retiring until stopped, so that close() finishes a cancelled stop.
-        self._retiring.add(executor)
-        stopping = asyncio.ensure_future(
-            asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel_futures)
-        )
+        """Let `executor`'s workers finish what they hold (up to op_timeout_s), then exit.
+
+        One shutdown an executor, however many callers wait for it: close() during a
+        recycle's stop waits for that stop. Two `shutdown(wait=True)` at once both
+        close its result queue, and the second `os.close` of the same descriptor
+        raised EBADF (CI, after a recycle whose fresh workers could not log in) or
+        could close a descriptor reused meanwhile by another thread.
+        """
+        stopping = self._shutdown(executor, cancel_futures=cancel_futures)
         try:
             await asyncio.wait_for(asyncio.shield(stopping), self._hsm.op_timeout_s)
         except TimeoutError:
             _terminate(executor)  # a worker hangs in the HSM; shutdown then returns
             await stopping
-        self._retiring.discard(executor)
+        self._retiring.pop(executor, None)
+
+    def _shutdown(
+        self, executor: ProcessPoolExecutor, *, cancel_futures: bool
+    ) -> asyncio.Future[None]:
+        # Kept in _retiring until stopped, so that close() finishes a cancelled stop.
+        stopping = self._retiring.get(executor)
+        if stopping is None:
+            stopping = asyncio.ensure_future(
+                asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel_futures)
+            )
+            self._retiring[executor] = stopping
+        return stopping
 
     async def sign(self, job: SignJob) -> SignResult:
         (result,) = await self.sign_many([job])
@@ -264,8 +280,8 @@ class SigningPool:
                 await self._stop(fresh, cancel_futures=True)
                 return
             except BaseException:
-                self._retiring.add(fresh)  # close() waits for it to exit
                 _terminate(fresh)
+                self._shutdown(fresh, cancel_futures=True)  # close() waits for it to exit
                 raise
             if self._executor is not old or old is None:
                 # Replaced meanwhile (a worker died or hung): the fresh ones are spare.

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.process import BaseProcess
+
+import pytest
 
 from daemon.hsm import SignJob
 from daemon.pdf.validation import validate_pdf
@@ -19,6 +23,29 @@ async def _exited(processes: list[BaseProcess]) -> list[int | None]:
     for process in processes:
         await asyncio.to_thread(process.join, 30)
     return [process.exitcode for process in processes]
+
+
+@pytest.fixture
+def waited_shutdowns(monkeypatch: pytest.MonkeyPatch) -> Counter[int]:
+    """How often each executor was shut down with wait=True (the stdlib's own, counted)."""
+    counts: Counter[int] = Counter()
+    shutdown = ProcessPoolExecutor.shutdown
+
+    def counted(self: ProcessPoolExecutor, wait: bool = True, **kwargs: bool) -> None:
+        counts[id(self)] += wait
+        shutdown(self, wait, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", counted)
+    return counts
+
+
+async def _sign_until_a_recycle_fails(pool, job: SignJob, caplog) -> None:
+    signed = 0
+    with caplog.at_level(logging.WARNING, logger="daemon.hsm"):
+        while "not recycled" not in caplog.text and signed < 500:
+            await pool.sign(job)
+            signed += 1
+    assert "not recycled" in caplog.text
 
 
 async def test_workers_are_replaced_without_losing_a_signature(
@@ -92,15 +119,47 @@ async def test_fresh_workers_that_cannot_log_in_leave_the_old_ones_signing(
     pin_file.write_text("0000")
 
     # When signatures go on until a recycle has been tried (and failed)
-    signed = 0
-    with caplog.at_level(logging.WARNING, logger="daemon.hsm"):
-        while "not recycled" not in caplog.text and signed < 500:
-            await pool.sign(job)
-            signed += 1
+    await _sign_until_a_recycle_fails(pool, job, caplog)
 
     # Then every one of them was signed, by the worker logged in before
-    assert "not recycled" in caplog.text
     assert first.is_alive() and first.exitcode is None
     result = await pool.sign(job)
     [report] = await asyncio.to_thread(validate_pdf, result.pdf, dev_hsm.trust_roots)
     assert report.bottom_line
+
+
+async def test_two_closes_at_once_shut_the_workers_down_once(
+    dev_hsm: DevHsm, signing_pool, homeroom_pdf: bytes, waited_shutdowns: Counter[int]
+) -> None:
+    # Given a pool that has signed
+    pool = await signing_pool(workers=1, recycle_after_jobs=0)
+    await pool.sign(SignJob(homeroom_pdf, TEACHER, dev_hsm.key(SCHOOLS[0], "GV-0001")))
+
+    # When two closes run at once (a signal's and a failed start's)
+    await asyncio.gather(pool.close(), pool.close())
+
+    # Then the executor was shut down once: two at once both closed its result queue's
+    # descriptor, the second close raising EBADF or closing a descriptor reused meanwhile
+    assert list(waited_shutdowns.values()) == [1]
+    assert multiprocessing.active_children() == []
+
+
+async def test_closing_while_a_failed_recycle_stops_its_fresh_workers(
+    dev_hsm: DevHsm, signing_pool, homeroom_pdf: bytes, tmp_path, caplog,
+    waited_shutdowns: Counter[int],
+) -> None:  # fmt: skip
+    # Given a pool whose recycle has just failed (a wrong PIN), its fresh workers stopping
+    pin_file = tmp_path / "hsm-pin"
+    pin_file.write_text(dev_hsm.pin)
+    pool = await signing_pool(workers=1, recycle_after_jobs=2, pin=None, pin_file=pin_file)
+    job = SignJob(homeroom_pdf, TEACHER, dev_hsm.key(SCHOOLS[0], "GV-0001"))
+    await pool.sign(job)
+    pin_file.write_text("0000")
+    await _sign_until_a_recycle_fails(pool, job, caplog)
+
+    # When the pool is closed at once
+    await pool.close()
+
+    # Then each generation was shut down once, and no worker is left
+    assert sorted(waited_shutdowns.values()) == [1, 1]
+    assert multiprocessing.active_children() == []
