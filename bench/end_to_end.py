@@ -44,6 +44,7 @@ class Instance:
     process: asyncio.subprocess.Process
     http_port: int
     log: Path
+    store_path: Path  # its fs blob store (HOCBA_STORE__PATH in extra_env, or the config's)
 
 
 def _free_port() -> int:
@@ -85,7 +86,8 @@ async def instances(
                     stdout=out,
                     stderr=out,
                 )
-            started.append(Instance(name, process, port, log))
+            store_path = Path(child_env.get("HOCBA_STORE__PATH", env.dev.settings.store.path))
+            started.append(Instance(name, process, port, log, store_path))
         await asyncio.gather(*(_ready(i) for i in started))
         yield started
     finally:
@@ -309,7 +311,12 @@ async def measure(
         a.cpu_s.get(i.process.pid, 0.0) - b.cpu_s.get(i.process.pid, 0.0)
         for i, b, a in zip(running, before, after, strict=True)
     )
-    store = FsStore(env.dev.settings.store.path)
+    system = sum(procs.cpu_between(b, a, system=True) for b, a in zip(before, after, strict=True))
+    main_system = sum(
+        a.system_s.get(i.process.pid, 0.0) - b.system_s.get(i.process.pid, 0.0)
+        for i, b, a in zip(running, before, after, strict=True)
+    )
+    store = FsStore(running[0].store_path if running else env.dev.settings.store.path)
     issued = [await store.get(digest) for digest in driver.issued]
     figures: dict[str, Any] = {
         "level": level,
@@ -339,6 +346,11 @@ async def measure(
             "daemons_hsm_workers": round((cpu - main_cpu) / max(signatures, 1), 5),
             **{k: round(v / max(signatures, 1), 5) for k, v in services.items()},
             "driver": round(own / max(signatures, 1), 5),
+        },
+        # The kernel's part of the daemons' (writes and fsyncs of the blob store, sockets).
+        "system_cpu_s_per_signature_by_process": {
+            "daemons_main": round(main_system / max(signatures, 1), 5),
+            "daemons_hsm_workers": round((system - main_system) / max(signatures, 1), 5),
         },
         "peak_rss_mb_per_instance": [
             {

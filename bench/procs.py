@@ -29,12 +29,17 @@ def tree(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process, and of its children it has waited for."""
+    return sum(_cpu_ticks(pid)) / TICKS
+
+
+def _cpu_ticks(pid: int) -> list[int]:
+    """utime, stime, cutime, cstime ([] once the process is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
+        return []
     # after the command: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
-    return sum(int(f) for f in fields[11:15]) / TICKS
+    return [int(f) for f in fields[11:15]]
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -61,21 +66,26 @@ def pss_mb(pid: int) -> float:
 @dataclass(frozen=True)
 class TreeSample:
     cpu_s: dict[int, float]
+    system_s: dict[int, float]  # the kernel's part of cpu_s
     peak_rss_mb: dict[int, float]
     pss_mb: dict[int, float]
 
     @classmethod
     def of(cls, pid: int) -> TreeSample:
         pids = tree(pid)
+        ticks = {p: _cpu_ticks(p) or [0, 0, 0, 0] for p in pids}
         return cls(
-            {p: cpu_seconds(p) for p in pids},
+            {p: sum(t) / TICKS for p, t in ticks.items()},
+            {p: (t[1] + t[3]) / TICKS for p, t in ticks.items()},
             {p: peak_rss_mb(p) for p in pids},
             {p: pss_mb(p) for p in pids},
         )
 
 
-def cpu_between(before: TreeSample, after: TreeSample) -> float:
-    return sum(cpu - before.cpu_s.get(pid, 0.0) for pid, cpu in after.cpu_s.items())
+def cpu_between(before: TreeSample, after: TreeSample, *, system: bool = False) -> float:
+    """CPU seconds the tree spent between the samples (the kernel's part if `system`)."""
+    old, new = (before.system_s, after.system_s) if system else (before.cpu_s, after.cpu_s)
+    return sum(cpu - old.get(pid, 0.0) for pid, cpu in new.items())
 
 
 def machine_busy_s() -> float:
