@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import pybase64
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -59,12 +60,25 @@ class Document(_Frozen):
         """The inline content, decoded; None when the document is by reference."""
         if self.content_b64 is None:
             return None
-        try:
-            # Strict: the alphabet only, padded, nothing after the padding; what
-            # b64decode(validate=True) accepts, without its regular expression first.
-            return binascii.a2b_base64(self.content_b64, strict_mode=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidMessage("document.content_b64 is not valid base64.") from exc
+        return decode_base64(self.content_b64)
+
+
+def decode_base64(text: str) -> bytes:
+    """Strict base64: the alphabet only, padded, nothing after the padding.
+
+    What `b64decode(validate=True)` accepts. pybase64's SIMD decoder first (130 KB:
+    6 µs against 230 µs); it is stricter still (it refuses a quantum padded past its
+    end, `AAAA=`), and the same bytes wherever it accepts, so whatever it refuses is
+    decided by `binascii`'s own strict decoder, as before (tests/unit/test_messages.py).
+    """
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidMessage("document.content_b64 is not valid base64.") from exc
 
 
 class SignRequest(_Frozen):

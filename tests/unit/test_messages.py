@@ -1,5 +1,7 @@
 import base64
+import binascii
 import hashlib
+import itertools
 import json
 import uuid
 
@@ -8,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.errors import InvalidMessage
-from daemon.messages import decode_sign_request
+from daemon.messages import decode_base64, decode_sign_request
 
 PDF = b"%PDF-1.7 sample"
 
@@ -118,3 +120,45 @@ def test_any_json_object_either_decodes_or_is_an_invalid_message(partial: dict) 
         _decode(body)
     except InvalidMessage as exc:
         assert exc.message
+
+
+def _strict_binascii(text: str) -> bytes | str:
+    """The decoder before pybase64's fast path: what the verdicts must stay."""
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        return "refused"
+
+
+def _decoded(text: str) -> bytes | str:
+    try:
+        return decode_base64(text)
+    except InvalidMessage:
+        return "refused"
+
+
+# The characters that matter to a base64 decoder: the alphabet's edges, both
+# alphabets' 62nd and 63rd letters, padding, whitespace, NUL and non-ASCII.
+EDGES = "AQgw+/=-_ \n\té\x00"
+
+
+def test_base64_verdicts_are_binascii_strict_ones_for_every_short_string() -> None:
+    for n in range(6):
+        for letters in itertools.product(EDGES, repeat=n):
+            text = "".join(letters)
+            assert _decoded(text) == _strict_binascii(text), text
+
+
+@lenient
+@given(st.text(alphabet="ABCabc019+/=-_ \n\x00é", max_size=40))
+def test_base64_verdicts_are_binascii_strict_ones(text: str) -> None:
+    assert _decoded(text) == _strict_binascii(text)
+
+
+@lenient
+@given(st.binary(max_size=3000))
+def test_encoded_bytes_decode_to_themselves(data: bytes) -> None:
+    text = base64.b64encode(data).decode()
+    assert decode_base64(text) == data
+    # A quantum padded past its end, which only binascii accepts, still decodes as before
+    assert _decoded(text + "=") == _strict_binascii(text + "=")
