@@ -178,7 +178,9 @@ def _audit_keeper(
     tsa = TsaClient(client, settings.signing) if settings.signing.tsa_url else None
     roots = load_certificates(settings.signing.trust_roots)
     deadlines = settings.packaging.deadlines
-    return AuditKeeper(db, tsa, store, roots, settings.audit, deadlines, vietnam_now)
+    return AuditKeeper(
+        db, tsa, store, roots, settings.audit, deadlines, vietnam_now, settings.instance
+    )
 
 
 async def open_core(

@@ -316,8 +316,9 @@ class AuditSettings(_Section):
     # The chains' heads are timestamped by signing.tsa_url this often, and after each
     # round's deadline (packaging.deadlines); None: never (no TSA configured, no anchors).
     anchor_every_s: float | None = Field(default=86_400.0, gt=0)
-    # The daemon walks the chains and anchors this often (one instance at a time) and
-    # says so in hocba_audit_last_verification_ok; None: only `hocba-signer audit verify`.
+    # The daemon walks the chains and anchors this often (one instance at a time, after
+    # the last walk any instance recorded in audit_verifications) and says so in
+    # hocba_audit_last_verification_ok; None: only `hocba-signer audit verify`.
     verify_every_s: float | None = Field(default=86_400.0, gt=0)
 
 

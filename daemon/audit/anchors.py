@@ -5,6 +5,12 @@ chain rewritten later (even wholesale, every hash recomputed) no longer has that
 at that place. One instance anchors at a time (an advisory lock), and the same task
 verifies the trail on a schedule, so `hocba_audit_last_verification_ok` says whether
 the last walk found it whole.
+
+The schedule is the cluster's: each walk is a row of `audit_verifications`, the next
+is due `audit.verify_every_s` after the last one, whichever instance made it, and it
+reads the documents of versions stored since the last walk that found the trail whole
+(less a margin for transactions that began before it and committed during it). An
+instance that starts does not walk the trail again, nor re-read the store.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 # pg_try_advisory_xact_lock key: "hocba-audit-anchor"; any constant shared by instances.
 _LOCK_KEY = 0x68_6F_63_62_61_41
 _RETRY_S = 300.0
+# Documents of versions stored this long before the last whole walk began are read
+# again: a version's created_at is its transaction's start, which may precede the walk
+# while its commit came after the walk's read of the documents.
+DOCUMENTS_MARGIN = timedelta(minutes=10)
 
 
 class Stamper(Protocol):
@@ -103,6 +113,7 @@ class AuditKeeper:
         settings: AuditSettings,
         deadlines: Mapping[int, str],
         clock: Clock,
+        instance: str = "hocba-signer",
     ) -> None:
         self._db = db
         self._tsa = tsa
@@ -111,7 +122,7 @@ class AuditKeeper:
         self._settings = settings
         self._deadlines = deadlines
         self._clock = clock
-        self._verified_at: datetime | None = None
+        self._instance = instance
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -140,11 +151,8 @@ class AuditKeeper:
                 waits.append((due - now).total_seconds())
             verify_every_s = self._settings.verify_every_s
             if verify_every_s is not None:
-                due_at = (
-                    now
-                    if self._verified_at is None
-                    else self._verified_at + timedelta(seconds=verify_every_s)
-                )
+                last = await conn.fetchval("SELECT max(started_at) FROM audit_verifications")
+                due_at = now if last is None else last + timedelta(seconds=verify_every_s)
                 if due_at <= now:
                     await self.verify(conn, now)
                     due_at = now + timedelta(seconds=verify_every_s)
@@ -152,12 +160,27 @@ class AuditKeeper:
         return min(waits)
 
     async def verify(self, conn: asyncpg.Connection, now: datetime) -> verify.Report:
-        """The whole trail; documents written since the previous run (all, the first time)."""
+        """The whole trail; the documents stored since the last whole walk (all, the first)."""
         started = time.perf_counter()
+        whole = await conn.fetchval("SELECT max(started_at) FROM audit_verifications WHERE ok")
+        documents_since = None if whole is None else whole - DOCUMENTS_MARGIN
         report = await verify.verify(
-            conn, self._store, self._roots, documents_since=self._verified_at
+            conn, self._store, self._roots, documents_since=documents_since
         )
-        self._verified_at = now
+        await conn.execute(
+            """INSERT INTO audit_verifications
+                   (started_at, ok, chains, entries, breaks, documents, documents_since,
+                    instance)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            now,
+            report.ok,
+            report.chains,
+            report.entries,
+            len(report.breaks),
+            report.documents,
+            documents_since,
+            self._instance,
+        )
         AUDIT_VERIFICATION_OK.set(1 if report.ok else 0)
         AUDIT_VERIFICATION_TIME.set(time.time())
         if report.ok:

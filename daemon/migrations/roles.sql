@@ -3,8 +3,8 @@
 -- an operator makes each service's login role a member (`hocba-signer db grant`).
 --
 --   hocba_daemon    the signing daemon: reads everything, writes what it stores; never
---                   UPDATE or DELETE on audit_log, audit_anchors, signatures,
---                   record_versions, requests, submission_attempts; no DDL.
+--                   UPDATE or DELETE on audit_log, audit_anchors, audit_verifications,
+--                   signatures, record_versions, requests, submission_attempts; no DDL.
 --   hocba_packager  the package runner and the `package*` commands: records, packages
 --                   and their audit. The runner lives in the daemon's process, its
 --                   connection pool and HSM pool, so hocba_daemon is also a member of
@@ -42,8 +42,8 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM hocba_daemon, hocba_packager, 
 GRANT SELECT ON ALL TABLES IN SCHEMA public TO hocba_daemon;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO hocba_daemon;
 GRANT INSERT ON schools, signers, consent_keys, records, record_versions, signatures,
-    requests, audit_log, audit_anchors, outbox, rosters, roster_classes, live_records,
-    certificate_status, ltv_horizons TO hocba_daemon;
+    requests, audit_log, audit_anchors, audit_verifications, outbox, rosters,
+    roster_classes, live_records, certificate_status, ltv_horizons TO hocba_daemon;
 GRANT UPDATE ON schools, signers, consent_keys, records, outbox, rosters, roster_classes,
     live_records, certificate_status, ltv_horizons TO hocba_daemon;
 -- Queues and caches, not history: published events, stale status answers, old rosters.
