@@ -70,16 +70,21 @@ async def anchors(
                 broken.add(head.chain)
 
 
+# A row per signature and `signed` entry of its stage (one, but a forged second entry
+# makes two): the entry's id is part of the page key, so two rows of one signature on
+# either side of a page's end are both judged.
 _SIGNED = """
 SELECT s.school_id, s.record_id, s.stage, s.signer_id, s.cert_serial, s.digest_before,
-       s.digest_after, a.id AS entry_id, a.seq, a.detail::text AS detail,
+       s.digest_after, a.id AS entry_id, coalesce(a.id, 0) AS entry_key, a.seq,
+       a.detail::text AS detail,
        EXISTS (SELECT FROM record_versions v WHERE v.school_id = s.school_id
                AND v.record_id = s.record_id AND v.sha256 = s.digest_after) AS versioned
 FROM signatures s
 LEFT JOIN audit_log a ON a.chain = s.school_id AND a.record_id = s.record_id
      AND a.action = 'signed' AND a.detail->>'stage' = s.stage
-WHERE ($1::text IS NULL OR s.school_id = $1) AND (s.school_id, s.record_id, s.stage) > ($2, $3, $4)
-ORDER BY s.school_id, s.record_id, s.stage LIMIT $5
+WHERE ($1::text IS NULL OR s.school_id = $1)
+  AND (s.school_id, s.record_id, s.stage, coalesce(a.id, 0)) > ($2, $3, $4, $5)
+ORDER BY s.school_id, s.record_id, s.stage, coalesce(a.id, 0) LIMIT $6
 """
 _FIELDS = ("signer_id", "cert_serial", "digest_before", "digest_after")
 
@@ -88,8 +93,8 @@ async def signatures(
     conn: asyncpg.Connection, report: Report, school_id: str | None, page_rows: int
 ) -> None:
     """Every signature has its `signed` entry, saying the same, and its version."""
-    key = ("school_id", "record_id", "stage")
-    async for row in pages(conn, _SIGNED, (school_id,), key, ("", "", ""), page_rows):
+    key = ("school_id", "record_id", "stage", "entry_key")
+    async for row in pages(conn, _SIGNED, (school_id,), key, ("", "", "", 0), page_rows):
         where = f"record {row['record_id']} stage {row['stage']}"
         problem: Break | None
         if row["entry_id"] is None:

@@ -96,3 +96,22 @@ async def test_a_trail_longer_than_a_page_is_walked_whole_and_judged_on_every_pa
     )
     report = await verify.verify(trail.conn, trail.store, trail.roots, page_rows=2)
     assert codes(report)[0] == ("entry_altered", SCHOOL, 8)
+
+
+async def test_a_second_signed_entry_for_a_signature_is_judged_across_a_page_end(
+    trail: Trail,
+) -> None:
+    # Given a record, and a second `signed` entry for its first signature, saying another
+    # signer (written through the trigger, so the chain itself stays whole)
+    await trail.issue(SCHOOL, "R-1")
+    await trail.conn.execute(
+        """INSERT INTO audit_log (school_id, record_id, action, detail)
+           VALUES ($1, 'R-1', 'signed', '{"stage": "homeroom_teacher", "signer_id": "forged"}')""",
+        SCHOOL,
+    )
+    # When the trail is walked one row a statement, the two rows on either side of a page end
+    report = await verify.verify(trail.conn, trail.store, trail.roots, page_rows=1)
+    # Then the second entry is judged as a one-page walk judges it
+    whole = await trail.verify()
+    assert codes(whole) == [("signature_disagrees", SCHOOL, 4)]
+    assert codes(report) == codes(whole)
