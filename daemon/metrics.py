@@ -178,11 +178,11 @@ TSA_ERRORS = Counter(
 )
 AUDIT_VERIFICATION_OK = Gauge(
     "hocba_audit_last_verification_ok",
-    "1 if this instance's last scheduled walk of the audit trail found it whole, else 0.",
+    "1 if the last scheduled walk of the audit trail (by any instance) found it whole, else 0.",
 )
 AUDIT_VERIFICATION_TIME = Gauge(
     "hocba_audit_verification_timestamp_seconds",
-    "When this instance last walked the audit trail (0: not yet).",
+    "When the last scheduled walk of the audit trail (by any instance) ended (0: none yet).",
 )
 STATUS_DURATION = Histogram(
     "hocba_certificate_status_request_duration_seconds",

@@ -9,8 +9,9 @@ the last walk found it whole.
 The schedule is the cluster's: each walk is a row of `audit_verifications`, the next
 is due `audit.verify_every_s` after the last one, whichever instance made it, and it
 reads the documents of versions stored since the last walk that found the trail whole
-(less a margin for transactions that began before it and committed during it). An
-instance that starts does not walk the trail again, nor re-read the store.
+by the database's clock (less a margin for transactions that began before it and
+committed during it). An instance that starts does not walk the trail again, nor
+re-read the store; every instance reports the newest walk in its gauges.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class AuditKeeper:
         """Do what is due now; the seconds until something is due again."""
         waits = [_RETRY_S * 12]
         async with self._db.transaction() as conn:
+            await _report_last_walk(conn)
             if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _LOCK_KEY):
                 return _RETRY_S
             now = self._clock()
@@ -162,17 +164,21 @@ class AuditKeeper:
     async def verify(self, conn: asyncpg.Connection, now: datetime) -> verify.Report:
         """The whole trail; the documents stored since the last whole walk (all, the first)."""
         started = time.perf_counter()
-        whole = await conn.fetchval("SELECT max(started_at) FROM audit_verifications WHERE ok")
+        begun, whole = await conn.fetchrow(
+            """SELECT clock_timestamp(),
+                      (SELECT max(database_started_at) FROM audit_verifications WHERE ok)"""
+        )
         documents_since = None if whole is None else whole - DOCUMENTS_MARGIN
         report = await verify.verify(
             conn, self._store, self._roots, documents_since=documents_since
         )
         await conn.execute(
             """INSERT INTO audit_verifications
-                   (started_at, ok, chains, entries, breaks, documents, documents_since,
-                    instance)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                   (started_at, database_started_at, ok, chains, entries, breaks, documents,
+                    documents_since, instance)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
             now,
+            begun,
             report.ok,
             report.chains,
             report.entries,
@@ -181,8 +187,7 @@ class AuditKeeper:
             documents_since,
             self._instance,
         )
-        AUDIT_VERIFICATION_OK.set(1 if report.ok else 0)
-        AUDIT_VERIFICATION_TIME.set(time.time())
+        await _report_last_walk(conn)
         if report.ok:
             log.info(
                 "Audit trail verified: %d chains, %d entries, %d anchors in %.1fs.",
@@ -201,3 +206,13 @@ class AuditKeeper:
                 first.seq,
             )
         return report
+
+
+async def _report_last_walk(conn: asyncpg.Connection) -> None:
+    """The newest walk, whichever instance made it, in this instance's gauges."""
+    last = await conn.fetchrow(
+        "SELECT ok, finished_at FROM audit_verifications ORDER BY id DESC LIMIT 1"
+    )
+    if last is not None:
+        AUDIT_VERIFICATION_OK.set(1 if last["ok"] else 0)
+        AUDIT_VERIFICATION_TIME.set(last["finished_at"].timestamp())

@@ -7,9 +7,14 @@
 -- `audit.verify_every_s` after the last one here) and a walk reads the documents of
 -- versions stored since the last walk that found the trail whole: a walk that found a
 -- break does not move that mark, so the next one looks at the same documents again.
+-- Every instance reports the newest row in hocba_audit_last_verification_ok and
+-- hocba_audit_verification_timestamp_seconds, so a restart neither clears nor hides it.
 CREATE TABLE audit_verifications (
     id               bigserial PRIMARY KEY,
+    -- The walk's start by the instance's clock (the schedule's) and by the database's
+    -- (the documents' mark: record_versions.created_at is the database's time).
     started_at       timestamptz NOT NULL,
+    database_started_at timestamptz NOT NULL,
     finished_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     ok               boolean NOT NULL,
     chains           integer NOT NULL,

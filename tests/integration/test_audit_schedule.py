@@ -10,9 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from daemon.audit.anchors import DOCUMENTS_MARGIN, AuditKeeper
 from daemon.database import Database
+from daemon.metrics import AUDIT_VERIFICATION_OK, AUDIT_VERIFICATION_TIME
 from daemon.settings import AuditSettings, DatabaseSettings
 from tests.integration.audit_kit import *  # noqa: F403
 from tests.integration.audit_kit import SCHOOL, Trail
@@ -45,6 +47,13 @@ async def keepers(trail: Trail) -> AsyncIterator[Callable[[str, Clock], AuditKee
         await db.close()
 
 
+def _gauges() -> tuple[float | None, float | None]:
+    return (
+        REGISTRY.get_sample_value("hocba_audit_last_verification_ok"),
+        REGISTRY.get_sample_value("hocba_audit_verification_timestamp_seconds"),
+    )
+
+
 async def _walks(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT * FROM audit_verifications ORDER BY id")
 
@@ -58,9 +67,11 @@ async def test_an_instance_that_starts_after_a_walk_waits_for_the_next_one(
     first = await keepers("a", clock)
     await first.tick()
 
-    # When a second instance starts a minute later
+    # When a second instance starts a minute later (a process of its own: no gauges yet)
     clock.now += timedelta(minutes=1)
     second = await keepers("b", clock)
+    AUDIT_VERIFICATION_OK.set(0)
+    AUDIT_VERIFICATION_TIME.set(0)
     wait_s = await second.tick()
 
     # Then it does not walk the trail again, and waits for the walk due an hour after
@@ -68,6 +79,8 @@ async def test_an_instance_that_starts_after_a_walk_waits_for_the_next_one(
     assert (walk["instance"], walk["ok"], walk["documents_since"]) == ("a", True, None)
     assert walk["documents"] == 4  # all of them, the first time
     assert wait_s == pytest.approx(EVERY_S - 60, abs=1)
+    # and it reports the walk the other one made
+    assert _gauges() == (1.0, walk["finished_at"].timestamp())
 
     # and when it is due, one of them walks: the documents since the last whole walk
     clock.now += timedelta(seconds=EVERY_S)
@@ -75,7 +88,7 @@ async def test_an_instance_that_starts_after_a_walk_waits_for_the_next_one(
     await first.tick()
     walks = await _walks(trail.conn)
     assert [w["instance"] for w in walks] == ["a", "b"]
-    assert walks[1]["documents_since"] == walk["started_at"] - DOCUMENTS_MARGIN
+    assert walks[1]["documents_since"] == walk["database_started_at"] - DOCUMENTS_MARGIN
 
 
 async def test_a_walk_reads_only_the_documents_stored_since_the_last_whole_one(
@@ -119,4 +132,5 @@ async def test_a_walk_that_finds_a_break_keeps_the_documents_for_the_next(
     walks = await _walks(trail.conn)
     assert [(w["ok"], w["breaks"]) for w in walks] == [(True, 0), (False, 1), (False, 1)]
     assert walks[1]["documents_since"] == walks[2]["documents_since"]
-    assert walks[2]["documents_since"] == walks[0]["started_at"] - DOCUMENTS_MARGIN
+    assert walks[2]["documents_since"] == walks[0]["database_started_at"] - DOCUMENTS_MARGIN
+    assert _gauges() == (0.0, walks[2]["finished_at"].timestamp())

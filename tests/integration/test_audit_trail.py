@@ -182,8 +182,9 @@ async def test_the_daemons_role_cannot_rewrite_history(
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(sql)
         # but it records its scheduled walks (daemon/audit/anchors.py)
-        walk = """INSERT INTO audit_verifications (started_at, ok, chains, entries, breaks,
-                      documents, instance) VALUES (now(), true, 0, 0, 0, 0, 'test')"""
+        walk = """INSERT INTO audit_verifications (started_at, database_started_at, ok, chains,
+                      entries, breaks, documents, instance)
+                  VALUES (now(), now(), true, 0, 0, 0, 0, 'test')"""
         await conn.execute(walk)
         # And the trail it wrote is whole
         roots = dev_env.settings.signing.trust_roots
