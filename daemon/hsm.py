@@ -127,7 +127,6 @@ class SigningPool:
         except TimeoutError:
             _terminate(executor)  # a worker hangs in the HSM; shutdown then returns
             await stopping
-        self._retiring.pop(executor, None)
 
     def _shutdown(
         self, executor: ProcessPoolExecutor, *, cancel_futures: bool
@@ -139,7 +138,14 @@ class SigningPool:
                 asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=cancel_futures)
             )
             self._retiring[executor] = stopping
+            stopping.add_done_callback(lambda done: self._stopped(executor, done))
         return stopping
+
+    def _stopped(self, executor: ProcessPoolExecutor, done: asyncio.Future[None]) -> None:
+        if self._retiring.get(executor) is done:
+            del self._retiring[executor]
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("HSM workers did not stop cleanly: %r", done.exception())
 
     async def sign(self, job: SignJob) -> SignResult:
         (result,) = await self.sign_many([job])
@@ -300,7 +306,9 @@ class SigningPool:
             self._jobs = 0
         if kill:
             _terminate(executor)
-        executor.shutdown(wait=False, cancel_futures=True)
+        # Its one shutdown, which close() waits for; not a second one beside a
+        # recycle's stop of the same executor (see _stop).
+        self._shutdown(executor, cancel_futures=True)
 
 
 def _terminate(executor: ProcessPoolExecutor) -> None:
