@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 from collections import defaultdict
@@ -121,6 +122,24 @@ async def drop_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    """A database of the test's own (empty: not migrated), its DSN and a connection to
+    it as the admin; dropped afterwards. For what must not share the run's database."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(endpoints.admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(dsn(name))
+    try:
+        yield dsn(name), conn
+    finally:
+        await conn.close()
+        await drop_database(name)
 
 
 async def drop_role(name: str) -> None:

@@ -104,12 +104,7 @@ class Trail:
 
 @pytest.fixture
 async def trail(tmp_path: Path, serviced_hsm: ServicedHsm) -> AsyncIterator[Trail]:
-    name = f"hocba_audit_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(services.dsn("postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    conn = await asyncpg.connect(services.dsn(name))
-    try:
+    async with services.scratch_database("hocba_audit") as (dsn, conn):
         await migrate.migrate(conn)
         for school in (SCHOOL, OTHER):
             await devenv.register_school(conn, school, "HS256", b"k" * 32)
@@ -122,10 +117,7 @@ async def trail(tmp_path: Path, serviced_hsm: ServicedHsm) -> AsyncIterator[Trai
         async with aiohttp.ClientSession() as client:
             tsa = TsaClient(client, serviced_hsm.signing())
             store, roots = FsStore(tmp_path / "documents"), serviced_hsm.dev.trust_roots
-            yield Trail(conn, store, roots, tsa, services.dsn(name))
-    finally:
-        await conn.close()
-        await services.drop_database(name)
+            yield Trail(conn, store, roots, tsa, dsn)
 
 
 def codes(report: verify.Report) -> list[tuple[str, str, int | None]]:

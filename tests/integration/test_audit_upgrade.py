@@ -30,12 +30,7 @@ _PLAN = "EXPLAIN (VERBOSE) SELECT audit_entry_hash('c', 1, 'p', now(), 's', 'r',
 @pytest.fixture
 async def before_0012() -> AsyncIterator[asyncpg.Connection]:
     """A database migrated as it was before 0012 (as the schema owner would have)."""
-    name = f"hocba_audit_up_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(services.dsn("postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    conn = await asyncpg.connect(services.dsn(name))
-    try:
+    async with services.scratch_database("hocba_audit_up") as (_, conn):
         await conn.execute(
             "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
@@ -48,9 +43,6 @@ async def before_0012() -> AsyncIterator[asyncpg.Connection]:
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, file)
         await devenv.register_school(conn, SCHOOL, "HS256", b"k" * 32)
         yield conn
-    finally:
-        await conn.close()
-        await services.drop_database(name)
 
 
 async def _plan(conn: asyncpg.Connection) -> str:

@@ -9,7 +9,6 @@ statements) and its store statement grew slower with every record stored.
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -34,18 +33,10 @@ _CHECK = 'SELECT 1 FROM ONLY "public"."records"'
 @pytest.fixture
 async def fresh() -> AsyncIterator[asyncpg.Connection]:
     """A database migrated now, one school, `records` empty and never analyzed."""
-    name = f"hocba_lookup_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(services.dsn("postgres"))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    conn = await asyncpg.connect(services.dsn(name))
-    try:
+    async with services.scratch_database("hocba_lookup") as (_, conn):
         await migrate.migrate(conn)
         await devenv.register_school(conn, SCHOOL, "HS256", b"k" * 32)
         yield conn
-    finally:
-        await conn.close()
-        await services.drop_database(name)
 
 
 def _scans(plan: dict[str, object]) -> list[dict[str, object]]:
