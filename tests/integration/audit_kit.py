@@ -46,45 +46,12 @@ class Trail:
 
     async def issue(self, school: str, record_id: str) -> list[str]:
         """A record through all three stages, by the daemon's own store statement."""
-        info = RecordInfo(
-            record_id=record_id,
-            student_id=f"S-{record_id}",
-            academic_year="2025-2026",
-            grade=5,
-            class_name="5A",
-            submission_round=1,
-        )
         before = await self.store.put(f"%PDF-1.7 record {school}/{record_id}".encode())
         digests = [before]
         for stage in ORDER:
             after = await self.store.put(f"{digests[-1]} signed at {stage.value}".encode())
-            signature = record_store.NewSignature(
-                request_id=uuid.uuid4(),
-                school_id=school,
-                info=info,
-                stage=stage,
-                signer_id=f"{school}-{stage.value}",
-                cert_serial="0a1b",
-                signed_at=datetime.now(UTC),
-                digest_before=digests[-1],
-                digest_after=after,
-                size_before=10,
-                size_after=20,
-                fingerprint=secrets.token_hex(8),
-            )
-            event = StatusEvent(
-                event_id=uuid.uuid4(),
-                request_id=signature.request_id,
-                school_id=school,
-                record_id=record_id,
-                state=_STATES[stage],
-                stage=stage,
-                document_sha256=after,
-                signatures=stage.position,
-                reason=None,
-                at=datetime.now(UTC),
-            )
-            await record_store.store_signature(self.conn, signature, event)
+            signer = f"{school}-{stage.value}"
+            await store_stage(self.conn, school, record_id, stage, signer, digests[-1], after)
             digests.append(after)
         return digests
 
@@ -123,3 +90,51 @@ async def trail(tmp_path: Path, serviced_hsm: ServicedHsm) -> AsyncIterator[Trai
 def codes(report: verify.Report) -> list[tuple[str, str, int | None]]:
     """Each break as (code, chain, seq): what the tests compare."""
     return [(b.code, b.chain, b.seq) for b in report.breaks]
+
+
+async def store_stage(
+    conn: asyncpg.Connection,
+    school: str,
+    record_id: str,
+    stage: Stage,
+    signer_id: str,
+    before: str,
+    after: str,
+) -> None:
+    """One stage of a record signed, stored by the daemon's own statement (with its
+    `signed` entry and status event), as the pipeline stores it."""
+    info = RecordInfo(
+        record_id=record_id,
+        student_id=f"S-{record_id}",
+        academic_year="2025-2026",
+        grade=5,
+        class_name="5A",
+        submission_round=1,
+    )
+    signature = record_store.NewSignature(
+        request_id=uuid.uuid4(),
+        school_id=school,
+        info=info,
+        stage=stage,
+        signer_id=signer_id,
+        cert_serial="0a1b",
+        signed_at=datetime.now(UTC),
+        digest_before=before,
+        digest_after=after,
+        size_before=10,
+        size_after=20,
+        fingerprint=secrets.token_hex(8),
+    )
+    event = StatusEvent(
+        event_id=uuid.uuid4(),
+        request_id=signature.request_id,
+        school_id=school,
+        record_id=record_id,
+        state=_STATES[stage],
+        stage=stage,
+        document_sha256=after,
+        signatures=stage.position,
+        reason=None,
+        at=datetime.now(UTC),
+    )
+    await record_store.store_signature(conn, signature, event)

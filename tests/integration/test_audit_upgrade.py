@@ -11,17 +11,16 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
-from daemon import migrate, record_store
+from daemon import migrate
 from daemon.audit import chain, verify
 from daemon.dev import env as devenv
-from daemon.messages import RecordInfo, StatusEvent
-from daemon.stages import Stage, State
+from daemon.stages import Stage
 from tests import services
+from tests.integration.audit_kit import store_stage
 
 SCHOOL = "31000903"
 _PLAN = "EXPLAIN (VERBOSE) SELECT audit_entry_hash('c', 1, 'p', now(), 's', 'r', NULL, 'a', '{}')"
@@ -59,41 +58,8 @@ async def _first_signature(conn: asyncpg.Connection, record_id: str) -> None:
            ON CONFLICT DO NOTHING""",
         SCHOOL,
     )
-    info = RecordInfo(
-        record_id=record_id,
-        student_id=f"S-{record_id}",
-        academic_year="2025-2026",
-        grade=5,
-        class_name="5A",
-        submission_round=1,
-    )
-    sig = record_store.NewSignature(
-        request_id=uuid.uuid4(),
-        school_id=SCHOOL,
-        info=info,
-        stage=Stage.HOMEROOM_TEACHER,
-        signer_id="GV-1",
-        cert_serial="0a1b",
-        signed_at=datetime.now(UTC),
-        digest_before=secrets.token_hex(32),
-        digest_after=secrets.token_hex(32),
-        size_before=10,
-        size_after=20,
-        fingerprint=secrets.token_hex(8),
-    )
-    event = StatusEvent(
-        event_id=uuid.uuid4(),
-        request_id=sig.request_id,
-        school_id=SCHOOL,
-        record_id=record_id,
-        state=State.SIGNED_BY_TEACHER,
-        stage=Stage.HOMEROOM_TEACHER,
-        document_sha256=sig.digest_after,
-        signatures=1,
-        reason=None,
-        at=datetime.now(UTC),
-    )
-    await record_store.store_signature(conn, sig, event)
+    before, after = secrets.token_hex(32), secrets.token_hex(32)
+    await store_stage(conn, SCHOOL, record_id, Stage.HOMEROOM_TEACHER, "GV-1", before, after)
 
 
 async def _entries(conn: asyncpg.Connection, tag: str) -> None:
