@@ -24,16 +24,11 @@ from daemon.blobs import FsStore
 from daemon.dev import env as devenv
 from daemon.ltv.timestamps import TsaClient
 from daemon.messages import RecordInfo, StatusEvent
-from daemon.stages import ORDER, Stage, State
+from daemon.stages import ORDER, Stage
 from tests import services
 from tests.pki_services_fixtures import ServicedHsm
 
 SCHOOL, OTHER = "31000901", "31000902"
-_STATES = {
-    Stage.HOMEROOM_TEACHER: State.SIGNED_BY_TEACHER,
-    Stage.PRINCIPAL: State.SIGNED_BY_PRINCIPAL,
-    Stage.SCHOOL_SEAL: State.ISSUED,
-}
 
 
 @dataclass
@@ -92,17 +87,10 @@ def codes(report: verify.Report) -> list[tuple[str, str, int | None]]:
     return [(b.code, b.chain, b.seq) for b in report.breaks]
 
 
-async def store_stage(
-    conn: asyncpg.Connection,
-    school: str,
-    record_id: str,
-    stage: Stage,
-    signer_id: str,
-    before: str,
-    after: str,
-) -> None:
-    """One stage of a record signed, stored by the daemon's own statement (with its
-    `signed` entry and status event), as the pipeline stores it."""
+def stage_signed(
+    school: str, record_id: str, stage: Stage, signer_id: str, before: str, after: str
+) -> tuple[record_store.NewSignature, StatusEvent]:
+    """A stage's signature of a record and its status event, as the pipeline builds them."""
     info = RecordInfo(
         record_id=record_id,
         student_id=f"S-{record_id}",
@@ -130,11 +118,26 @@ async def store_stage(
         request_id=signature.request_id,
         school_id=school,
         record_id=record_id,
-        state=_STATES[stage],
+        state=stage.state,
         stage=stage,
         document_sha256=after,
         signatures=stage.position,
         reason=None,
-        at=datetime.now(UTC),
+        at=signature.signed_at,
     )
+    return signature, event
+
+
+async def store_stage(
+    conn: asyncpg.Connection,
+    school: str,
+    record_id: str,
+    stage: Stage,
+    signer_id: str,
+    before: str,
+    after: str,
+) -> None:
+    """One stage of a record signed, stored by the daemon's own statement (with its
+    `signed` entry and status event), as the pipeline stores it."""
+    signature, event = stage_signed(school, record_id, stage, signer_id, before, after)
     await record_store.store_signature(conn, signature, event)

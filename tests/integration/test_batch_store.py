@@ -3,20 +3,19 @@ a lost race fails only its own record, and the rest is stored whole."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from daemon import records
 from daemon.dev import env as devenv
-from daemon.messages import RecordInfo, StatusEvent
+from daemon.messages import StatusEvent
 from daemon.settings import Settings
 from daemon.stages import Stage
+from tests.integration.audit_kit import stage_signed
 
 
 @pytest.fixture
@@ -32,42 +31,8 @@ def _digest(text: str) -> str:
 
 def _first_stage(school: str, record_id: str) -> tuple[records.NewSignature, StatusEvent]:
     """A teacher's signature of a new record, and its event, as the pipeline builds them."""
-    info = RecordInfo(
-        record_id=record_id,
-        student_id=f"student-{record_id}",
-        academic_year="2025-2026",
-        grade=5,
-        class_name="5A",
-        submission_round=1,
-    )
-    request_id, now = uuid.uuid4(), datetime.now(UTC)
-    event = StatusEvent(
-        event_id=uuid.uuid4(),
-        request_id=request_id,
-        school_id=school,
-        record_id=record_id,
-        state=Stage.HOMEROOM_TEACHER.state,
-        stage=Stage.HOMEROOM_TEACHER,
-        document_sha256=_digest(f"{record_id}-1"),
-        signatures=1,
-        reason=None,
-        at=now,
-    )
-    signature = records.NewSignature(
-        request_id=request_id,
-        school_id=school,
-        info=info,
-        stage=Stage.HOMEROOM_TEACHER,
-        signer_id="GV-0001",
-        cert_serial="1a",
-        signed_at=now,
-        digest_before=_digest(f"{record_id}-0"),
-        digest_after=_digest(f"{record_id}-1"),
-        size_before=1000,
-        size_after=1500,
-        fingerprint=_digest(str(request_id)),
-    )
-    return signature, event
+    before, after = _digest(f"{record_id}-0"), _digest(f"{record_id}-1")
+    return stage_signed(school, record_id, Stage.HOMEROOM_TEACHER, "GV-0001", before, after)
 
 
 async def _written(conn: asyncpg.Connection, request_id: uuid.UUID) -> tuple[int, int, int]:
@@ -127,15 +92,9 @@ async def test_later_stages_are_set_each_by_its_own_compare_and_set(
     nexts = []
     for n, (first, _) in enumerate(firsts):
         before = first.digest_after if n == 0 else _digest("not the current version")
-        signature, event = _first_stage(school, first.info.record_id)
-        signature = dataclasses.replace(
-            signature,
-            stage=Stage.PRINCIPAL,
-            digest_before=before,
-            digest_after=_digest(f"{first.info.record_id}-2"),
-        )
-        event = event.model_copy(update={"state": Stage.PRINCIPAL.state, "signatures": 2})
-        nexts.append((signature, event))
+        after = _digest(f"{first.info.record_id}-2")
+        record_id = first.info.record_id
+        nexts.append(stage_signed(school, record_id, Stage.PRINCIPAL, "GV-0001", before, after))
     stored = await records.store_signatures(conn, nexts)
 
     # Then only the one whose version matched advanced
