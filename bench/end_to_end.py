@@ -306,15 +306,12 @@ async def measure(
     calls = {k: v - calls[k] for k, v in (await _calls(running)).items()}
     wall = driver.last_event - driver.first_publish
     signatures = 3 * len(driver.issued)
-    cpu = sum(procs.cpu_between(b, a) for b, a in zip(before, after, strict=True))
-    main_cpu = sum(
-        a.cpu_s.get(i.process.pid, 0.0) - b.cpu_s.get(i.process.pid, 0.0)
-        for i, b, a in zip(running, before, after, strict=True)
-    )
-    system = sum(procs.cpu_between(b, a, system=True) for b, a in zip(before, after, strict=True))
+    sampled = list(zip(running, before, after, strict=True))
+    cpu = sum(procs.cpu_between(b, a) for _, b, a in sampled)
+    main_cpu = sum(procs.cpu_between(b, a, pid=i.process.pid) for i, b, a in sampled)
+    system = sum(procs.cpu_between(b, a, system=True) for _, b, a in sampled)
     main_system = sum(
-        a.system_s.get(i.process.pid, 0.0) - b.system_s.get(i.process.pid, 0.0)
-        for i, b, a in zip(running, before, after, strict=True)
+        procs.cpu_between(b, a, system=True, pid=i.process.pid) for i, b, a in sampled
     )
     store = FsStore(running[0].store_path if running else env.dev.settings.store.path)
     issued = [await store.get(digest) for digest in driver.issued]

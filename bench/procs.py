@@ -82,10 +82,13 @@ class TreeSample:
         )
 
 
-def cpu_between(before: TreeSample, after: TreeSample, *, system: bool = False) -> float:
-    """CPU seconds the tree spent between the samples (the kernel's part if `system`)."""
+def cpu_between(
+    before: TreeSample, after: TreeSample, *, system: bool = False, pid: int | None = None
+) -> float:
+    """CPU seconds the tree (or its process `pid` alone) spent between the samples; the
+    kernel's part if `system`."""
     old, new = (before.system_s, after.system_s) if system else (before.cpu_s, after.cpu_s)
-    return sum(cpu - old.get(pid, 0.0) for pid, cpu in new.items())
+    return sum(cpu - old.get(p, 0.0) for p, cpu in new.items() if pid is None or p == pid)
 
 
 def machine_busy_s() -> float:
