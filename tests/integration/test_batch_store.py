@@ -10,19 +10,32 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from daemon import records
+from daemon import migrate, records
 from daemon.dev import env as devenv
 from daemon.messages import StatusEvent
-from daemon.settings import Settings
 from daemon.stages import Stage
+from tests import services
 from tests.integration.audit_kit import stage_signed
+
+SCHOOLS = ("31000201", "31000202")
 
 
 @pytest.fixture
-async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(settings.database.dsn)
-    yield connection
-    await connection.close()
+async def conn() -> AsyncIterator[asyncpg.Connection]:
+    """A database of these tests' own: their records have no documents in the store,
+    and a walk of the run's shared trail would report them missing (test_audit_trail)."""
+    async with services.scratch_database("hocba_batch") as (_, connection):
+        await migrate.migrate(connection)
+        for school in SCHOOLS:
+            await devenv.register_school(connection, school, "HS256", b"k" * 32)
+            await connection.execute(
+                """INSERT INTO signers (school_id, signer_id, stage, token_label, key_label,
+                                        cert_serial, cert_not_after)
+                   VALUES ($1, 'GV-0001', 'homeroom_teacher', 't', $1 || '/GV-0001', '0a1b',
+                           now() + interval '1 year')""",
+                school,
+            )
+        yield connection
 
 
 def _digest(text: str) -> str:
@@ -48,11 +61,9 @@ async def _written(conn: asyncpg.Connection, request_id: uuid.UUID) -> tuple[int
     return row["requests"], row["audit"], row["outbox"]
 
 
-async def test_a_lost_race_fails_only_its_own_record(
-    dev_env: devenv.DevEnv, conn: asyncpg.Connection
-) -> None:
+async def test_a_lost_race_fails_only_its_own_record(conn: asyncpg.Connection) -> None:
     # Given a record another instance created first, and two schools' new records
-    a, b = dev_env.schools[0], dev_env.schools[1]
+    a, b = SCHOOLS
     tag = uuid.uuid4().hex[:8]
     raced = _first_stage(a, f"batch-{tag}-raced")
     await records.store_signature(conn, *_first_stage(a, f"batch-{tag}-raced"))
@@ -79,10 +90,10 @@ async def test_a_lost_race_fails_only_its_own_record(
 
 
 async def test_later_stages_are_set_each_by_its_own_compare_and_set(
-    dev_env: devenv.DevEnv, conn: asyncpg.Connection
+    conn: asyncpg.Connection,
 ) -> None:
     # Given two records signed by their teachers
-    school = dev_env.schools[0]
+    school = SCHOOLS[0]
     tag = uuid.uuid4().hex[:8]
     firsts = [_first_stage(school, f"batch-{tag}-{n}") for n in range(2)]
     assert await records.store_signatures(conn, firsts) == [True, True]
@@ -106,9 +117,9 @@ async def test_later_stages_are_set_each_by_its_own_compare_and_set(
 
 
 async def test_a_batch_lookup_answers_each_key_as_a_lookup_of_its_own(
-    dev_env: devenv.DevEnv, conn: asyncpg.Connection
+    conn: asyncpg.Connection,
 ) -> None:
-    school = dev_env.schools[0]
+    school = SCHOOLS[0]
     tag = uuid.uuid4().hex[:8]
     known = _first_stage(school, f"batch-{tag}-known")
     await records.store_signature(conn, *known)
