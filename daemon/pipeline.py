@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 from uuid import UUID
 
 from daemon import consent, records, rules, storing, versions
-from daemon.blobs import BlobStore
+from daemon.blobs import BlobStore, Hashed
 from daemon.clock import Clock, vietnam_now
 from daemon.database import Database
 from daemon.errors import (
@@ -190,8 +190,9 @@ class Pipeline:
         finished: list[Outcome | Signed | BaseException],
     ) -> list[Outcome | Signed | BaseException]:
         """`finished`, each signed request's versions durable before any row names them."""
+        # Each hashed already (the teacher's at intake, the signed one by its worker).
         made = {
-            n: [r.job.pdf] * r.new_version + [s.pdf]
+            n: [Hashed(r.job.pdf, r.digest_before)] * r.new_version + [Hashed(s.pdf, s.sha256)]
             for n, (r, s, f) in enumerate(zip(ready, signatures, finished, strict=True))
             if isinstance(f, Signed) and isinstance(s, SignResult)
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from daemon import records
-from daemon.blobs import BlobStore
+from daemon.blobs import BlobStore, Hashed
 from daemon.messages import SignRequest
 from daemon.stages import Stage
 
@@ -39,7 +39,7 @@ async def held(
         return {}
 
 
-async def put(store: BlobStore, versions: list[list[bytes]]) -> list[Exception | None]:
+async def put(store: BlobStore, versions: list[list[Hashed]]) -> list[Exception | None]:
     """Store each signature's PDFs: the error that kept each from the store, or None.
 
     The batch's in one `put_many`; if that fails, each signature's alone, so that one

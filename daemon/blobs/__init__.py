@@ -1,7 +1,8 @@
 """Blobs: every version of every record and every package, named by its sha256.
 
 * `BlobStore` (in `base`) is the one interface: `put`, `put_many` (a batch, durable
-  together), `put_stream`, `get`, `open` (an async stream, checked as it goes), `exists`.
+  together; a `Hashed` blob is stored under the digest it carries), `put_stream`,
+  `get`, `open` (an async stream, checked as it goes), `exists`.
 * `fs.FsStore` keeps them on one machine's disk; `s3.S3Store` in any S3-compatible
   object store, for instances on several machines.
 * `open_store` builds the configured backend; only the composition roots call it
@@ -18,7 +19,7 @@ import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
-from daemon.blobs.base import CHUNK_BYTES, BlobReader, BlobStore, StoredBlob
+from daemon.blobs.base import CHUNK_BYTES, BlobReader, BlobStore, Hashed, StoredBlob
 from daemon.blobs.fs import FsStore
 from daemon.errors import StoreUnavailable
 from daemon.settings import StoreSettings
@@ -28,6 +29,7 @@ __all__ = [
     "BlobReader",
     "BlobStore",
     "FsStore",
+    "Hashed",
     "StoredBlob",
     "file_chunks",
     "open_store",

@@ -21,7 +21,16 @@ from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from daemon.blobs.base import CHUNK_BYTES, StoredBlob, check, key_of, verified
+from daemon.blobs.base import (
+    CHUNK_BYTES,
+    Hashed,
+    StoredBlob,
+    check,
+    data_of,
+    digest_of,
+    key_of,
+    verified,
+)
 from daemon.errors import StoreCorrupt, StoreUnavailable
 
 BACKEND = "fs"
@@ -53,7 +62,7 @@ class FsStore:
         (digest,) = await self.put_many([data])
         return digest
 
-    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+    async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
         # A few threads, each writing and fsyncing a share: the disk waits overlap, for
         # a thread hop per share rather than per blob.
         shares = [blobs[n : n + SHARE] for n in range(0, len(blobs), SHARE)]
@@ -147,13 +156,13 @@ class FsStore:
             raise StoreUnavailable(f"Cannot store a blob: {exc.strerror}.") from exc
         return os.fdopen(fd, "wb"), Path(tmp)
 
-    def _write_many(self, blobs: Sequence[bytes]) -> list[str]:
-        digests = [hashlib.sha256(data).hexdigest() for data in blobs]
+    def _write_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
+        digests = [digest_of(blob) for blob in blobs]
         todo: dict[str, bytes] = {}  # target -> bytes; the same bytes twice are written once
-        for digest, data in zip(digests, blobs, strict=True):
+        for digest, blob in zip(digests, blobs, strict=True):
             target = self._file(digest)
             if target not in todo and not os.path.exists(target):
-                todo[target] = data
+                todo[target] = data_of(blob)
         if todo:
             try:
                 self._write_durably(todo)

@@ -25,7 +25,16 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from daemon.blobs.base import CHUNK_BYTES, StoredBlob, check, key_of, verified
+from daemon.blobs.base import (
+    CHUNK_BYTES,
+    Hashed,
+    StoredBlob,
+    check,
+    data_of,
+    digest_of,
+    key_of,
+    verified,
+)
 from daemon.errors import StoreUnavailable
 from daemon.settings import S3Settings
 
@@ -93,7 +102,9 @@ class S3Store:
             await self._client.head_bucket(Bucket=self._bucket)
 
     async def put(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+        return await self._put(data, hashlib.sha256(data).hexdigest())
+
+    async def _put(self, data: bytes, digest: str) -> str:
         # Always written, never skipped when present: content-addressed, so rewriting
         # is harmless, and it repairs an object found corrupt.
         async with _translated(f"store blob {digest[:12]}…"):
@@ -102,9 +113,10 @@ class S3Store:
             )
         return digest
 
-    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+    async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
         """Each blob uploaded concurrently (the client's pool bounds the connections)."""
-        results = await asyncio.gather(*(self.put(data) for data in blobs), return_exceptions=True)
+        puts = (self._put(data_of(blob), digest_of(blob)) for blob in blobs)
+        results = await asyncio.gather(*puts, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import aiohttp
 
 from daemon import app
-from daemon.blobs import FsStore
+from daemon.blobs import FsStore, Hashed
 from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
 from daemon.errors import StoreUnavailable
@@ -30,9 +30,9 @@ class Refusing(FsStore):
     refused: bytes = b""
     writes: list[int]
 
-    async def put_many(self, blobs: Sequence[bytes]) -> list[str]:
+    async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
         self.writes.append(len(blobs))
-        if self.refused in blobs:
+        if self.refused in [b.data if isinstance(b, Hashed) else b for b in blobs]:
             raise StoreUnavailable("Cannot store a blob: No space left on device.")
         return await super().put_many(blobs)
 

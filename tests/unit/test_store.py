@@ -6,10 +6,11 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from daemon.blobs import FsStore
+from daemon.blobs import FsStore, Hashed
 from daemon.errors import StoreCorrupt, StoreUnavailable
 
 
@@ -121,6 +122,38 @@ async def test_a_batch_is_stored_whole_each_blob_once(tmp_path: Path) -> None:
     stored = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
     assert stored == sorted(set(digests))
     assert await store.put_many([]) == []
+
+
+async def test_hashed_blobs_are_stored_under_their_digest_not_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FsStore(tmp_path)
+    blobs = [b"%PDF-1.7 hashed", b"%PDF-1.7 plain"]
+    hashed = Hashed(blobs[0], hashlib.sha256(blobs[0]).hexdigest())
+    hashes: list[int] = []
+    real_sha256 = hashlib.sha256
+
+    def counted(data: bytes = b"") -> Any:
+        hashes.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counted)
+    digests = await store.put_many([hashed, blobs[1]])
+    assert hashes == [len(blobs[1])]  # only the plain one was hashed
+    monkeypatch.setattr(hashlib, "sha256", real_sha256)
+    assert digests == [real_sha256(b).hexdigest() for b in blobs]
+    assert [await store.get(d) for d in digests] == blobs
+
+
+async def test_a_hashed_blob_under_a_wrong_digest_is_never_served(tmp_path: Path) -> None:
+    # The pairing is the caller's word: a wrong one misnames the file, and every read
+    # (and the audit walk) checks the bytes against the name.
+    store = FsStore(tmp_path)
+    wrong = hashlib.sha256(b"%PDF-1.7 other").hexdigest()
+    (digest,) = await store.put_many([Hashed(b"%PDF-1.7 these", wrong)])
+    assert digest == wrong
+    with pytest.raises(StoreCorrupt):
+        await store.get(wrong)
 
 
 async def test_a_batch_fsyncs_each_file_before_its_rename_and_each_directory_after(
