@@ -55,16 +55,21 @@ def _free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def instances(
-    env: BenchEnv, count: int, level: str = "B-B", extra_env: dict[str, str] | None = None
+    env: BenchEnv,
+    count: int,
+    level: str = "B-B",
+    extra_env: dict[str, str] | None = None,
+    first: int = 0,
 ) -> AsyncIterator[list[Instance]]:
     """`count` daemons signing at `level`, consuming the same queue; SIGTERM afterwards.
 
-    `extra_env`: settings for these instances only (`HOCBA_AMQP__BATCH_SIZE`, …).
+    `extra_env`: settings for these instances only (`HOCBA_AMQP__BATCH_SIZE`, …);
+    `first`: the number of the first one's name, beside instances already running.
     """
     exe = Path(sys.executable).parent / "hocba-signer"
     started: list[Instance] = []
     try:
-        for n in range(count):
+        for n in range(first, first + count):
             name, port = f"bench-{env.tag}-{n}", _free_port()
             log = env.dev.base / f"{name}.log"
             child_env = {
