@@ -99,7 +99,9 @@ async def started(settings: Settings, stop: asyncio.Event) -> AsyncIterator[Runn
 
         mqtt = MqttStatus(settings.mqtt)
         stack.push_async_callback(mqtt.close)
-        relay = StatusRelay(db, [AmqpStatus(status_exchange), mqtt])
+        relay = StatusRelay(
+            db, [AmqpStatus(status_exchange), mqtt], gather_s=settings.status.gather_ms / 1000
+        )
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(relay_stop), name="outbox-relay")
         stack.push_async_callback(_finish, relay_task, relay_stop)

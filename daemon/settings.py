@@ -322,6 +322,15 @@ class AuditSettings(_Section):
     verify_every_s: float | None = Field(default=86_400.0, gt=0)
 
 
+class StatusSettings(_Section):
+    """The outbox relay that publishes status events (producers/status.py)."""
+
+    # After a pass that published events, the relay waits this long before the next,
+    # so that under load one pass takes many batches' events (README "Throughput");
+    # an event after a quiet spell still leaves at once. 0: a pass per commit.
+    gather_ms: float = Field(default=50.0, ge=0, le=1000)
+
+
 class MemorySettings(_Section):
     # Seconds between two malloc_trim(0) of the main process (daemon/memdebug.py); 0: never.
     trim_interval_s: float = Field(default=60.0, ge=0)
@@ -354,6 +363,7 @@ class Settings(BaseSettings):
     verification: VerificationSettings = VerificationSettings()
     verify_server: VerifyServerSettings = VerifyServerSettings()
     audit: AuditSettings = AuditSettings()
+    status: StatusSettings = StatusSettings()
     memory: MemorySettings = MemorySettings()
 
     @model_validator(mode="after")

@@ -51,11 +51,18 @@ class StatusPublisher(Protocol):
 
 class StatusRelay:
     def __init__(
-        self, db: Database, transports: list[StatusPublisher], sweep_s: float = 5.0
+        self,
+        db: Database,
+        transports: list[StatusPublisher],
+        sweep_s: float = 5.0,
+        gather_s: float = 0.0,
     ) -> None:
         self._db = db
         self._transports = transports
         self._sweep_s = sweep_s
+        # After a pass that published, the next waits this long (status.gather_ms):
+        # under load the commits meanwhile make one pass, not one each.
+        self._gather_s = gather_s
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -84,20 +91,24 @@ class StatusRelay:
                 while not stop.is_set():
                     self._wake.clear()
                     async with translated():
-                        await self.drain(conn)
+                        published = await self.drain(conn)
+                    if published and self._gather_s:
+                        await _wait(stop, self._gather_s)
                     await _wait_any(stop, self._wake, self._sweep_s)
             finally:
                 with contextlib.suppress(Exception):
                     await conn.remove_listener(OUTBOX_CHANNEL, self._on_notify)
                     await conn.execute("SELECT pg_advisory_unlock($1)", _LEADER_LOCK)
 
-    async def drain(self, conn: asyncpg.Connection) -> None:
+    async def drain(self, conn: asyncpg.Connection) -> int:
         """Publish everything pending, each transport in stored order, all at once.
 
         One query reads what the transports still lack and one marks what they took,
         so under load a pass relays many events in two round trips. A transport whose
-        broker is down drops out of the pass; the others go on without it.
+        broker is down drops out of the pass; the others go on without it. Returns
+        how many rows some transport took.
         """
+        published = 0
         healthy = list(self._transports)
         while healthy:
             rows = await conn.fetch(outbox.pending_sql(t.name for t in healthy), BATCH)
@@ -109,6 +120,7 @@ class StatusRelay:
             marks = {t.name: ids for t, ids in zip(healthy, taken, strict=True) if ids}
             if marks:
                 await conn.execute(outbox.mark_sql(marks), *marks.values())
+                published += len(set().union(*marks.values()))
             down = [t for t, ids in zip(healthy, taken, strict=True) if ids is None]
             healthy = [t for t in healthy if t not in down]
             if len(rows) < BATCH and not down:
@@ -119,6 +131,7 @@ class StatusRelay:
                 continue
             backlog = await conn.fetchval(outbox.backlog_sql(transport.name))
             OUTBOX_BACKLOG.labels(transport.name).set(backlog)
+        return published
 
     async def _publish(
         self, transport: StatusPublisher, rows: list[asyncpg.Record], parsed: dict[int, Pending]

@@ -1,0 +1,108 @@
+"""The relay under load (status.gather_ms): commits that come while it waits after a pass
+leave in one pass together; an event after a quiet spell leaves in a pass of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import aio_pika
+
+from daemon import migrate, records, topology
+from daemon.database import Database
+from daemon.messages import StatusEvent
+from daemon.settings import Settings
+from daemon.stages import Stage, State
+from producers.status import Pending, StatusRelay
+from producers.transports import AmqpStatus
+from tests import services
+
+SCHOOL = "31000301"
+
+
+class Passes(AmqpStatus):
+    """The real AMQP publisher, noting how many events each pass handed it."""
+
+    sizes: list[int]
+
+    async def publish(self, events: list[Pending]) -> None:
+        await super().publish(events)
+        self.sizes.append(len(events))
+
+
+def _event(n: int) -> StatusEvent:
+    return StatusEvent(
+        event_id=uuid.uuid4(),
+        request_id=uuid.uuid4(),
+        school_id=SCHOOL,
+        record_id=f"G{n:04d}",
+        state=State.SIGNED_BY_TEACHER,
+        stage=Stage.HOMEROOM_TEACHER,
+        document_sha256="cd" * 32,
+        signatures=1,
+        reason=None,
+        at=datetime.now(UTC),
+    )
+
+
+async def _published(db: Database, count: int) -> None:
+    """Wait until the relay has published `count` events on AMQP."""
+    while True:
+        async with db.connection() as conn:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE amqp_published_at IS NOT NULL"
+            )
+        if done >= count:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
+    settings: Settings,
+) -> None:
+    # A database of its own: the relay drains every pending row it can see.
+    async with services.scratch_database("hocba_gather") as (dsn, admin):
+        await migrate.migrate(admin)
+        db = Database(settings.database.model_copy(update={"dsn": dsn}))
+        await db.open()
+        connection = await aio_pika.connect(settings.amqp.url)
+        stop = asyncio.Event()
+        running: asyncio.Task[None] | None = None
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(
+                topology.STATUS, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            queue = await channel.declare_queue("", exclusive=True)
+            await queue.bind(exchange, routing_key=f"status.{SCHOOL}.#")
+            transport = Passes(exchange)
+            transport.sizes = []
+            # Given a relay that waits a (long, for a slow machine) second after a pass
+            relay = StatusRelay(db, [transport], sweep_s=30, gather_s=1.0)
+            running = asyncio.create_task(relay.run(stop))
+
+            # When one event is committed after a quiet spell
+            async with db.transaction() as conn:
+                await records.enqueue(conn, _event(0))
+            async with asyncio.timeout(30):
+                await _published(db, 1)
+            # and then five more, each in a transaction of its own, as batches commit
+            for n in range(1, 6):
+                async with db.transaction() as conn:
+                    await records.enqueue(conn, _event(n))
+            async with asyncio.timeout(30):
+                await _published(db, 6)
+
+            # Then the first left alone, the five together in the next pass
+            assert transport.sizes == [1, 5]
+            received = 0
+            while await queue.get(fail=False, no_ack=True) is not None:
+                received += 1
+            assert received == 6
+        finally:
+            stop.set()
+            if running is not None:
+                await asyncio.wait_for(running, 30)
+            await connection.close()
+            await db.close()
