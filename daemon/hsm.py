@@ -144,8 +144,9 @@ class SigningPool:
     def _stopped(self, executor: ProcessPoolExecutor, done: asyncio.Future[None]) -> None:
         if self._retiring.get(executor) is done:
             del self._retiring[executor]
-        if not done.cancelled() and done.exception() is not None:
-            log.warning("HSM workers did not stop cleanly: %r", done.exception())
+        error = None if done.cancelled() else done.exception()
+        if error is not None:
+            log.warning("HSM workers did not stop cleanly: %r", error)
 
     async def sign(self, job: SignJob) -> SignResult:
         (result,) = await self.sign_many([job])
