@@ -36,8 +36,10 @@ class Hashed:
     Each version the pipeline stores was hashed once already: a teacher's document when
     intake checked it against its announced digest (or when it was rendered), a signed
     PDF by the HSM worker that made it. Hashing ~150 KB again costs ~0.1 ms of CPU, a
-    few times a record. A wrong pairing would misname a file; `get` and the audit walk
-    check every stored blob against its name, so it could not pass unnoticed.
+    few times a record. The `fs` store takes the digest as is: a wrong pairing would
+    misname a new file (one already there is never rewritten), which `get` and the
+    audit walk, checking every blob against its name, would refuse. The `s3` store,
+    whose uploads overwrite, hashes again and refuses a wrong pairing.
     """
 
     data: bytes = field(repr=False)

@@ -35,7 +35,7 @@ from daemon.blobs.base import (
     key_of,
     verified,
 )
-from daemon.errors import StoreUnavailable
+from daemon.errors import StoreCorrupt, StoreUnavailable
 from daemon.settings import S3Settings
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,13 @@ class S3Store:
         return digest
 
     async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
-        """Each blob uploaded concurrently (the client's pool bounds the connections)."""
-        puts = (self._put(data_of(blob), digest_of(blob)) for blob in blobs)
+        """Each blob uploaded concurrently (the client's pool bounds the connections).
+
+        A `Hashed` blob is hashed again here and refused if its digest is not its
+        bytes': an upload always overwrites, so a wrong pairing would replace the good
+        object of that digest. Beside an HTTP round trip the hash costs little.
+        """
+        puts = (self._put(data_of(blob), _checked(blob)) for blob in blobs)
         results = await asyncio.gather(*puts, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
@@ -244,6 +249,13 @@ class _Upload:
                     )
         except StoreUnavailable as exc:
             log.warning("Temporary upload %s left behind: %s", self.key, exc.message)
+
+
+def _checked(blob: bytes | Hashed) -> str:
+    digest = digest_of(data_of(blob))
+    if isinstance(blob, Hashed) and blob.sha256 != digest:
+        raise StoreCorrupt(f"Refused to store bytes under another digest ({blob.sha256[:12]}…).")
+    return digest
 
 
 def _md5(data: bytes) -> str:

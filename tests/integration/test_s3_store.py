@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from daemon import blobs
-from daemon.blobs import BlobStore
+from daemon.blobs import BlobStore, Hashed
 from daemon.blobs.s3 import PART_BYTES, connect
 from daemon.errors import StoreCorrupt, StoreUnavailable
 from daemon.settings import StoreSettings
@@ -161,3 +161,18 @@ async def test_a_batch_is_written_and_read_together_each_blob_its_own_error(
         assert found[0] == blobs_in[1] and found[2] == blobs_in[0]
         assert isinstance(found[1], StoreUnavailable)
         assert await store.put_many([]) == [] and await store.get_many([]) == []
+
+
+async def test_a_hashed_blob_whose_digest_is_not_its_bytes_is_refused_not_uploaded(
+    s3_server: S3Server,  # noqa: F811
+    s3: StoreSettings,  # noqa: F811
+) -> None:
+    # An upload overwrites: a wrong pairing must not replace the good object.
+    async with opened(s3) as store:
+        good = b"%PDF-1.7 the good object"
+        digest = await store.put(good)
+        right = Hashed(b"%PDF-1.7 other", hashlib.sha256(b"%PDF-1.7 other").hexdigest())
+        assert await store.put_many([right]) == [right.sha256]
+        with pytest.raises(StoreCorrupt):
+            await store.put_many([Hashed(b"%PDF-1.7 not the good object", digest)])
+        assert await store.get(digest) == good
