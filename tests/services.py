@@ -142,6 +142,12 @@ async def scratch_database(prefix: str) -> AsyncIterator[tuple[str, asyncpg.Conn
         await drop_database(name)
 
 
+def same_role_on(role_dsn: str, database_dsn: str) -> str:
+    """`role_dsn`'s role (the daemon's, say) on the database `database_dsn` names: a
+    scratch database's tests run with the privileges the daemon has, not the admin's."""
+    return urlunsplit(urlsplit(role_dsn)._replace(path=urlsplit(database_dsn).path))
+
+
 async def drop_role(name: str) -> None:
     conn = await asyncpg.connect(endpoints.admin_dsn)
     try:

@@ -13,6 +13,7 @@ import pytest
 from daemon import migrate, records
 from daemon.dev import env as devenv
 from daemon.messages import StatusEvent
+from daemon.settings import Settings
 from daemon.stages import Stage
 from tests import services
 from tests.integration.audit_kit import stage_signed
@@ -21,21 +22,26 @@ SCHOOLS = ("31000201", "31000202")
 
 
 @pytest.fixture
-async def conn() -> AsyncIterator[asyncpg.Connection]:
+async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     """A database of these tests' own: their records have no documents in the store,
-    and a walk of the run's shared trail would report them missing (test_audit_trail)."""
-    async with services.scratch_database("hocba_batch") as (_, connection):
-        await migrate.migrate(connection)
+    and a walk of the run's shared trail would report them missing (test_audit_trail).
+    Migrated and registered as the admin; the tests connect as the daemon's role."""
+    async with services.scratch_database("hocba_batch") as (dsn, admin):
+        await migrate.migrate(admin)
         for school in SCHOOLS:
-            await devenv.register_school(connection, school, "HS256", b"k" * 32)
-            await connection.execute(
+            await devenv.register_school(admin, school, "HS256", b"k" * 32)
+            await admin.execute(
                 """INSERT INTO signers (school_id, signer_id, stage, token_label, key_label,
                                         cert_serial, cert_not_after)
                    VALUES ($1, 'GV-0001', 'homeroom_teacher', 't', $1 || '/GV-0001', '0a1b',
                            now() + interval '1 year')""",
                 school,
             )
-        yield connection
+        connection = await asyncpg.connect(services.same_role_on(settings.database.dsn, dsn))
+        try:
+            yield connection
+        finally:
+            await connection.close()
 
 
 def _digest(text: str) -> str:

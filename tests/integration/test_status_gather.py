@@ -64,7 +64,9 @@ async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
     # A database of its own: the relay drains every pending row it can see.
     async with services.scratch_database("hocba_gather") as (dsn, admin):
         await migrate.migrate(admin)
-        db = Database(settings.database.model_copy(update={"dsn": dsn}))
+        # The relay's queries and marks with the daemon's privileges, not the admin's.
+        as_daemon = services.same_role_on(settings.database.dsn, dsn)
+        db = Database(settings.database.model_copy(update={"dsn": as_daemon}))
         await db.open()
         connection = await aio_pika.connect(settings.amqp.url)
         stop = asyncio.Event()
