@@ -32,6 +32,15 @@ def ratios(doc: dict[str, Any]) -> dict[str, float]:
         "sign_path_vs_pyhanko_naive": round(doc["sign_path"]["signatures_per_s"] / naive, 2),
         "end_to_end_vs_pyhanko_naive": round(e2e / naive, 2),
         "end_to_end_vs_hsm_raw": round(e2e / doc["hsm_raw"]["n_sessions"]["signatures_per_s"], 3),
+        # Issue 15's: the daemon's CPU per signature (main + workers) over its signing
+        # path's, job by job and in the daemon's batches.
+        **{
+            f"daemon_cpu_{key}_vs_sign_path{suffix}": round(
+                doc["end_to_end"][key]["cpu_s_per_signature"] / path["cpu_s_per_signature"], 2
+            )
+            for key in ("instances_1", "instances_2")
+            for suffix, path in (("", doc["sign_path"]), ("_batched", doc["sign_path"]["batched"]))
+        },
     }
 
 
@@ -49,8 +58,10 @@ def table(doc: dict[str, Any]) -> str:
             "",
         )
     )
-    for name in ("pyhanko_naive", "sign_path"):
-        f = doc[name]
+    paths = [("pyhanko_naive", doc["pyhanko_naive"]), ("sign_path", doc["sign_path"])]
+    batched = doc["sign_path"]["batched"]
+    paths.append((f"sign_path, batches of {batched['batch_size']}", batched))
+    for name, f in paths:
         rows.append(
             (name, f["signatures_per_s"], f["ms_per_signature"], f["cpu_s_per_signature"], "", "")
         )

@@ -31,6 +31,23 @@ async def _record(
     return versions
 
 
+async def _batch(pool: SigningPool, env: BenchEnv, samples: list[Sample]) -> list[list[bytes]]:
+    """A batch of records through three stages as the daemon signs them: one
+    `sign_many` a stage for the whole batch."""
+    pdfs = [s.pdf for s in samples]
+    versions: list[list[bytes]] = [[] for _ in samples]
+    for stage in ORDER:
+        keys = [env.key(s.school, stage) for s in samples]
+        jobs = [SignJob(pdf, stage, key) for pdf, key in zip(pdfs, keys, strict=True)]
+        results = await pool.sign_many(jobs)
+        for n, result in enumerate(results):
+            if isinstance(result, Exception):
+                raise result
+            pdfs[n] = result.pdf
+            versions[n].append(result.pdf)
+    return versions
+
+
 def _per_stage(timings: Timings) -> dict[str, dict[str, float]]:
     """Median milliseconds per signature in a worker, by stage: all, HSM, the rest."""
     out = {}
@@ -65,6 +82,7 @@ async def measure(
         after = procs.TreeSample.of(os.getpid())
         cpu = procs.cpu_between(before, after)
         main_cpu = after.cpu_s[os.getpid()] - before.cpu_s[os.getpid()]
+        batched = await _batched(pool, env, records, settings.amqp.batch_size)
     finally:
         await pool.close()
     for sample, signed in zip(records, versions, strict=True):
@@ -80,5 +98,31 @@ async def measure(
         "cpu_s_per_signature_hsm_workers": round((cpu - main_cpu) / signatures, 5),
         "machine_cpu_s_per_signature": round(busy / signatures, 5),
         "median_ms_per_stage": _per_stage(timings),
+        # The same records in batches of amqp.batch_size, as the daemon hands them over.
+        "batched": batched,
     }
     return figures, [v[-1] for v in versions]
+
+
+async def _batched(
+    pool: SigningPool, env: BenchEnv, records: list[Sample], size: int
+) -> dict[str, Any]:
+    groups = [records[n : n + size] for n in range(0, len(records), size)]
+    before = procs.TreeSample.of(os.getpid())
+    wall = time.perf_counter()
+    signed = await asyncio.gather(*(_batch(pool, env, group) for group in groups))
+    wall = time.perf_counter() - wall
+    after = procs.TreeSample.of(os.getpid())
+    for group, versions in zip(groups, signed, strict=True):
+        for sample, chain in zip(group, versions, strict=True):
+            if not all(b.startswith(a) for a, b in itertools.pairwise([sample.pdf, *chain])):
+                raise AssertionError("A version does not extend the one before it.")
+    cpu = procs.cpu_between(before, after)
+    main_cpu = after.cpu_s[os.getpid()] - before.cpu_s[os.getpid()]
+    signatures = 3 * len(records)
+    return {
+        "batch_size": size,
+        **signing_rates(len(records), wall, cpu),
+        "cpu_s_per_signature_main": round(main_cpu / signatures, 5),
+        "cpu_s_per_signature_hsm_workers": round((cpu - main_cpu) / signatures, 5),
+    }
