@@ -36,7 +36,7 @@ from asn1crypto import x509
 from daemon import hsm_worker as worker
 from daemon.errors import ConfigError, HocbaError, HsmUnavailable, Unauthorized
 from daemon.hsm_worker import CHAIN_CERT_LABEL, SignResult, check_certificate
-from daemon.metrics import HSM_ERRORS, HSM_SESSIONS_IN_USE
+from daemon.metrics import HSM_BATCH_JOBS, HSM_ERRORS, HSM_SESSIONS_IN_USE
 from daemon.settings import HsmSettings, SigningSettings
 from daemon.stages import Stage
 
@@ -183,6 +183,7 @@ class SigningPool:
             )
             for job in jobs
         ]
+        HSM_BATCH_JOBS.observe(len(requests))
         try:
             signed = await self._call(worker.sign_pdfs, requests, signatures=len(requests))
         except Exception as exc:  # the worker died, hung or is gone: the whole batch failed

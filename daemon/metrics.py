@@ -49,6 +49,11 @@ STATUS_PUBLISHED = Counter(
     "Status events published, by transport and state.",
     ["transport", "state"],
 )
+HSM_BATCH_JOBS = Histogram(
+    "hocba_hsm_batch_jobs",
+    "Signatures handed to an HSM worker in one round trip (a round of a sign batch).",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256),
+)
 STATUS_PUBLISH_DELAY = Histogram(
     "hocba_status_publish_delay_seconds",
     "Time from a status event being stored (outbox) to its publication, by transport.",

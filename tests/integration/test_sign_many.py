@@ -9,6 +9,7 @@ import os
 import signal
 
 import aiohttp
+from prometheus_client import REGISTRY
 
 from daemon.errors import CertificateInvalid, HsmUnavailable, NotAPdf, Unauthorized, UnknownSigner
 from daemon.hsm import KeyRef, SignJob, SignResult
@@ -68,6 +69,7 @@ async def test_a_failing_job_fails_only_itself(
     # Given two workers and a batch where four jobs cannot be signed, each for its reason
     pool = await signing_pool(workers=2)
     jobs = _jobs(dev_hsm, homeroom_pdf)
+    rounds, handed = _batch_jobs()
 
     # When the batch is signed in one call
     results = await pool.sign_many(jobs)
@@ -76,6 +78,15 @@ async def test_a_failing_job_fails_only_itself(
     assert len(results) == len(jobs)
     await _each_its_own(dev_hsm, jobs, results)
     assert len({r.sha256 for r in results if isinstance(r, SignResult)}) == 5
+    # and the workers got it in one round trip: all but the other school's key's job,
+    # which never left this process
+    assert _batch_jobs() == (rounds + 1, handed + len(jobs) - 1)
+
+
+def _batch_jobs() -> tuple[float, float]:
+    """hocba_hsm_batch_jobs so far: round trips, and signatures handed over in them."""
+    count = REGISTRY.get_sample_value("hocba_hsm_batch_jobs_count") or 0.0
+    return count, REGISTRY.get_sample_value("hocba_hsm_batch_jobs_sum") or 0.0
 
 
 async def test_a_batch_through_the_levels_keeps_each_jobs_error(
