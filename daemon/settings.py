@@ -75,9 +75,10 @@ class AmqpSettings(_Section):
     sign_shard_prefetch: int = Field(default=0, ge=0, le=1000)
     # Sign requests decided, stored and acknowledged together (README "Throughput"): up
     # to batch_size deliveries, or those that arrived within batch_linger_ms of the
-    # first. 1: one at a time, as before.
+    # first (and, while two batches run, until one of them ends: consumers/batches.py).
+    # 1: one at a time, as before.
     batch_size: int = Field(default=8, ge=1, le=256)
-    batch_linger_ms: float = Field(default=2.0, ge=0, le=1000)
+    batch_linger_ms: float = Field(default=10.0, ge=0, le=1000)
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret(self.password, self.password_file, "amqp-password")

@@ -126,6 +126,59 @@ async def test_a_full_batch_leaves_at_once_and_a_short_one_after_the_linger() ->
     assert batches == [[0, 1, 2], [3, 4]]
 
 
+async def test_a_short_batch_fills_on_while_the_pipeline_is_busy() -> None:
+    # Given a batch running that holds until released, and room for one running batch
+    batches: list[list[int]] = []
+    release, began = asyncio.Event(), asyncio.Event()
+
+    async def work(items: list[int]) -> None:
+        batches.append(items)
+        began.set()
+        if items[0] == 0:
+            await release.wait()
+
+    batcher: Batcher[int] = Batcher(4, 0.01, work, busy=1)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await began.wait()  # lingered out alone: nothing was running
+    assert batches == [[0]]
+
+    # When requests arrive one by one, each long after the linger, while it runs
+    later = []
+    for n in range(1, 4):
+        later.append(asyncio.ensure_future(batcher.submit(n)))
+        await asyncio.sleep(0.05)
+
+    # Then they wait together rather than leave one by one
+    assert batches == [[0]]
+    # and leave as one batch when the running one ends
+    release.set()
+    await asyncio.gather(first, *later)
+    assert batches == [[0], [1, 2, 3]]
+
+
+async def test_a_held_batch_that_fills_leaves_at_once() -> None:
+    batches: list[list[int]] = []
+    release, began = asyncio.Event(), asyncio.Event()
+
+    async def work(items: list[int]) -> None:
+        batches.append(items)
+        began.set()
+        if items[0] == 0:
+            await release.wait()
+
+    batcher: Batcher[int] = Batcher(2, 0.01, work, busy=1)
+    first = asyncio.ensure_future(batcher.submit(0))
+    await began.wait()
+    held = asyncio.ensure_future(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    assert batches == [[0]]  # held: one batch is running
+    filled = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.gather(held, filled)  # full: it leaves though one still runs
+    assert batches == [[0], [1, 2]]
+    release.set()
+    await first
+
+
 async def test_a_failing_batch_fails_each_of_its_waiters_and_no_other() -> None:
     async def work(items: list[int]) -> None:
         if 1 in items:
