@@ -31,16 +31,19 @@ from bench.environment import bench_env, samples
 _SIGNED = "hocba_requests_total{"
 
 
-async def _signed(instance: end_to_end.Instance) -> float:
-    """Signatures this instance has made (its /metrics), every stage."""
+async def _counts(instance: end_to_end.Instance) -> tuple[float, float]:
+    """This instance's signatures so far (its /metrics, every stage), and its round
+    trips to the HSM workers (`hocba_hsm_batch_jobs_count`)."""
     url = f"http://127.0.0.1:{instance.http_port}/metrics"
     async with aiohttp.ClientSession() as http, http.get(url) as response:
         text = await response.text()
-    total = 0.0
+    signed = trips = 0.0
     for line in text.splitlines():
         if line.startswith(_SIGNED) and 'outcome="signed"' in line:
-            total += float(line.rpartition(" ")[2])
-    return total
+            signed += float(line.rpartition(" ")[2])
+        elif line.startswith("hocba_hsm_batch_jobs_count "):
+            trips = float(line.rpartition(" ")[2])
+    return signed, trips
 
 
 async def _round(
@@ -51,16 +54,21 @@ async def _round(
             running = [*first, *second]
             await end_to_end.measure(env, running, pool[:8], f"w{tag}", pki_pid=pki.pid)
             before = [procs.TreeSample.of(i.process.pid) for i in running]
-            signed = [await _signed(i) for i in running]
+            counted = [await _counts(i) for i in running]
             figures, _ = await end_to_end.measure(env, running, pool, f"r{tag}", pki_pid=pki.pid)
             after = [procs.TreeSample.of(i.process.pid) for i in running]
-            signed = [await _signed(i) - s for i, s in zip(running, signed, strict=True)]
+            counts = [await _counts(i) for i in running]
     out: dict[str, Any] = {"signatures_per_s": figures["signatures_per_s"], "variants": {}}
-    for (name, _), instance, b, a, n in zip(variants, running, before, after, signed, strict=True):
+    for (name, _), instance, b, a, c0, c1 in zip(
+        variants, running, before, after, counted, counts, strict=True
+    ):
         pid = instance.process.pid
         main = procs.cpu_between(b, a, pid=pid)
+        n, trips = c1[0] - c0[0], c1[1] - c0[1]
         out["variants"][name] = {
             "signatures": int(n),
+            # Signatures per round trip to the workers: how full the batches were.
+            "mean_hsm_batch": round(n / max(trips, 1), 2),
             "main_ms": round(1000 * main / max(n, 1), 3),
             "main_kernel_ms": round(
                 1000 * procs.cpu_between(b, a, system=True, pid=pid) / max(n, 1), 3
@@ -91,7 +99,7 @@ def _summary(names: list[str], rounds: list[dict[str, Any]]) -> dict[str, Any]:
     means: dict[str, dict[str, Any]] = {
         name: {
             key: round(statistics.fmean(r["variants"][name][key] for r in rounds), 3)
-            for key in ("main_ms", "main_kernel_ms", "hsm_workers_ms")
+            for key in ("main_ms", "main_kernel_ms", "hsm_workers_ms", "mean_hsm_batch")
         }
         for name in names
     }
