@@ -16,8 +16,10 @@ import os
 import secrets
 import shutil
 import subprocess
+import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,7 +30,9 @@ import asyncpg
 
 from daemon.dev import services as dev_services
 from daemon.dev.instances import RABBITMQ_LIB, port_open
+from daemon.messages import StatusEvent
 from daemon.settings import load_settings
+from daemon.stages import Stage, State
 
 ROOT = Path(__file__).resolve().parents[1]
 # Until `choose()` has run: the machine's services, as configured by default.
@@ -146,6 +150,22 @@ def same_role_on(role_dsn: str, database_dsn: str) -> str:
     """`role_dsn`'s role (the daemon's, say) on the database `database_dsn` names: a
     scratch database's tests run with the privileges the daemon has, not the admin's."""
     return urlunsplit(urlsplit(role_dsn)._replace(path=urlsplit(database_dsn).path))
+
+
+def teacher_signed(school: str, record_id: str) -> StatusEvent:
+    """A `signed_by_teacher` status event, as the outbox holds one, for relay tests."""
+    return StatusEvent(
+        event_id=uuid.uuid4(),
+        request_id=uuid.uuid4(),
+        school_id=school,
+        record_id=record_id,
+        state=State.SIGNED_BY_TEACHER,
+        stage=Stage.HOMEROOM_TEACHER,
+        document_sha256="0" * 64,
+        signatures=1,
+        reason=None,
+        at=datetime.now(UTC),
+    )
 
 
 async def drop_role(name: str) -> None:

@@ -10,21 +10,19 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 
 import aio_pika
 
 from daemon import app, records, topology
 from daemon.blobs import FsStore
 from daemon.database import Database
-from daemon.messages import StatusEvent
 from daemon.pdf import validation
 from daemon.settings import Settings
-from daemon.stages import Stage, State
+from daemon.stages import Stage
 from producers import status as status_relay
 from producers.transports import AmqpStatus, MqttStatus
 from tests.integration.conftest import SchoolSystem
-from tests.services import StatusEvents, mqtt_collector
+from tests.services import StatusEvents, mqtt_collector, teacher_signed
 
 SCHOOL = "31000102"
 
@@ -160,7 +158,7 @@ async def test_an_mqtt_outage_holds_back_no_amqp_event_even_past_a_batch(
     try:
         async with db.transaction() as conn:
             for n in range(count):
-                await records.enqueue(conn, _event(school, n))
+                await records.enqueue(conn, teacher_signed(school, f"R{n:04d}"))
         connection = await aio_pika.connect(settings.amqp.url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
@@ -191,18 +189,3 @@ async def test_an_mqtt_outage_holds_back_no_amqp_event_even_past_a_batch(
         assert all(row["mqtt"] and not row["amqp"] for row in owed)
     finally:
         await db.close()
-
-
-def _event(school: str, n: int) -> StatusEvent:
-    return StatusEvent(
-        event_id=uuid.uuid4(),
-        request_id=uuid.uuid4(),
-        school_id=school,
-        record_id=f"R{n:04d}",
-        state=State.SIGNED_BY_TEACHER,
-        stage=Stage.HOMEROOM_TEACHER,
-        document_sha256="0" * 64,
-        signatures=1,
-        reason=None,
-        at=datetime.now(UTC),
-    )

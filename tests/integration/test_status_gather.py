@@ -4,16 +4,12 @@ leave in one pass together; an event after a quiet spell leaves in a pass of its
 from __future__ import annotations
 
 import asyncio
-import uuid
-from datetime import UTC, datetime
 
 import aio_pika
 
 from daemon import migrate, records, topology
 from daemon.database import Database
-from daemon.messages import StatusEvent
 from daemon.settings import Settings
-from daemon.stages import Stage, State
 from producers.status import Pending, StatusRelay
 from producers.transports import AmqpStatus
 from tests import services
@@ -29,21 +25,6 @@ class Passes(AmqpStatus):
     async def publish(self, events: list[Pending]) -> None:
         await super().publish(events)
         self.sizes.append(len(events))
-
-
-def _event(n: int) -> StatusEvent:
-    return StatusEvent(
-        event_id=uuid.uuid4(),
-        request_id=uuid.uuid4(),
-        school_id=SCHOOL,
-        record_id=f"G{n:04d}",
-        state=State.SIGNED_BY_TEACHER,
-        stage=Stage.HOMEROOM_TEACHER,
-        document_sha256="cd" * 32,
-        signatures=1,
-        reason=None,
-        at=datetime.now(UTC),
-    )
 
 
 async def _published(db: Database, count: int) -> None:
@@ -86,13 +67,13 @@ async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
 
             # When one event is committed after a quiet spell
             async with db.transaction() as conn:
-                await records.enqueue(conn, _event(0))
+                await records.enqueue(conn, services.teacher_signed(SCHOOL, "G0000"))
             async with asyncio.timeout(30):
                 await _published(db, 1)
             # and then five more, each in a transaction of its own, as batches commit
             for n in range(1, 6):
                 async with db.transaction() as conn:
-                    await records.enqueue(conn, _event(n))
+                    await records.enqueue(conn, services.teacher_signed(SCHOOL, f"G{n:04d}"))
             async with asyncio.timeout(30):
                 await _published(db, 6)
 

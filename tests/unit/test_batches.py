@@ -126,21 +126,33 @@ async def test_a_full_batch_leaves_at_once_and_a_short_one_after_the_linger() ->
     assert batches == [[0, 1, 2], [3, 4]]
 
 
+@dataclass
+class FirstHolds:
+    """Batches' work that records each batch and holds the first one until released."""
+
+    batches: list[list[int]] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    began: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def work(self, items: list[int]) -> None:
+        self.batches.append(items)
+        self.began.set()
+        if items[0] == 0:
+            await self.release.wait()
+
+    async def first_running(self, batcher: Batcher[int]) -> asyncio.Future[None]:
+        """Item 0 submitted alone, lingered out (nothing was running) and now running."""
+        first = asyncio.ensure_future(batcher.submit(0))
+        await self.began.wait()
+        assert self.batches == [[0]]
+        return first
+
+
 async def test_a_short_batch_fills_on_while_the_pipeline_is_busy() -> None:
     # Given a batch running that holds until released, and room for one running batch
-    batches: list[list[int]] = []
-    release, began = asyncio.Event(), asyncio.Event()
-
-    async def work(items: list[int]) -> None:
-        batches.append(items)
-        began.set()
-        if items[0] == 0:
-            await release.wait()
-
-    batcher: Batcher[int] = Batcher(4, 0.01, work, busy=1)
-    first = asyncio.ensure_future(batcher.submit(0))
-    await began.wait()  # lingered out alone: nothing was running
-    assert batches == [[0]]
+    holds = FirstHolds()
+    batches, batcher = holds.batches, Batcher(4, 0.01, holds.work, busy=1)
+    first = await holds.first_running(batcher)
 
     # When requests arrive one by one, each long after the linger, while it runs
     later = []
@@ -151,31 +163,22 @@ async def test_a_short_batch_fills_on_while_the_pipeline_is_busy() -> None:
     # Then they wait together rather than leave one by one
     assert batches == [[0]]
     # and leave as one batch when the running one ends
-    release.set()
+    holds.release.set()
     await asyncio.gather(first, *later)
     assert batches == [[0], [1, 2, 3]]
 
 
 async def test_a_held_batch_that_fills_leaves_at_once() -> None:
-    batches: list[list[int]] = []
-    release, began = asyncio.Event(), asyncio.Event()
-
-    async def work(items: list[int]) -> None:
-        batches.append(items)
-        began.set()
-        if items[0] == 0:
-            await release.wait()
-
-    batcher: Batcher[int] = Batcher(2, 0.01, work, busy=1)
-    first = asyncio.ensure_future(batcher.submit(0))
-    await began.wait()
+    holds = FirstHolds()
+    batches, batcher = holds.batches, Batcher(2, 0.01, holds.work, busy=1)
+    first = await holds.first_running(batcher)
     held = asyncio.ensure_future(batcher.submit(1))
     await asyncio.sleep(0.05)
     assert batches == [[0]]  # held: one batch is running
     filled = asyncio.ensure_future(batcher.submit(2))
     await asyncio.gather(held, filled)  # full: it leaves though one still runs
     assert batches == [[0], [1, 2]]
-    release.set()
+    holds.release.set()
     await first
 
 
