@@ -37,8 +37,9 @@ class Batcher(Generic[T]):
         self._work = work
         self._busy = busy  # None: a short batch leaves after the linger, always
         self._open: list[tuple[T, asyncio.Future[None]]] = []
+        # Set while the open batch lingers; None with items open: it lingered out and
+        # waits for a running batch to end (held).
         self._timer: asyncio.TimerHandle | None = None
-        self._held = False  # the open batch lingered out, waiting for a running one to end
         self.running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> None:
@@ -55,15 +56,13 @@ class Batcher(Generic[T]):
     def _lingered(self) -> None:
         self._timer = None
         if self._busy is not None and len(self.running) >= self._busy:
-            self._held = True  # filled on; _ended sends it when a running batch ends
-            return
+            return  # held: it fills on, and _ended sends it when a running batch ends
         self._flush()
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._held = False
         batch, self._open = self._open, []
         if not batch:
             return
@@ -73,7 +72,7 @@ class Batcher(Generic[T]):
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self.running.discard(task)
-        if self._held:
+        if self._open and self._timer is None:  # held
             self._flush()
 
     async def _run(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:

@@ -81,12 +81,7 @@ class SignRequestConsumer:
         batch = settings.batch_size
         self._working = asyncio.Semaphore(max(concurrency, 2 * batch) if batch > 1 else concurrency)
         # A short batch fills on while two run (one signed, one stored): consumers/batches.py.
-        self._batches = Batcher(
-            batch,
-            settings.batch_linger_ms / 1000,
-            self._settle_batch,
-            busy=2 if batch > 1 else None,
-        )
+        self._batches = Batcher(batch, settings.batch_linger_ms / 1000, self._settle_batch, busy=2)
         self._queues = (topo.sign_queue, *topo.sign_shards)
         self._tags: dict[str, str] = {}  # queue name -> this instance's consumer tag
         self._handlers: set[asyncio.Task[Any]] = set()
