@@ -18,7 +18,8 @@ from bench import end_to_end, pki_server
 from bench.environment import bench_env, samples
 
 
-def _variant(text: str) -> tuple[str, dict[str, str]]:
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """`name:HOCBA_X=v,HOCBA_Y=w` as (name, its settings), for the side-by-side benches."""
     name, _, settings = text.partition(":")
     pairs = [item.split("=", 1) for item in settings.split(",") if item]
     return name, {key: value for key, value in pairs}
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("variant", nargs="+", help="name:HOCBA_SETTING=value,…")
     args = parser.parse_args(argv)
-    variants = [_variant(v) for v in args.variant]
+    variants = [parse_variant(v) for v in args.variant]
     doc = asyncio.run(compare(variants, args.records, args.instances, args.rounds))
     print(json.dumps(doc, indent=2))
     return 0

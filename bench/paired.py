@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bench import end_to_end, pki_server, procs
-from bench.batching import _variant
+from bench.batching import parse_variant
 from bench.environment import bench_env, samples
 
 _SIGNED = "hocba_requests_total{"
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="even: each variant leads as often")
     parser.add_argument("variant", nargs=2, help="name:HOCBA_SETTING=value,…")
     args = parser.parse_args(argv)
-    variants = [_variant(v) for v in args.variant]
+    variants = [parse_variant(v) for v in args.variant]
     print(json.dumps(asyncio.run(compare(variants, args.records, args.rounds)), indent=2))
     return 0
 
