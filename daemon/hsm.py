@@ -35,13 +35,15 @@ from asn1crypto import x509
 
 from daemon import hsm_worker as worker
 from daemon.errors import ConfigError, HocbaError, HsmUnavailable, Unauthorized
-from daemon.hsm_worker import CHAIN_CERT_LABEL, SignResult, check_certificate
+from daemon.hsm_jobs import CmsJob, Keep, PdfJob, SignResult, WorkerConfig
+from daemon.hsm_worker import CHAIN_CERT_LABEL, check_certificate
 from daemon.metrics import HSM_BATCH_JOBS, HSM_ERRORS, HSM_SESSIONS_IN_USE
 from daemon.settings import HsmSettings, SigningSettings
 from daemon.stages import Stage
 
 __all__ = [
     "CHAIN_CERT_LABEL",
+    "Keep",
     "KeyRef",
     "SignJob",
     "SignResult",
@@ -66,6 +68,7 @@ class SignJob:
     pdf: bytes = field(repr=False)
     stage: Stage
     key: KeyRef
+    keep: Keep | None = None  # the worker stores the signed PDF (and a new input) itself
 
 
 def authorize(key: KeyRef, token_label: str) -> None:
@@ -178,8 +181,13 @@ class SigningPool:
 
     async def _sign_batch(self, jobs: list[SignJob]) -> list[SignResult | Exception]:
         requests = [
-            worker.PdfJob(
-                job.pdf, job.stage, job.key.key_label, self._bytes_reserved, self._unsigned_bytes
+            PdfJob(
+                job.pdf,
+                job.stage,
+                job.key.key_label,
+                self._bytes_reserved,
+                self._unsigned_bytes,
+                job.keep,
             )
             for job in jobs
         ]
@@ -211,11 +219,11 @@ class SigningPool:
     async def sign_cms(self, key: KeyRef, data: bytes, signing_time: datetime) -> bytes:
         """A CAdES detached signature (DER) over `data`; same time, same bytes (RSA PKCS#1 v1.5)."""
         authorize(key, self._hsm.token_label)
-        cms = worker.CmsJob(data, key.key_label, signing_time)
+        cms = CmsJob(data, key.key_label, signing_time)
         return await self._call(worker.sign_cms, cms, signatures=1)
 
     def _spawn(self) -> ProcessPoolExecutor:
-        config = worker.WorkerConfig(
+        config = WorkerConfig(
             module=str(self._hsm.module),
             token_label=self._hsm.token_label,
             pin=self._hsm.resolved_pin().get_secret_value(),

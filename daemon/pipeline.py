@@ -27,7 +27,7 @@ from daemon.errors import (
     RequestIdReused,
     UnknownSchool,
 )
-from daemon.hsm import KeyRef, SignJob, SignResult
+from daemon.hsm import Keep, KeyRef, SignJob, SignResult
 from daemon.messages import Document, Reason, SignRequest, SignRequestV2, StatusEvent
 from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
 from daemon.registry import keyring
@@ -189,12 +189,15 @@ class Pipeline:
         signatures: list[SignResult | Exception],
         finished: list[Outcome | Signed | BaseException],
     ) -> list[Outcome | Signed | BaseException]:
-        """`finished`, each signed request's versions durable before any row names them."""
+        """`finished`, each signed request's versions durable before any row names them.
+
+        A version its HSM worker stored itself (`SignJob.keep`) is durable already.
+        """
         # Each hashed already (the teacher's at intake, the signed one by its worker).
         made = {
             n: [Hashed(r.job.pdf, r.digest_before)] * r.new_version + [Hashed(s.pdf, s.sha256)]
             for n, (r, s, f) in enumerate(zip(ready, signatures, finished, strict=True))
-            if isinstance(f, Signed) and isinstance(s, SignResult)
+            if isinstance(f, Signed) and isinstance(s, SignResult) and s.pdf is not None
         }
         failed = await versions.put(self.store, list(made.values()))
         errors = {n: e for n, e in zip(made, failed, strict=True) if e is not None}
@@ -304,9 +307,11 @@ class Pipeline:
         )
         pdf, digest_before = await self._version_to_sign(request, digest, held)
         key = KeyRef(request.school_id, signer.token_label, signer.key_label)
-        job = SignJob(pdf, request.stage, key)
-        is_correction = bool(record and record.corrects)
         new_version = request.stage is Stage.HOMEROOM_TEACHER
+        root = self.store.local_root
+        keep = Keep(root, digest_before if new_version else None) if root else None
+        job = SignJob(pdf, request.stage, key, keep)
+        is_correction = bool(record and record.corrects)
         return _Ready(request, job, digest_before, corrects, is_correction, new_version)
 
     async def _signed_version(self, ready: _Ready, result: SignResult) -> Signed:
@@ -335,7 +340,7 @@ class Pipeline:
             digest_before=ready.digest_before,
             digest_after=result.sha256,
             size_before=len(pdf),
-            size_after=len(result.pdf),
+            size_after=result.size,
             fingerprint=fingerprint(request),
             corrects=corrects,
         )

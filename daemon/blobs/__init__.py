@@ -9,7 +9,7 @@
   (`daemon/app.py`, `daemon/commands/package_actions.py`, `daemon/dev/demo.py`) and pass the
   store down as a `BlobStore`.
 
-It imports only the foundations (errors, settings).
+It imports only the foundations (errors; settings for its types).
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.blobs.base import CHUNK_BYTES, BlobReader, BlobStore, Hashed, StoredBlob
 from daemon.blobs.fs import FsStore
 from daemon.errors import StoreUnavailable
-from daemon.settings import StoreSettings
+
+if TYPE_CHECKING:  # not imported at run time: the HSM workers import daemon.blobs.fs
+    from daemon.settings import StoreSettings
 
 __all__ = [
     "CHUNK_BYTES",

@@ -95,6 +95,12 @@ class BlobStore(BlobReader, Protocol):
 
     async def exists(self, sha256: str) -> bool: ...
 
+    @property
+    def local_root(self) -> str | None:
+        """A directory of this machine's disk in which other processes (the HSM workers)
+        may store blobs themselves with `FsStore(root).write_now`; None if remote."""
+        ...
+
 
 def key_of(sha256: str) -> str:
     """`ab/cd/abcd…`: the object's place in either backend (a file path, an S3 key)."""

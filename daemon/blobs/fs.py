@@ -7,7 +7,9 @@ suite's validators and `aws s3 sync` (to move to the `s3` backend) may read it.
 `put_many` stores a batch in a few thread hops (one per `SHARE` blobs, so that their
 disk waits overlap): in each, every file is written and fsynced, then renamed into
 place, then each directory touched is fsynced once; a directory created on the way is
-fsynced in its parent too. It returns once all of that is done.
+fsynced in its parent too. It returns once all of that is done. `write_now` does the
+same in the calling thread, for a process with no event loop: the HSM workers store
+each PDF they sign themselves (`local_root`), so that it never crosses back to the daemon.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class FsStore:
         self._root = root
         self._root_text = str(root)
 
+    @property
+    def local_root(self) -> str | None:
+        """The root, where the HSM workers store the PDFs they sign (`write_now`)."""
+        return self._root_text
+
     def path(self, sha256: str) -> Path:
         """Where the blob lies (the documented layout); it may not exist."""
         return self._root / key_of(sha256)
@@ -67,7 +74,7 @@ class FsStore:
         # a thread hop per share rather than per blob.
         shares = [blobs[n : n + SHARE] for n in range(0, len(blobs), SHARE)]
         written = await asyncio.gather(
-            *(asyncio.to_thread(self._write_many, share) for share in shares),
+            *(asyncio.to_thread(self.write_now, share) for share in shares),
             return_exceptions=True,
         )
         digests: list[str] = []
@@ -156,7 +163,8 @@ class FsStore:
             raise StoreUnavailable(f"Cannot store a blob: {exc.strerror}.") from exc
         return os.fdopen(fd, "wb"), Path(tmp)
 
-    def _write_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
+    def write_now(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
+        """`put_many` in the calling thread: each blob durable once it returns."""
         digests = [digest_of(blob) for blob in blobs]
         todo: dict[str, bytes] = {}  # target -> bytes; the same bytes twice are written once
         for digest, blob in zip(digests, blobs, strict=True):

@@ -95,6 +95,10 @@ class S3Store:
     def key(self, sha256: str) -> str:
         return self._prefix + key_of(sha256)
 
+    @property
+    def local_root(self) -> str | None:
+        return None  # the HSM workers hand their PDFs back; the daemon uploads them
+
     async def check(self) -> None:
         """Raise StoreUnavailable unless the bucket answers (start-up, readiness)."""
         async with _translated(f"reach bucket {self._bucket}"):

@@ -97,8 +97,12 @@ class LeveledSigning:
                 ready.append(n)
             else:
                 results[n] = error
-        signed = await self._pool.sign_many([jobs[n] for n in ready])
-        if self._tsa is not None:
+        if self._tsa is None:
+            signed = await self._pool.sign_many([jobs[n] for n in ready])
+        else:
+            # Extended here: each signed PDF comes back to the event loop, to be stored.
+            unkept = [dataclasses.replace(jobs[n], keep=None) for n in ready]
+            signed = await self._pool.sign_many(unkept)
             extended = await asyncio.gather(
                 *(self._extend(jobs[n], s) for n, s in zip(ready, signed, strict=True)),
                 return_exceptions=True,
@@ -116,12 +120,13 @@ class LeveledSigning:
         """The signature timestamp, and at the seal the DSS (B-LT) and document timestamp."""
         if isinstance(result, Exception):
             raise result
-        assert self._tsa is not None
+        assert self._tsa is not None and result.pdf is not None  # never kept (sign_many)
         pdf = await add_signature_timestamp(result.pdf, len(job.pdf), self._tsa)
         if job.stage is Stage.SCHOOL_SEAL and self._level in ("B-LT", "B-LTA"):
             archive = self._level == "B-LTA"
             pdf = await dss.extend(pdf, self._status, self._tsa, self._roots, archive=archive)
-        return dataclasses.replace(result, pdf=pdf, sha256=hashlib.sha256(pdf).hexdigest())
+        sha256 = hashlib.sha256(pdf).hexdigest()
+        return dataclasses.replace(result, pdf=pdf, size=len(pdf), sha256=sha256)
 
     async def _signer(self, key: KeyRef) -> _Signer:
         cached = self._signers.get(key.key_label)

@@ -1,11 +1,14 @@
 """A batch's PDFs in one blob write, durable before the rows that name them; a PDF the
-store cannot take fails only its own request (real database, HSM and disk)."""
+store cannot take fails only its own request (real database, HSM and disk). Both ways a
+PDF is stored: by the daemon (`put_many`, as for a remote store) and, on the `fs`
+store, by the HSM worker that signed it (`SignJob.keep`)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import aiohttp
 
@@ -24,15 +27,31 @@ from tests.integration.conftest import SchoolSystem
 SCHOOL = "31000103"
 
 
-class Refusing(FsStore):
-    """A disk that refuses any write holding one PDF, and counts the writes."""
+class Counted(FsStore):
+    """The fs store, counting the blobs of each write the daemon itself makes."""
 
-    refused: bytes = b""
-    writes: list[int]
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.writes: list[int] = []
 
     async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
         self.writes.append(len(blobs))
+        return await super().put_many(blobs)
+
+
+class Refusing(Counted):
+    """A disk that refuses any write holding one PDF; every write goes through
+    `put_many`, as to a remote store (no `local_root`)."""
+
+    refused: bytes = b""
+
+    @property
+    def local_root(self) -> str | None:
+        return None
+
+    async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
         if self.refused in [b.data if isinstance(b, Hashed) else b for b in blobs]:
+            self.writes.append(len(blobs))
             raise StoreUnavailable("Cannot store a blob: No space left on device.")
         return await super().put_many(blobs)
 
@@ -71,7 +90,6 @@ async def test_a_pdf_the_store_refuses_fails_only_its_request(
     # Given a batch of three teacher's requests, and a store that refuses the second PDF
     batch = _teacher_requests(school_system, dev_env, 3)
     store = Refusing(settings.store.path)
-    store.writes = []
     store.refused = batch[1][1]
     async with pipeline_on(settings, store) as pipeline:
         # When the batch is handled
@@ -108,7 +126,6 @@ async def test_a_batch_is_stored_in_one_write(
 ) -> None:
     batch = _teacher_requests(school_system, dev_env, 4)
     store = Refusing(settings.store.path)
-    store.writes = []
     async with pipeline_on(settings, store) as pipeline:
         results = await pipeline.handle_many([request for request, _ in batch])
     assert all(isinstance(r, Outcome) and not r.rejected for r in results)
@@ -121,7 +138,6 @@ async def test_a_held_version_the_store_lost_fails_only_its_request(
     # Given two records signed by their teachers, one of whose signed PDF is then lost
     batch = _teacher_requests(school_system, dev_env, 2)
     store = Refusing(settings.store.path)
-    store.writes = []
     async with pipeline_on(settings, store) as pipeline:
         first = await pipeline.handle_many([request for request, _ in batch])
         held = [r.event.document_sha256 or "" for r in first if isinstance(r, Outcome)]
@@ -140,3 +156,48 @@ async def test_a_held_version_the_store_lost_fails_only_its_request(
     assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_PRINCIPAL
     signed = await store.get(outcome.event.document_sha256 or "")
     assert signed.startswith(await store.get(held[1]))
+
+
+def _block(store: FsStore, digest: str) -> None:
+    """The blob's directory is a file: the disk refuses that one blob (even to root)."""
+    directory = store.path(digest).parent
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.write_bytes(b"")
+
+
+async def test_the_workers_store_what_they_sign_before_any_row_names_it(
+    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
+) -> None:
+    # Given a batch of three teacher's requests on the fs store, which the workers write
+    # themselves, and a disk that cannot take the second one's version
+    batch = _teacher_requests(school_system, dev_env, 3)
+    own = Counted(settings.store.path)
+    refused = hashlib.sha256(batch[1][1]).hexdigest()
+    _block(own, refused)
+    try:
+        async with pipeline_on(settings, own) as pipeline:
+            # When the batch is handled
+            results = await pipeline.handle_many([request for request, _ in batch])
+            async with pipeline.db.connection() as conn:
+                rows = await conn.fetch(
+                    "SELECT record_id FROM signatures WHERE school_id = $1 "
+                    "AND record_id = ANY($2::text[])",
+                    SCHOOL,
+                    [request.record.record_id for request, _ in batch],
+                )
+    finally:
+        own.path(refused).parent.unlink()
+
+    # Then the daemon wrote nothing itself
+    assert own.writes == []
+    # and the one the disk refused failed alone, transiently, with no signature row
+    assert isinstance(results[1], StoreUnavailable)
+    assert {row["record_id"] for row in rows} == {batch[n][0].record.record_id for n in (0, 2)}
+    # and each neighbour's two versions are in the store, the signed one extending it
+    for n in (0, 2):
+        outcome = results[n]
+        assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_TEACHER
+        pdf = batch[n][1]
+        assert await own.get(hashlib.sha256(pdf).hexdigest()) == pdf
+        signed = await own.get(outcome.event.document_sha256 or "")
+        assert signed.startswith(pdf) and len(signed) > len(pdf)

@@ -45,6 +45,7 @@ class RecordingSigning:
         pdf = job.pdf + b"\n%signed " + job.key.key_label.encode()
         return SignResult(
             pdf=pdf,
+            size=len(pdf),
             sha256=hashlib.sha256(pdf).hexdigest(),
             cert_serial="1",
             signer_subject="fake",
