@@ -37,7 +37,7 @@ from daemon.errors import (
 )
 from daemon.messages import SignRequest, claimed_ids, decode_sign_request
 from daemon.metrics import CONSUMING, IN_FLIGHT
-from daemon.pipeline import Outcome, Unreadable
+from daemon.outcomes import Outcome, Unreadable
 from daemon.settings import AmqpSettings
 from daemon.topology import Topology
 

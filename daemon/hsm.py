@@ -151,6 +151,10 @@ class SigningPool:
         if error is not None:
             log.warning("HSM workers did not stop cleanly: %r", error)
 
+    @property
+    def keeps(self) -> bool:
+        return True  # `SignJob.keep`: the workers store what they sign, as told
+
     async def sign(self, job: SignJob) -> SignResult:
         (result,) = await self.sign_many([job])
         if isinstance(result, Exception):

@@ -18,6 +18,7 @@ class SignResult:
     pdf: bytes | None = field(repr=False)
     size: int
     sha256: str
+    input_size: int  # of the version signed (which the worker may have read itself)
     cert_serial: str
     signer_subject: str
     signed_at: datetime
@@ -38,6 +39,7 @@ class Signed:
     update: bytes | None = field(repr=False)
     size: int
     sha256: str
+    input_size: int
     cert_serial: str
     signer_subject: str
     signed_at: datetime
@@ -49,6 +51,7 @@ class Signed:
             None if self.update is None else original + self.update,
             self.size,
             self.sha256,
+            self.input_size,
             self.cert_serial,
             self.signer_subject,
             self.signed_at,
@@ -67,16 +70,20 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class Keep:
-    """Where a worker stores the PDF it signed, durable before it answers: the `fs`
-    store's root (`FsStore.write_now`). A PDF then crosses the process boundary once,
-    and the writes and fsyncs (~0.45 ms of the daemon's CPU a PDF, in threads that
-    contend with the event loop) happen in the worker, in turn.
+    """The worker finds and keeps the PDFs in the `fs` store under `root` itself.
 
-    `input_sha256`: the version signed is new (a teacher's) and is stored too, first.
+    It stores the PDF it signed, durable before it answers (`FsStore.write_now`), and
+    the version it signed, `input_sha256`: a new one (a teacher's, in the job) is
+    stored first; one already stored (a later stage's) is read from there by its
+    digest, checked, and the job carries no bytes. A PDF then crosses the process
+    boundary once at most, and the reads, writes and fsyncs (~0.45 ms of CPU a PDF,
+    in the main process's threads, contending with its event loop) happen in the
+    worker, in turn.
     """
 
     root: str
-    input_sha256: str | None = None
+    input_sha256: str
+    input_is_new: bool
 
 
 @dataclass(frozen=True)

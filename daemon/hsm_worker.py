@@ -241,28 +241,49 @@ def chain_der() -> list[bytes]:
 def sign_pdfs(requests: list[PdfJob]) -> list[Signed | Exception]:
     """Each request signed, or the error it alone failed with: one round trip for all.
 
-    The PDFs to keep (`PdfJob.keep`) are stored once the batch is signed, in one write:
-    its fsyncs cost about half as much CPU a PDF as in writes of one job's two PDFs.
+    The versions to read (`Keep`, a later stage's) are read first, in one go; the PDFs
+    to keep are stored once the batch is signed, in one write: its fsyncs cost about
+    half as much CPU a PDF as in writes of one job's two PDFs.
     """
     worker = _current()
     results: list[Signed | Exception] = []
     kept: dict[int, tuple[str, list[Hashed]]] = {}  # job -> (store root, its PDFs)
-    for n, request in enumerate(requests):
+    for n, job in enumerate(_with_inputs(requests)):
+        if isinstance(job, Exception):
+            results.append(job)
+            continue
         try:
-            pdf, signed = worker.run(functools.partial(_signed, worker, request))
+            pdf, signed = worker.run(functools.partial(_signed, worker, job))
         except Exception as exc:
             results.append(_sendable(exc))
             continue
-        if request.keep is not None:
+        if job.keep is not None:
             made = [Hashed(pdf, signed.sha256)]
-            if request.keep.input_sha256 is not None:
-                made.insert(0, Hashed(request.pdf, request.keep.input_sha256))
-            kept[n] = (request.keep.root, made)
+            if job.keep.input_is_new:
+                made.insert(0, Hashed(job.pdf, job.keep.input_sha256))
+            kept[n] = (job.keep.root, made)
             signed = dataclasses.replace(signed, update=None)
         results.append(signed)
     for n, error in _store(kept).items():
         results[n] = error
     return results
+
+
+def _with_inputs(requests: list[PdfJob]) -> list[PdfJob | Exception]:
+    """Each job with the bytes it signs: a stored version read (and checked) by digest,
+    or the StoreUnavailable/StoreCorrupt that fails that job alone."""
+    jobs: list[PdfJob | Exception] = list(requests)
+    stored = {
+        n: job.keep for n, job in enumerate(requests) if job.keep and not job.keep.input_is_new
+    }
+    for root in {keep.root for keep in stored.values()}:
+        wanted = [n for n, keep in stored.items() if keep.root == root]
+        found = FsStore(Path(root)).read_now([stored[n].input_sha256 for n in wanted])
+        for n, pdf in zip(wanted, found, strict=True):
+            jobs[n] = (
+                pdf if isinstance(pdf, Exception) else dataclasses.replace(requests[n], pdf=pdf)
+            )
+    return jobs
 
 
 def _store(kept: dict[int, tuple[str, list[Hashed]]]) -> dict[int, Exception]:
@@ -323,6 +344,7 @@ def _signed(worker: _Worker, request: PdfJob, session: Any) -> tuple[bytes, Sign
         update=pdf[len(request.pdf) :],
         size=len(pdf),
         sha256=signed.sha256.hex(),
+        input_size=len(request.pdf),
         cert_serial=key.serial,
         signer_subject=key.subject,
         signed_at=now,

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 from uuid import UUID
 
@@ -30,6 +30,7 @@ from daemon.errors import (
 from daemon.hsm import Keep, KeyRef, SignJob, SignResult
 from daemon.messages import Document, Reason, SignRequest, SignRequestV2, StatusEvent
 from daemon.metrics import HSM_DURATION, REQUESTS, SIGN_DURATION
+from daemon.outcomes import Outcome, Unreadable
 from daemon.registry import keyring
 from daemon.requests_identity import corrects_of, fingerprint, version_digest
 from daemon.rounds import rounds
@@ -39,11 +40,12 @@ from daemon.storing import Signed
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# Names the rejected events of unreadable deliveries (uuid5 of the delivery).
-_UNREADABLE_EVENTS = uuid.UUID("5b0f3c1e-6a8d-4c55-9d0e-7f1a2b3c4d5e")
-
 
 class Signing(Protocol):
+    # Whether its HSM workers may find and store the PDFs themselves (`SignJob.keep`).
+    @property
+    def keeps(self) -> bool: ...
+
     async def sign_many(self, jobs: Sequence[SignJob]) -> list[SignResult | Exception]: ...
 
 
@@ -51,37 +53,6 @@ class Documents(Protocol):
     async def content(self, document: Document, request: SignRequest | None = None) -> bytes: ...
 
     async def rendered(self, request: SignRequestV2) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to a request; `rejected` ones are dead-lettered by the consumer."""
-
-    event: StatusEvent
-
-    @property
-    def rejected(self) -> bool:
-        return self.event.state is State.REJECTED
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    """A request whose body could not be decoded: what its envelope (and body) say of it.
-
-    `record_id` is the record the body names, when its school is the routing key's; the
-    record may not exist, and its `rejected` event then changes nothing.
-    """
-
-    school_id: str
-    request_id: UUID | None
-    record_id: str | None = None
-    # The delivery's identity (routing key, message id, body digest): a redelivery of the
-    # same bytes after a crash is refused under the same event, not a second one.
-    delivery: str | None = field(default=None, compare=False)
-
-    @property
-    def event_id(self) -> UUID | None:
-        return uuid.uuid5(_UNREADABLE_EVENTS, self.delivery) if self.delivery else None
 
 
 @dataclass(frozen=True)
@@ -121,7 +92,8 @@ class Pipeline:
                 found = await records.lookup_many(conn, [_key(r) for r in requests])
         except Exception as exc:
             return [exc] * len(requests)
-        held = await versions.held(self.store, requests, found)
+        # Read here only if the HSM workers do not read them (`_kept_in`).
+        held = {} if self._kept_in else await versions.held(self.store, requests, found)
         decided = await asyncio.gather(
             *(self._decided(r, f, held) for r, f in zip(requests, found, strict=True)),
             return_exceptions=True,
@@ -308,14 +280,14 @@ class Pipeline:
         pdf, digest_before = await self._version_to_sign(request, digest, held)
         key = KeyRef(request.school_id, signer.token_label, signer.key_label)
         new_version = request.stage is Stage.HOMEROOM_TEACHER
-        root = self.store.local_root
-        keep = Keep(root, digest_before if new_version else None) if root else None
+        root = self._kept_in
+        keep = Keep(root, digest_before, input_is_new=new_version) if root else None
         job = SignJob(pdf, request.stage, key, keep)
         is_correction = bool(record and record.corrects)
         return _Ready(request, job, digest_before, corrects, is_correction, new_version)
 
     async def _signed_version(self, ready: _Ready, result: SignResult) -> Signed:
-        request, pdf, corrects = ready.request, ready.job.pdf, ready.corrects
+        request, corrects = ready.request, ready.corrects
         HSM_DURATION.labels(request.stage.value).observe(result.hsm_seconds)
         event = StatusEvent(
             event_id=uuid.uuid4(),
@@ -339,7 +311,7 @@ class Pipeline:
             signed_at=result.signed_at,
             digest_before=ready.digest_before,
             digest_after=result.sha256,
-            size_before=len(pdf),
+            size_before=result.input_size,
             size_after=result.size,
             fingerprint=fingerprint(request),
             corrects=corrects,
@@ -347,13 +319,19 @@ class Pipeline:
         supersedes = request.stage is Stage.SCHOOL_SEAL and ready.corrected
         return Signed(request, signature, event, supersedes)
 
+    @property
+    def _kept_in(self) -> str | None:
+        """The fs store's root, if the HSM workers read and store the PDFs there."""
+        return self.store.local_root if self.signing.keeps else None
+
     async def _version_to_sign(
         self, request: SignRequest, digest: str, held: dict[str, bytes | Exception]
     ) -> tuple[bytes, str]:
         """The bytes to sign and their sha256 (for record_data, not the consent's digest).
 
         A teacher's version is stored with its signature (`_put_versions`), a later
-        stage's is the record's current one, read from the store with its round's.
+        stage's is the record's current one, read from the store with its round's; or
+        by the HSM worker (`_kept_in`): the job then carries no bytes, only the digest.
         """
         if request.stage is Stage.HOMEROOM_TEACHER:
             if isinstance(request, SignRequestV2) and request.record_data is not None:
@@ -363,6 +341,8 @@ class Pipeline:
                 assert request.document is not None
                 pdf = await self.documents.content(request.document, request)
             return pdf, digest
+        if self._kept_in:
+            return b"", digest
         pdf_or_error = held.get(digest)
         if isinstance(pdf_or_error, Exception):
             raise pdf_or_error

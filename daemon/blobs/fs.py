@@ -116,10 +116,10 @@ class FsStore:
     async def get_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
         if not digests:
             return []
-        return await asyncio.to_thread(self._read_many, digests)
+        return await asyncio.to_thread(self.read_now, digests)
 
-    def _read_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
-        """Read and checked in the thread: the digests are not the event loop's work."""
+    def read_now(self, digests: Sequence[str]) -> list[bytes | Exception]:
+        """`get_many` in the calling thread (the digests are not the event loop's work)."""
         found: list[bytes | Exception] = []
         for sha256 in digests:
             try:

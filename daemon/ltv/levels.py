@@ -74,6 +74,12 @@ class LeveledSigning:
         self._roots = trust_roots or []
         self._signers: dict[str, _Signer] = {}
 
+    @property
+    def keeps(self) -> bool:
+        """Whether the HSM workers may store what they sign (`SignJob.keep`): at B-B
+        only; above it, each signature is extended here first."""
+        return self._tsa is None
+
     async def sign(self, job: SignJob) -> SignResult:
         (result,) = await self.sign_many([job])
         if isinstance(result, Exception):
@@ -86,6 +92,8 @@ class LeveledSigning:
         Each key's status is checked once for the batch, the jobs whose keys pass go to
         the HSM pool together, and each signature is then timestamped on its own.
         """
+        if not self.keeps and any(job.keep for job in jobs):
+            raise ValueError(f"At {self._level} no HSM worker may keep what it signs.")
         keys = list(dict.fromkeys(job.key for job in jobs))
         checks = await asyncio.gather(*(self._check(key) for key in keys), return_exceptions=True)
         refused = {key: _kept(check) for key, check in zip(keys, checks, strict=True)}
@@ -97,12 +105,8 @@ class LeveledSigning:
                 ready.append(n)
             else:
                 results[n] = error
-        if self._tsa is None:
-            signed = await self._pool.sign_many([jobs[n] for n in ready])
-        else:
-            # Extended here: each signed PDF comes back to the event loop, to be stored.
-            unkept = [dataclasses.replace(jobs[n], keep=None) for n in ready]
-            signed = await self._pool.sign_many(unkept)
+        signed = await self._pool.sign_many([jobs[n] for n in ready])
+        if self._tsa is not None:
             extended = await asyncio.gather(
                 *(self._extend(jobs[n], s) for n, s in zip(ready, signed, strict=True)),
                 return_exceptions=True,

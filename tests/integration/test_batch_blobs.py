@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from daemon import app
 from daemon.blobs import FsStore, Hashed
@@ -18,7 +19,8 @@ from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
 from daemon.errors import StoreUnavailable
 from daemon.messages import RecordInfo, SignRequest, decode_sign_request
-from daemon.pipeline import Outcome, Pipeline
+from daemon.outcomes import Outcome
+from daemon.pipeline import Pipeline
 from daemon.settings import Settings
 from daemon.stages import Stage, State
 from producers.school_system import sign_request
@@ -28,11 +30,16 @@ SCHOOL = "31000103"
 
 
 class Counted(FsStore):
-    """The fs store, counting the blobs of each write the daemon itself makes."""
+    """The fs store, counting the blobs of each write and read the daemon itself makes."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.writes: list[int] = []
+        self.reads: list[int] = []
+
+    async def get_many(self, digests: Sequence[str]) -> list[bytes | Exception]:
+        self.reads.append(len(digests))
+        return await super().get_many(digests)
 
     async def put_many(self, blobs: Sequence[bytes | Hashed]) -> list[str]:
         self.writes.append(len(blobs))
@@ -132,12 +139,14 @@ async def test_a_batch_is_stored_in_one_write(
     assert store.writes == [8]  # each teacher's version and its signed one
 
 
+@pytest.mark.parametrize("reader", [Refusing, Counted], ids=["daemon_reads", "workers_read"])
 async def test_a_held_version_the_store_lost_fails_only_its_request(
-    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
+    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem, reader: type[Counted]
 ) -> None:
     # Given two records signed by their teachers, one of whose signed PDF is then lost
+    # (read by the daemon, or by the HSM workers themselves on the fs store)
     batch = _teacher_requests(school_system, dev_env, 2)
-    store = Refusing(settings.store.path)
+    store = reader(settings.store.path)
     async with pipeline_on(settings, store) as pipeline:
         first = await pipeline.handle_many([request for request, _ in batch])
         held = [r.event.document_sha256 or "" for r in first if isinstance(r, Outcome)]
@@ -150,7 +159,9 @@ async def test_a_held_version_the_store_lost_fails_only_its_request(
         ]
         results = await pipeline.handle_many(principals)
 
-    # Then the lost one failed alone, transiently, and the other was signed on its version
+    # Then the versions were read by whoever should: the daemon in one call, or not at all
+    assert [n for n in store.reads if n] == ([2] if reader is Refusing else [])
+    # and the lost one failed alone, transiently, and the other was signed on its version
     assert isinstance(results[0], StoreUnavailable)
     outcome = results[1]
     assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_PRINCIPAL

@@ -36,6 +36,7 @@ class RecordingSigning:
     """A Signing that records every key it is asked to use, and signs nothing real."""
 
     keys: list[KeyRef] = field(default_factory=list)
+    keeps = False  # the pipeline reads and stores each PDF itself
 
     async def sign_many(self, jobs: Sequence[SignJob]) -> list[SignResult | Exception]:
         return [await self.sign(job) for job in jobs]
@@ -47,6 +48,7 @@ class RecordingSigning:
             pdf=pdf,
             size=len(pdf),
             sha256=hashlib.sha256(pdf).hexdigest(),
+            input_size=len(job.pdf),
             cert_serial="1",
             signer_subject="fake",
             signed_at=datetime.now(UTC),

@@ -18,8 +18,9 @@ from daemon.blobs import FsStore
 from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
 from daemon.messages import SignRequest
+from daemon.outcomes import Outcome
 from daemon.pdf import validation
-from daemon.pipeline import Outcome, Pipeline
+from daemon.pipeline import Pipeline
 from daemon.settings import Settings
 from daemon.stages import Stage
 from tests.integration.conftest import SchoolSystem

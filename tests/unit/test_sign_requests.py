@@ -20,7 +20,7 @@ from daemon.errors import (
     TransientError,
 )
 from daemon.messages import Reason, RecordInfo, SignRequest, StatusEvent
-from daemon.pipeline import Outcome, Unreadable
+from daemon.outcomes import Outcome, Unreadable
 from daemon.settings import AmqpSettings
 from daemon.stages import Stage, State
 from producers.school_system import sign_request
