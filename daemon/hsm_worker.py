@@ -9,6 +9,7 @@ stays a few tens of MB instead of carrying the daemon's whole import graph.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -82,6 +83,13 @@ _SESSION_ERRORS: tuple[type[p11.PKCS11Error], ...] = (
     p11.FunctionFailed,
 )
 _PIN_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked)
+# A token that is there but not seen for a moment: SoftHSM2 rewrites its token file at
+# every login, and a process listing the slots meanwhile finds no such token, a token
+# without its user PIN, or a general error (4 processes logging in in a loop here: 1
+# login in 18 missed, each seen again within 0.16 s after a pause and a fresh slot
+# list). Opening retries after these pauses (1.9 s in all) before it fails.
+_UNSEEN = (p11.NoSuchToken, p11.UserPinNotInitialized, p11.GeneralError)
+_UNSEEN_PAUSES_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class _Worker:
@@ -116,6 +124,17 @@ class _Worker:
             self.lib = pkcs11.lib(self.config.module)
         elif not self.lib.initialized:
             self.lib.initialize()
+        for pause_s in _UNSEEN_PAUSES_S:
+            try:
+                return self._login()
+            except _UNSEEN:
+                time.sleep(pause_s)  # then list the slots afresh
+                with contextlib.suppress(p11.PKCS11Error):
+                    self.lib.reinitialize()
+        self._login()
+
+    def _login(self) -> None:
+        assert self.lib is not None
         token = self.lib.get_token(token_label=self.config.token_label)
         try:
             self.session = token.open(user_pin=self.config.pin)

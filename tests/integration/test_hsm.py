@@ -129,6 +129,21 @@ async def test_unknown_token_fails_at_start(dev_hsm: DevHsm) -> None:
         await pool.start()
 
 
+async def test_pools_logging_in_at_the_same_moment_all_start(dev_hsm: DevHsm) -> None:
+    # Given SoftHSM2, which rewrites its token file at every login (a process listing
+    # the slots meanwhile may not see the token for a moment)
+    for _ in range(3):
+        # When four pools of two workers each log in at once, as instances starting
+        pools = [SigningPool(dev_hsm.settings(2), SigningSettings()) for _ in range(4)]
+        started = await asyncio.gather(*(p.start() for p in pools), return_exceptions=True)
+        try:
+            # Then every one of them starts, each worker logged in
+            assert [r for r in started if r is not None] == []
+            await asyncio.gather(*(p.ping() for p in pools for _ in range(2)))
+        finally:
+            await asyncio.gather(*(p.close() for p in pools))
+
+
 async def test_pool_signs_concurrently(dev_hsm: DevHsm, signing_pool, homeroom_pdf: bytes) -> None:
     # Given two workers and 40 records from two schools at once
     pool = await signing_pool(workers=2)
