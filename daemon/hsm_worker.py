@@ -36,7 +36,6 @@ from daemon.errors import (
     HocbaError,
     HsmUnavailable,
     InternalError,
-    StoreUnavailable,
     UnknownSigner,
 )
 from daemon.hsm_jobs import CmsJob, PdfJob, Signed, WorkerConfig
@@ -83,13 +82,13 @@ _SESSION_ERRORS: tuple[type[p11.PKCS11Error], ...] = (
     p11.FunctionFailed,
 )
 _PIN_ERRORS = (p11.PinIncorrect, p11.PinInvalid, p11.PinLenRange, p11.PinLocked)
-# A token that is there but not seen for a moment: SoftHSM2 rewrites its token file at
-# every login, and a process listing the slots meanwhile finds no such token, a token
-# without its user PIN, or a general error (4 processes logging in in a loop here: 1
-# login in 18 missed, each seen again within 0.16 s after a pause and a fresh slot
-# list). Opening retries after these pauses (1.9 s in all) before it fails.
+# A token there but unseen for a moment: SoftHSM2 rewrites its token file at every
+# login, and a process listing the slots meanwhile finds no such token, no user PIN or
+# a general error (4 processes logging in in a loop: 1 login in 18, each seen again
+# within 0.16 s). Opening retries after these pauses (0.37 s); `run` opens twice, so a
+# token really gone costs a batch of 8 ~6 s, well within `hsm.op_timeout_s`.
 _UNSEEN = (p11.NoSuchToken, p11.UserPinNotInitialized, p11.GeneralError)
-_UNSEEN_PAUSES_S = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_UNSEEN_PAUSES_S = (0.02, 0.05, 0.1, 0.2)
 
 
 class _Worker:
@@ -306,7 +305,7 @@ def _with_inputs(requests: list[PdfJob]) -> list[PdfJob | Exception]:
 
 
 def _store(kept: dict[int, tuple[str, list[Hashed]]]) -> dict[int, Exception]:
-    """Each job's PDFs durable, or the StoreUnavailable that failed that job alone."""
+    """Each job's PDFs durable, or the error (StoreUnavailable) that failed it alone."""
     failed: dict[int, Exception] = {}
     for root in {root for root, _ in kept.values()}:
         store = FsStore(Path(root))
@@ -314,15 +313,16 @@ def _store(kept: dict[int, tuple[str, list[Hashed]]]) -> dict[int, Exception]:
         try:
             store.write_now([pdf for pdfs in jobs.values() for pdf in pdfs])
             continue
-        except StoreUnavailable as exc:
+        except Exception as exc:
             if len(jobs) == 1:
-                failed.update(dict.fromkeys(jobs, exc))
+                failed.update(dict.fromkeys(jobs, _sendable(exc)))
                 continue
+            log.warning("A batch of %d signed PDFs is stored one by one: %s", len(jobs), exc)
         for n, pdfs in jobs.items():  # one by one: a PDF the disk refuses fails its job
             try:
                 store.write_now(pdfs)
-            except StoreUnavailable as exc:
-                failed[n] = exc
+            except Exception as exc:
+                failed[n] = _sendable(exc)
     return failed
 
 

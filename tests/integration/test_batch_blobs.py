@@ -17,7 +17,7 @@ from daemon import app
 from daemon.blobs import FsStore, Hashed
 from daemon.dev import env as devenv
 from daemon.documents import DocumentSource
-from daemon.errors import StoreUnavailable
+from daemon.errors import StoreCorrupt, StoreUnavailable
 from daemon.messages import RecordInfo, SignRequest, decode_sign_request
 from daemon.outcomes import Outcome
 from daemon.pipeline import Pipeline
@@ -139,6 +139,31 @@ async def test_a_batch_is_stored_in_one_write(
     assert store.writes == [8]  # each teacher's version and its signed one
 
 
+async def test_a_corrupt_version_read_by_a_worker_is_refused_and_fails_alone(
+    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
+) -> None:
+    # Given two records signed by their teachers, one of whose stored PDFs then changes
+    batch = _teacher_requests(school_system, dev_env, 2)
+    store = Counted(settings.store.path)
+    async with pipeline_on(settings, store) as pipeline:
+        first = await pipeline.handle_many([request for request, _ in batch])
+        held = [r.event.document_sha256 or "" for r in first if isinstance(r, Outcome)]
+        damaged = store.path(held[0])
+        damaged.write_bytes(damaged.read_bytes().replace(b"%%EOF", b"%%EOX", 1))
+        # When both principals' requests come in one batch, their versions read by workers
+        principals = [
+            _request(dev_env, request.record, Stage.PRINCIPAL, digest, None)
+            for (request, _), digest in zip(batch, held, strict=True)
+        ]
+        results = await pipeline.handle_many(principals)
+
+    # Then the damaged version was not signed: its request failed alone, as corrupt
+    assert isinstance(results[0], StoreCorrupt)
+    outcome = results[1]
+    assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_PRINCIPAL
+    assert [n for n in store.reads if n] == []
+
+
 @pytest.mark.parametrize("reader", [Refusing, Counted], ids=["daemon_reads", "workers_read"])
 async def test_a_held_version_the_store_lost_fails_only_its_request(
     settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem, reader: type[Counted]
@@ -181,8 +206,10 @@ async def test_the_workers_store_what_they_sign_before_any_row_names_it(
 ) -> None:
     # Given a batch of three teacher's requests on the fs store, which the workers write
     # themselves, and a disk that cannot take the second one's version
-    batch = _teacher_requests(school_system, dev_env, 3)
     own = Counted(settings.store.path)
+    batch = _teacher_requests(school_system, dev_env, 3)
+    while own.path(hashlib.sha256(batch[1][1]).hexdigest()).parent.exists():
+        batch = _teacher_requests(school_system, dev_env, 3)  # its directory holds others
     refused = hashlib.sha256(batch[1][1]).hexdigest()
     _block(own, refused)
     try:
