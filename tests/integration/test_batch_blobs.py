@@ -139,44 +139,28 @@ async def test_a_batch_is_stored_in_one_write(
     assert store.writes == [8]  # each teacher's version and its signed one
 
 
-async def test_a_corrupt_version_read_by_a_worker_is_refused_and_fails_alone(
-    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem
-) -> None:
-    # Given two records signed by their teachers, one of whose stored PDFs then changes
-    batch = _teacher_requests(school_system, dev_env, 2)
-    store = Counted(settings.store.path)
-    async with pipeline_on(settings, store) as pipeline:
-        first = await pipeline.handle_many([request for request, _ in batch])
-        held = [r.event.document_sha256 or "" for r in first if isinstance(r, Outcome)]
-        damaged = store.path(held[0])
-        damaged.write_bytes(damaged.read_bytes().replace(b"%%EOF", b"%%EOX", 1))
-        # When both principals' requests come in one batch, their versions read by workers
-        principals = [
-            _request(dev_env, request.record, Stage.PRINCIPAL, digest, None)
-            for (request, _), digest in zip(batch, held, strict=True)
-        ]
-        results = await pipeline.handle_many(principals)
-
-    # Then the damaged version was not signed: its request failed alone, as corrupt
-    assert isinstance(results[0], StoreCorrupt)
-    outcome = results[1]
-    assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_PRINCIPAL
-    assert [n for n in store.reads if n] == []
-
-
+@pytest.mark.parametrize("damage", [StoreUnavailable, StoreCorrupt], ids=["lost", "changed"])
 @pytest.mark.parametrize("reader", [Refusing, Counted], ids=["daemon_reads", "workers_read"])
-async def test_a_held_version_the_store_lost_fails_only_its_request(
-    settings: Settings, dev_env: devenv.DevEnv, school_system: SchoolSystem, reader: type[Counted]
+async def test_a_held_version_lost_or_changed_fails_only_its_request(
+    settings: Settings,
+    dev_env: devenv.DevEnv,
+    school_system: SchoolSystem,
+    reader: type[Counted],
+    damage: type[Exception],
 ) -> None:
-    # Given two records signed by their teachers, one of whose signed PDF is then lost
-    # (read by the daemon, or by the HSM workers themselves on the fs store)
+    # Given two records signed by their teachers, one of whose signed PDF is then lost or
+    # changed on disk (read by the daemon, or by the HSM workers themselves on the fs store)
     batch = _teacher_requests(school_system, dev_env, 2)
     store = reader(settings.store.path)
     async with pipeline_on(settings, store) as pipeline:
         first = await pipeline.handle_many([request for request, _ in batch])
         held = [r.event.document_sha256 or "" for r in first if isinstance(r, Outcome)]
         assert len(held) == 2
-        store.path(held[0]).unlink()
+        path = store.path(held[0])
+        if damage is StoreUnavailable:
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes().replace(b"%%EOF", b"%%EOX", 1))
         # When both principals' requests come in one batch
         principals = [
             _request(dev_env, request.record, Stage.PRINCIPAL, digest, None)
@@ -186,8 +170,9 @@ async def test_a_held_version_the_store_lost_fails_only_its_request(
 
     # Then the versions were read by whoever should: the daemon in one call, or not at all
     assert [n for n in store.reads if n] == ([2] if reader is Refusing else [])
-    # and the lost one failed alone, transiently, and the other was signed on its version
-    assert isinstance(results[0], StoreUnavailable)
+    # and the damaged one was not signed: it failed alone, transiently (retried), as lost
+    # or as corrupt, and the other was signed on its version
+    assert type(results[0]) is damage
     outcome = results[1]
     assert isinstance(outcome, Outcome) and outcome.event.state is State.SIGNED_BY_PRINCIPAL
     signed = await store.get(outcome.event.document_sha256 or "")
