@@ -1,9 +1,9 @@
 """The HSM worker processes' side of the signing pool: one login, one session each.
 
 Everything here runs in a worker process (daemon/hsm.py spawns them), so this module
-imports only what signing needs: python-pkcs11, asn1crypto, the CMS template and the
-PDF writer; pyHanko's CMS signer is loaded only when a package is sealed. A worker
-stays a few tens of MB instead of carrying the daemon's whole import graph.
+imports only what signing needs: python-pkcs11, asn1crypto, the CMS template, the PDF
+writer and the fs blob store (`Keep`); pyHanko's CMS signer is loaded only when a
+package is sealed. A worker stays a few tens of MB instead of the daemon's whole graph.
 """
 
 from __future__ import annotations
