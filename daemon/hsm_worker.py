@@ -280,7 +280,6 @@ def sign_pdfs(requests: list[PdfJob]) -> list[Signed | Exception]:
             if job.keep.input_is_new:
                 made.insert(0, Hashed(job.pdf, job.keep.input_sha256))
             kept[n] = (job.keep.root, made)
-            signed = dataclasses.replace(signed, update=None)
         results.append(signed)
     for n, error in _store(kept).items():
         results[n] = error
@@ -360,7 +359,7 @@ def _signed(worker: _Worker, request: PdfJob, session: Any) -> tuple[bytes, Sign
     if not pdf.startswith(request.pdf):
         raise InternalError("The signed PDF does not extend the version it signed.")
     return pdf, Signed(
-        update=pdf[len(request.pdf) :],
+        update=None if request.keep else pdf[len(request.pdf) :],  # kept: stored here
         size=len(pdf),
         sha256=signed.sha256.hex(),
         input_size=len(request.pdf),
