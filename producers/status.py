@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 _LEADER_LOCK = 0x68_6F_63_62_62  # any constant shared by all instances
 BATCH = 200
+# The pass a stopping leader makes at most this long; what is left waits for the next.
+_LAST_PASS_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,13 @@ class StatusRelay:
                     if published and self._gather_s:
                         await _wait(stop, self._gather_s)
                     await _wait_any(stop, self._wake, self._sweep_s)
+                # Stopping: what was committed since the last pass (while it gathered,
+                # say) leaves now, not at the next leader's sweep, if the brokers answer.
+                try:
+                    async with asyncio.timeout(_LAST_PASS_S), translated():
+                        await self.drain(conn)
+                except TimeoutError:
+                    log.warning("The last pass took over %.0f s; the rest waits.", _LAST_PASS_S)
             finally:
                 with contextlib.suppress(Exception):
                     await conn.remove_listener(OUTBOX_CHANNEL, self._on_notify)

@@ -1,9 +1,13 @@
 """The relay under load (status.gather_ms): commits that come while it waits after a pass
-leave in one pass together; an event after a quiet spell leaves in a pass of its own."""
+leave in one pass together; an event after a quiet spell leaves in a pass of its own;
+and what was committed while it waited leaves when it stops, not at the next leader's."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aio_pika
 
@@ -39,10 +43,25 @@ async def _published(db: Database, count: int) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
-    settings: Settings,
-) -> None:
-    # A database of its own: the relay drains every pending row it can see.
+@dataclass
+class Relaying:
+    db: Database
+    queue: aio_pika.abc.AbstractQueue
+    transport: Passes
+    stop: asyncio.Event
+    running: asyncio.Task[None]
+
+    async def received(self) -> int:
+        count = 0
+        while await self.queue.get(fail=False, no_ack=True) is not None:
+            count += 1
+        return count
+
+
+@contextlib.asynccontextmanager
+async def relaying(settings: Settings, gather_s: float) -> AsyncIterator[Relaying]:
+    """A relay on AMQP alone, over a database of its own (it drains every pending row
+    it can see), waiting `gather_s` after each pass that published."""
     async with services.scratch_database("hocba_gather") as (dsn, admin):
         await migrate.migrate(admin)
         # The relay's queries and marks with the daemon's privileges, not the admin's.
@@ -61,31 +80,54 @@ async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
             await queue.bind(exchange, routing_key=f"status.{SCHOOL}.#")
             transport = Passes(exchange)
             transport.sizes = []
-            # Given a relay that waits a (long, for a slow machine) second after a pass
-            relay = StatusRelay(db, [transport], sweep_s=30, gather_s=1.0)
+            relay = StatusRelay(db, [transport], sweep_s=30, gather_s=gather_s)
             running = asyncio.create_task(relay.run(stop))
-
-            # When one event is committed after a quiet spell
-            async with db.transaction() as conn:
-                await records.enqueue(conn, services.teacher_signed(SCHOOL, "G0000"))
-            async with asyncio.timeout(30):
-                await _published(db, 1)
-            # and then five more, each in a transaction of its own, as batches commit
-            for n in range(1, 6):
-                async with db.transaction() as conn:
-                    await records.enqueue(conn, services.teacher_signed(SCHOOL, f"G{n:04d}"))
-            async with asyncio.timeout(30):
-                await _published(db, 6)
-
-            # Then the first left alone, the five together in the next pass
-            assert transport.sizes == [1, 5]
-            received = 0
-            while await queue.get(fail=False, no_ack=True) is not None:
-                received += 1
-            assert received == 6
+            yield Relaying(db, queue, transport, stop, running)
         finally:
             stop.set()
             if running is not None:
                 await asyncio.wait_for(running, 30)
             await connection.close()
             await db.close()
+
+
+async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
+    settings: Settings,
+) -> None:
+    # Given a relay that waits a (long, for a slow machine) second after a pass
+    async with relaying(settings, gather_s=1.0) as relay:
+        # When one event is committed after a quiet spell
+        async with relay.db.transaction() as conn:
+            await records.enqueue(conn, services.teacher_signed(SCHOOL, "G0000"))
+        async with asyncio.timeout(30):
+            await _published(relay.db, 1)
+        # and then five more, each in a transaction of its own, as batches commit
+        for n in range(1, 6):
+            async with relay.db.transaction() as conn:
+                await records.enqueue(conn, services.teacher_signed(SCHOOL, f"G{n:04d}"))
+        async with asyncio.timeout(30):
+            await _published(relay.db, 6)
+
+        # Then the first left alone, the five together in the next pass
+        assert relay.transport.sizes == [1, 5]
+        assert await relay.received() == 6
+
+
+async def test_what_was_committed_during_the_wait_leaves_when_the_relay_stops(
+    settings: Settings,
+) -> None:
+    # Given a relay that waits long after a pass, and has just published one event
+    async with relaying(settings, gather_s=30.0) as relay:
+        async with relay.db.transaction() as conn:
+            await records.enqueue(conn, services.teacher_signed(SCHOOL, "G0100"))
+        async with asyncio.timeout(30):
+            await _published(relay.db, 1)
+        # When another is committed while it waits, and the instance stops
+        async with relay.db.transaction() as conn:
+            await records.enqueue(conn, services.teacher_signed(SCHOOL, "G0101"))
+        relay.stop.set()
+        await asyncio.wait_for(relay.running, 30)
+
+        # Then that one left before the relay ended, in a last pass
+        assert relay.transport.sizes == [1, 1]
+        assert await relay.received() == 2
