@@ -1,37 +1,34 @@
 """Where status events go: RabbitMQ `hocba.status` and the MQTT broker.
 
 Each publish is the hot path of every signature (one event per transport), so both
-publishers go one level below their client library's per-message API: AMQP straight
-to aiormq's `basic_publish` (no aio-pika `Message`), MQTT straight to paho's
-`publish` with one future for a batch's PUBACKs (no aiomqtt task, event and timeout
-per message). The guarantees are those of DESIGN.md's status contract: confirmed and
-persistent on AMQP, QoS 1 and acknowledged on MQTT, before the relay marks a row.
+publishers go below a client library's per-message API: AMQP straight to aiormq's
+`basic_publish` (no aio-pika `Message`), MQTT by our own QoS 1 publisher
+(`producers/mqtt_wire.py`) with one future for a batch's PUBACKs (no aiomqtt task,
+event and timeout per message, no paho message info and reason code). The guarantees
+are those of DESIGN.md's status contract: confirmed and persistent on AMQP, QoS 1 and
+acknowledged on MQTT, before the relay marks a row.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-import aiomqtt
 import aiormq
-import paho.mqtt.client as paho
 from aio_pika.abc import AbstractExchange
 from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
-from paho.mqtt.reasoncodes import ReasonCode
 
 from daemon import amqp
 from daemon.errors import BrokerUnavailable
 from daemon.outbox import Transport
 from daemon.settings import MqttSettings
+from producers import mqtt_wire
 from producers.status import Pending
 
 log = logging.getLogger(__name__)
@@ -40,9 +37,10 @@ PUBLISH_TIMEOUT_S = 30.0
 # How long each window of MQTT_IN_FLIGHT publishes may take to be acknowledged, as
 # aiomqtt's timeout (10 s) did per message in windows of 10.
 MQTT_ACK_TIMEOUT_S = 10.0
-# QoS 1 publishes on the wire at once (paho queues the rest in order, sending one per
-# PUBACK): enough to hide the round trip, few enough that a package's hundreds of
-# events do not flood a slow broker.
+MQTT_CONNECT_TIMEOUT_S = 10.0
+# QoS 1 publishes on the wire at once (the rest wait in order, one sent per PUBACK):
+# enough to hide the round trip, few enough that a package's hundreds of events do not
+# flood a slow broker.
 MQTT_IN_FLIGHT = 20
 # aio-pika's `Message(..., delivery_mode=PERSISTENT)` as it reaches the wire: an empty
 # headers table and priority 0 included (tests/unit/test_status_transports.py).
@@ -138,33 +136,21 @@ class MqttStatus:
 
     def __init__(self, settings: MqttSettings) -> None:
         self._settings = settings
-        self._stack: contextlib.AsyncExitStack | None = None
-        self._paho: paho.Client | None = None
-        self._acks: _Acks | None = None
+        self._client: mqtt_wire.Publisher | None = None
 
     async def publish(self, events: list[Pending]) -> None:
         try:
-            client, acks = await self._connected()
-            batch = _Batch()
-            try:
-                # No await until every event is handed to paho: it reads PUBACKs only
-                # in the event loop's reader callback, so none comes before its mid
-                # is expected.
-                for pending in events:
-                    acks.expect(batch, self._publish_one(client, pending))
-                windows = -(-len(events) // MQTT_IN_FLIGHT)
-                await batch.acknowledged(MQTT_ACK_TIMEOUT_S * windows)
-            finally:
-                acks.forget(batch)
-        except aiomqtt.MqttError as exc:
+            client = await self._connected()
+            windows = -(-len(events) // MQTT_IN_FLIGHT)
+            await client.publish([self._message(p) for p in events], MQTT_ACK_TIMEOUT_S * windows)
+        except mqtt_wire.MqttError as exc:
             await self.close()
-            raise BrokerUnavailable(f"MQTT broker unavailable: {type(exc).__name__}.") from exc
+            raise BrokerUnavailable(f"MQTT broker unavailable: {exc}.") from exc
 
     async def close(self) -> None:
-        stack, self._stack, self._paho, self._acks = self._stack, None, None, None
-        if stack is not None:
-            with contextlib.suppress(aiomqtt.MqttError, OSError):
-                await stack.aclose()
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def topic(self, event: dict[str, Any]) -> str:
         # Ids come from requests: one that is not a plain topic level (`+`, `#`, `/`)
@@ -178,107 +164,29 @@ class MqttStatus:
             return f"{prefix}/{school}/records/{record_id}/status{tail}"
         return f"{prefix}/{school}/requests/rejected"
 
-    def _publish_one(self, client: paho.Client, pending: Pending) -> int:
-        """Hand one event to paho (QoS 1): its message id, for the PUBACK."""
+    def _message(self, pending: Pending) -> tuple[bytes, bytes, bool]:
+        """(topic, payload, retain) of one event."""
         event = pending.event
         topic = self.topic(event)
         current = not topic.endswith("/requests/rejected") and event["state"] != "rejected"
-        retain = current and not pending.repeat
-        info = client.publish(topic, _body(event), qos=1, retain=retain)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
-        return info.mid
+        return topic.encode(), _body(event).encode(), current and not pending.repeat
 
-    async def _connected(self) -> tuple[paho.Client, _Acks]:
-        if self._paho is not None and self._acks is not None:
-            return self._paho, self._acks
+    async def _connected(self) -> mqtt_wire.Publisher:
+        if self._client is not None and self._client.connected:
+            return self._client
+        await self.close()
         password = self._settings.resolved_password()
-        client = aiomqtt.Client(
-            hostname=self._settings.host,
-            port=self._settings.port,
-            username=self._settings.username,
-            password=password.get_secret_value() if password else None,
-            identifier=f"{self._settings.client_id_prefix}-{uuid.uuid4().hex[:12]}",
-            timeout=10,
-            max_inflight_messages=MQTT_IN_FLIGHT,
+        client = mqtt_wire.Publisher(
+            mqtt_wire.Endpoint(
+                host=self._settings.host,
+                port=self._settings.port,
+                client_id=f"{self._settings.client_id_prefix}-{uuid.uuid4().hex[:12]}",
+                username=self._settings.username,
+                password=password.get_secret_value() if password else None,
+            ),
+            in_flight=MQTT_IN_FLIGHT,
         )
-        stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(client)
-        # aiomqtt runs paho on the event loop (connection, reads, writes, keepalive);
-        # publishing goes to paho itself, which aiomqtt keeps as `_client`.
-        inner: paho.Client = client._client
-        self._stack, self._paho, self._acks = stack, inner, _Acks(inner)
+        await client.connect(MQTT_CONNECT_TIMEOUT_S)
+        self._client = client
         log.info("Connected to the MQTT broker.")
-        return inner, self._acks
-
-
-class _Batch:
-    """The PUBACKs one publish call waits for, behind one future."""
-
-    def __init__(self) -> None:
-        self.mids: list[int] = []
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.owed = 0
-
-    def acked(self) -> None:
-        self.owed -= 1
-        if self.owed == 0 and not self.done.done():
-            self.done.set_result(None)
-
-    def fail(self, exc: Exception) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc)
-
-    async def acknowledged(self, timeout_s: float) -> None:
-        if self.owed == 0:
-            return
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.done
-        except TimeoutError:
-            raise aiomqtt.MqttError("PUBACKs did not come in time.") from None
-
-
-class _Acks:
-    """paho's PUBACK and disconnect callbacks, routed to the batches awaiting them.
-
-    Wraps aiomqtt's own callbacks, which still get every other message id and every
-    disconnect. paho calls them on the event loop, where aiomqtt reads its socket.
-    """
-
-    def __init__(self, client: paho.Client) -> None:
-        self._by_mid: dict[int, _Batch] = {}
-        # aiomqtt's, with paho's version 2 signatures.
-        self._on_publish: Callable[..., None] | None = client.on_publish
-        self._on_disconnect: Callable[..., None] | None = client.on_disconnect
-        client.on_publish = self._published
-        client.on_disconnect = self._disconnected
-
-    def expect(self, batch: _Batch, mid: int) -> None:
-        self._by_mid[mid] = batch
-        batch.mids.append(mid)
-        batch.owed += 1
-
-    def forget(self, batch: _Batch) -> None:
-        for mid in batch.mids:
-            if self._by_mid.get(mid) is batch:
-                del self._by_mid[mid]
-
-    def _published(
-        self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any
-    ) -> None:
-        batch = self._by_mid.pop(mid, None)
-        if batch is None:
-            if self._on_publish is not None:
-                self._on_publish(client, userdata, mid, reason, props)
-        elif reason.is_failure:
-            batch.fail(aiomqtt.MqttCodeError(reason, "Publish refused."))
-        else:
-            batch.acked()
-
-    def _disconnected(self, client: paho.Client, userdata: Any, *args: Any) -> None:
-        if self._on_disconnect is not None:
-            self._on_disconnect(client, userdata, *args)
-        for batch in set(self._by_mid.values()):
-            batch.fail(aiomqtt.MqttError("Disconnected before the PUBACKs."))
-        self._by_mid.clear()
+        return client

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
+from pydantic import SecretStr
 
 from daemon import migrate, records
 from daemon.database import Database
@@ -29,7 +30,7 @@ from daemon.errors import BrokerUnavailable
 from daemon.messages import Reason, StatusEvent, StatusEventV2
 from daemon.settings import MqttSettings, Settings
 from daemon.stages import Stage, State
-from producers import transports
+from producers import mqtt_wire, transports
 from producers.status import Pending, StatusRelay
 from producers.transports import MqttStatus
 from tests import services
@@ -71,10 +72,13 @@ def _listening(port: int) -> bool:
 
 @contextlib.contextmanager
 def mosquitto(tmp_path: Path, *options: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A private broker with these config lines, killed after the test."""
+    """A private broker with these config lines (anonymous unless they say), killed after."""
     port = _free_port()
     config = tmp_path / f"mosquitto-{port}.conf"
-    config.write_text("\n".join([f"listener {port} 127.0.0.1", "allow_anonymous true", *options]))
+    anonymous = (
+        [] if any(o.startswith("allow_anonymous") for o in options) else ["allow_anonymous true"]
+    )
+    config.write_text("\n".join([f"listener {port} 127.0.0.1", *anonymous, *options]))
     broker = subprocess.Popen(
         ["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -218,3 +222,99 @@ async def test_a_batch_whose_pubacks_do_not_come_fails_in_time_and_the_next_goes
             }
         finally:
             await mqtt.close()
+
+
+async def test_a_broker_refusing_the_credentials_says_so_and_the_right_ones_publish(
+    tmp_path: Path,
+) -> None:
+    # Given a broker with one user
+    passwords = tmp_path / "passwords"
+    made = await asyncio.create_subprocess_exec(
+        "mosquitto_passwd", "-b", "-c", str(passwords), "district", "đúng-mật-khẩu"
+    )
+    assert await made.wait() == 0
+    # (started as root, Mosquitto reads the password file as `user`, by default
+    # "mosquitto", who cannot enter pytest's private temporary directory)
+    as_root = "user root"
+    with mosquitto(tmp_path, "allow_anonymous false", f"password_file {passwords}", as_root) as (
+        _,
+        port,
+    ):
+        wrong = MqttStatus(
+            MqttSettings(
+                port=port, username="district", password=SecretStr("sai"), topic_prefix="auth"
+            )
+        )
+        right = MqttStatus(
+            MqttSettings(
+                port=port,
+                username="district",
+                password=SecretStr("đúng-mật-khẩu"),
+                topic_prefix="auth",
+            )
+        )
+        event = _pending(_model("s1", "R1", State.SIGNED_BY_TEACHER))
+        try:
+            # When each publishes, Then the wrong password fails with the refusal Mosquitto gives
+            with pytest.raises(BrokerUnavailable, match="refused: not authorised"):
+                await wrong.publish([event])
+            # And the right one publishes
+            await right.publish([event])
+        finally:
+            await wrong.close()
+            await right.close()
+
+
+async def test_an_idle_connection_stays_up_on_its_pings() -> None:
+    # Given a publisher whose keepalive is 1 s (Mosquitto drops a client silent for 1.5 s)
+    publisher = mqtt_wire.Publisher(
+        mqtt_wire.Endpoint(
+            services.endpoints.mqtt_host,
+            services.endpoints.mqtt_port,
+            client_id=f"keepalive-{uuid.uuid4().hex[:8]}",
+            keepalive_s=1,
+        )
+    )
+    prefix = f"ka-{uuid.uuid4().hex[:6]}"
+    await publisher.connect(timeout_s=5)
+    try:
+        # When it has nothing to publish for 3.5 s
+        await asyncio.sleep(3.5)
+
+        # Then the same connection still publishes
+        assert publisher.connected
+        async with mqtt_collector(prefix) as live:
+            await publisher.publish([(f"{prefix}/x".encode(), b'{"state":"issued"}', False)], 5)
+            assert await live.wait(f"{prefix}/x", "issued") == {"state": "issued"}
+    finally:
+        publisher.close()
+
+
+async def test_a_broker_restarted_fails_one_batch_and_the_next_goes_out_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    with mosquitto(tmp_path) as (_, port):
+        mqtt = MqttStatus(MqttSettings(port=port, topic_prefix="restarted"))
+        await mqtt.publish([_pending(_model("s1", "R1", State.SIGNED_BY_TEACHER))])
+    # Given the broker gone (killed), When a batch is published, Then it fails as unavailable
+    try:
+        with pytest.raises(BrokerUnavailable, match="MQTT broker unavailable"):
+            await mqtt.publish([_pending(_model("s1", "R2", State.SIGNED_BY_TEACHER))])
+        # And with a broker on that port again, the retried batch goes out
+        config = tmp_path / "again.conf"
+        config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        again = await asyncio.create_subprocess_exec(
+            "mosquitto", "-c", str(config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 5
+            while not _listening(port):
+                assert time.monotonic() < deadline, "mosquitto did not listen"
+                await asyncio.sleep(0.05)
+            await mqtt.publish([_pending(_model("s1", "R2", State.SIGNED_BY_TEACHER))])
+            assert set(await _retained("restarted", port)) == {"restarted/s1/records/R2/status"}
+        finally:
+            again.kill()
+            await again.wait()
+    finally:
+        await mqtt.close()
