@@ -1,8 +1,9 @@
 """Where status events go: RabbitMQ `hocba.status` and the MQTT broker.
 
 Each publish is the hot path of every signature (one event per transport), so both
-publishers go below a client library's per-message API: AMQP straight to aiormq's
-`basic_publish` (no aio-pika `Message`), MQTT by our own QoS 1 publisher
+publishers go below a client library's per-message API: AMQP framed by hand on
+aiormq's channel, a batch at once (`producers/amqp_wire.py`; no aio-pika `Message`, no
+pamqp marshalling or task per message), MQTT by our own QoS 1 publisher
 (`producers/mqtt_wire.py`) with one future for a batch's PUBACKs (no aiomqtt task,
 event and timeout per message, no paho message info and reason code). The guarantees
 are those of DESIGN.md's status contract: confirmed and persistent on AMQP, QoS 1 and
@@ -21,14 +22,13 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange
-from aiormq import spec
 from aiormq.exceptions import ChannelInvalidStateError
 
 from daemon import amqp
 from daemon.errors import BrokerUnavailable
 from daemon.outbox import Transport
 from daemon.settings import MqttSettings
-from producers import mqtt_wire
+from producers import amqp_wire, mqtt_wire
 from producers.status import Pending
 
 log = logging.getLogger(__name__)
@@ -88,38 +88,26 @@ class AmqpStatus:
                 underlay = await self._channel.get_underlay_channel()
                 if not isinstance(underlay, aiormq.Channel):
                     raise TypeError(f"Not an aiormq channel: {underlay!r}.")
-                # wait=False: the frames queue without a drain each (the lock aiormq
-                # holds across one would serialise the batch); the confirmations are
-                # what the batch waits for, all of them.
-                await asyncio.gather(
-                    *(
-                        underlay.basic_publish(
-                            _body(p.event).encode(),
-                            exchange=self._exchange,
-                            routing_key=self.routing_key(p.event),
-                            properties=self.properties(p.event),
-                            mandatory=True,  # as Exchange.publish's default
-                            wait=False,
-                        )
-                        for p in events
-                    )
+                await amqp_wire.publish_confirmed(
+                    underlay, [self.message(p.event) for p in events], mandatory=True
                 )
+
+    def message(self, event: dict[str, Any]) -> amqp_wire.Publish:
+        """The event as aio-pika's `Message` carried it, byte for byte on the wire."""
+        return amqp_wire.Publish(
+            exchange=self._exchange,
+            routing_key=self.routing_key(event),
+            body=_body(event).encode(),
+            content_type=_JSON,
+            message_id=event["event_id"],
+            message_type=event["type"],
+            delivery_mode=_PERSISTENT,
+            priority=0,
+        )
 
     @staticmethod
     def routing_key(event: dict[str, Any]) -> str:
         return f"{'status_v2' if _v2(event) else 'status'}.{event['school_id']}.{event['state']}"
-
-    @staticmethod
-    def properties(event: dict[str, Any]) -> spec.Basic.Properties:
-        """The properties aio-pika's `Message` gave the event, byte for byte on the wire."""
-        return spec.Basic.Properties(
-            content_type=_JSON,
-            delivery_mode=_PERSISTENT,
-            headers={},
-            message_id=event["event_id"],
-            message_type=event["type"],
-            priority=0,
-        )
 
 
 class MqttStatus:

@@ -156,3 +156,37 @@ async def test_a_closed_channel_fails_the_batch_so_the_relay_retries(
 
     with pytest.raises(BrokerUnavailable, match="confirming status events"):
         await transport.publish([Pending(_event("amqp-closed"), repeat=False)])
+
+
+async def test_a_long_batch_arrives_whole_and_in_order_and_the_next_follows(
+    channel: AbstractChannel, exchange: AbstractExchange
+) -> None:
+    # Given a subscriber, and a batch of 300 events (the broker confirms them in runs)
+    school = "amqp-" + uuid.uuid4().hex[:8]
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, routing_key=f"status.{school}.#")
+    transport = AmqpStatus(exchange)
+    batch = [_event(school) for _ in range(300)]
+
+    # When it is published, then a second batch after it
+    await transport.publish([Pending(e, repeat=False) for e in batch])
+    after = [_event(school, State.SIGNED_BY_PRINCIPAL) for _ in range(3)]
+    await transport.publish([Pending(e, repeat=False) for e in after])
+
+    # Then the subscriber has every event once, in the order published
+    received = await _take(queue, len(batch) + len(after))
+    assert [m.message_id for m in received] == [e["event_id"] for e in [*batch, *after]]
+    assert [json.loads(m.body) for m in received] == [*batch, *after]
+
+
+async def test_events_of_a_school_no_one_subscribes_to_are_confirmed_not_failed(
+    exchange: AbstractExchange,
+) -> None:
+    # Given no queue bound for a school (the broker returns each mandatory publish)
+    lonely = "amqp-" + uuid.uuid4().hex[:8]
+    transport = AmqpStatus(exchange)
+
+    # When its events are published, Then the batch succeeds, as with aio-pika before
+    await transport.publish([Pending(_event(lonely), repeat=False) for _ in range(5)])
+    # And the channel still publishes
+    await transport.publish([Pending(_event(lonely), repeat=False)])
