@@ -159,6 +159,8 @@ class _Protocol(asyncio.Protocol):
             kind, body = buffer[0], bytes(buffer[at:end])
             del buffer[:end]
             self._owner.received(kind, body)
+        # What the PUBACKs of this read let go out, in one write.
+        self._owner.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner.lost("the connection closed" if exc is None else type(exc).__name__)
@@ -180,6 +182,7 @@ class Publisher:
         self._last_sent = 0.0
         self._ping_owed = False
         self._pinger: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []  # packets for the next write
 
     @property
     def connected(self) -> bool:
@@ -195,6 +198,7 @@ class Publisher:
                 )
                 self._transport = transport
                 self._send(connect_packet(self._endpoint))
+                self.flush()
                 code = await self._connack
         except (OSError, TimeoutError) as exc:
             self.close()
@@ -219,6 +223,7 @@ class Publisher:
                 self._send(packet)
             else:
                 self._queued.append((packet_id, packet, batch))
+        self.flush()
         try:
             async with asyncio.timeout(timeout_s):
                 await batch.done
@@ -277,10 +282,15 @@ class Publisher:
                 self._in_use.add(self._next_id)
                 return self._next_id
 
+    def flush(self) -> None:
+        """Write the packets sent since the last flush, in one write (one syscall)."""
+        if self._out and self._transport is not None and self._closed is None:
+            self._transport.write(b"".join(self._out))
+            self._last_sent = time.monotonic()
+        self._out.clear()
+
     def _send(self, packet: bytes) -> None:
-        assert self._transport is not None
-        self._transport.write(packet)
-        self._last_sent = time.monotonic()
+        self._out.append(packet)
 
     def _send_queued(self) -> None:
         while self._queued and len(self._waiting) < self._in_flight:
@@ -301,4 +311,5 @@ class Publisher:
         if time.monotonic() - self._last_sent >= self._endpoint.keepalive_s / 2:
             self._ping_owed = True
             self._send(_PINGREQ)
+            self.flush()
         self._schedule_ping()
