@@ -37,6 +37,7 @@ from daemon.errors import (
 )
 from daemon.messages import SignRequest, claimed_ids, decode_sign_request
 from daemon.metrics import CONSUMING, IN_FLIGHT
+from daemon.offload import Offload
 from daemon.outcomes import Outcome, Unreadable
 from daemon.settings import AmqpSettings
 from daemon.topology import Topology
@@ -85,6 +86,7 @@ class SignRequestConsumer:
         self._queues = (topo.sign_queue, *topo.sign_shards)
         self._tags: dict[str, str] = {}  # queue name -> this instance's consumer tag
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._offload = Offload()  # a batch's large decodes in one thread hop
 
     async def consuming(self) -> bool:
         """True while the broker delivers to this instance's consumer of every sign queue.
@@ -203,8 +205,9 @@ class SignRequestConsumer:
             )
         if len(message.body) <= INLINE_DECODE_BYTES:
             return decode_sign_request(message.body, message.routing_key or "")
-        # First stages carry whole PDFs: parse those off the event loop.
-        return await asyncio.to_thread(decode_sign_request, message.body, message.routing_key or "")
+        # First stages carry whole PDFs: parse those off the event loop, the batch's
+        # together (`_settle_batch` reads them in one gather).
+        return await self._offload(decode_sign_request, message.body, message.routing_key or "")
 
     async def _unreadable(self, message: AbstractIncomingMessage) -> Unreadable:
         """What the envelope, and the body where it is JSON, say of an undecodable request."""
@@ -214,7 +217,7 @@ class SignRequestConsumer:
         elif len(body) <= INLINE_DECODE_BYTES:
             request_id, record_id = claimed_ids(body, key)
         else:
-            request_id, record_id = await asyncio.to_thread(claimed_ids, body, key)
+            request_id, record_id = await self._offload(claimed_ids, body, key)
         delivery = hashlib.sha256(
             b"\0".join((key.encode(), (message.message_id or "").encode(), body))
         ).hexdigest()

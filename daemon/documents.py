@@ -31,6 +31,7 @@ from daemon.errors import (
     NotAPdf,
 )
 from daemon.messages import Document, SignRequest, SignRequestV2
+from daemon.offload import Offload
 from daemon.pdf import intake
 from daemon.pdf.pades import inspect_pdf
 from daemon.pdf.reader import Unsupported
@@ -132,6 +133,7 @@ class DocumentSource:
         self._timeout = aiohttp.ClientTimeout(total=settings.fetch_timeout_s)
         self._hosts = frozenset(h.lower() for h in settings.fetch_allowed_hosts)
         self._schemes = {"https", "http"} if settings.fetch_allow_http else {"https"}
+        self._offload = Offload()  # a round's inspections in one thread hop
 
     async def content(self, document: Document, request: SignRequest | None = None) -> bytes:
         """The document's bytes, matching its announced sha256.
@@ -145,8 +147,9 @@ class DocumentSource:
             raise NotAPdf(f"Document is larger than {self._max_bytes} bytes.")
         if hashlib.sha256(data).hexdigest() != document.sha256:
             raise HashMismatch("Document sha256 does not match its content.")
-        # Parsing is CPU work on untrusted bytes: off the event loop.
-        await asyncio.to_thread(self._inspect, data, request)
+        # Parsing is CPU work on untrusted bytes: off the event loop, with the other
+        # inspections of its round (the pipeline decides a round's requests in one gather).
+        await self._offload(self._inspect, data, request)
         return data
 
     async def rendered(self, request: SignRequestV2) -> bytes:
