@@ -20,7 +20,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import PydanticCustomError, from_json
 
 from daemon.errors import InvalidMessage
 from daemon.record.model import Correction, RecordData
@@ -195,10 +195,26 @@ class StatusEventV2(_Frozen):
     corrects: str | None = None
 
 
+def loads(body: bytes) -> Any:
+    """The JSON value of a message body, as `json.loads` reads it.
+
+    pydantic-core's parser first: a first stage's body is ~200 KB, nearly all of it
+    the PDF's base64, which it reads ~8x faster (16 against 129 µs). What it accepts
+    `json.loads` accepts with the same value (tests/unit/test_messages_json.py); what
+    it refuses (a byte-order mark, UTF-16, a lone surrogate, nesting past 200, an
+    integer past 4,300 digits, or plain bad JSON) is read by `json.loads`, which
+    decides, and words any refusal, as it always did.
+    """
+    try:
+        return from_json(body, cache_strings="keys")
+    except ValueError:
+        return json.loads(body)
+
+
 def decode_sign_request(body: bytes, routing_key: str) -> SignRequest:
     """Decode and check a sign request; the routing key's school must be the body's."""
     try:
-        raw: Any = json.loads(body)
+        raw: Any = loads(body)
     except json.JSONDecodeError as exc:
         raise InvalidMessage(f"Body is not JSON: {exc.msg}.", body) from exc
     except UnicodeDecodeError as exc:
