@@ -52,11 +52,11 @@ class Offload:
 
 def _run(loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
     """In the pool thread: every call in turn, then one wake-up of the loop with all."""
-    results: list[tuple[asyncio.Future[Any], Any, Exception | None]] = []
+    results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
     for context, fn, args, future in calls:
         try:
             results.append((future, context.run(fn, *args), None))
-        except Exception as exc:
+        except BaseException as exc:  # as concurrent.futures keeps it, so the rest run
             results.append((future, None, exc))
     try:
         loop.call_soon_threadsafe(_settle, results)
@@ -64,11 +64,13 @@ def _run(loop: asyncio.AbstractEventLoop, calls: list[_Call]) -> None:
         pass
 
 
-def _settle(results: list[tuple[asyncio.Future[Any], Any, Exception | None]]) -> None:
+def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, value, exc in results:
         if future.cancelled():
             continue
         if exc is None:
             future.set_result(value)
+        elif isinstance(exc, StopIteration):  # which an asyncio future cannot carry
+            future.set_exception(RuntimeError(f"The call raised {exc!r}."))
         else:
             future.set_exception(exc)

@@ -85,11 +85,11 @@ def frames(publish: Publish, channel: int, max_body_frame: int, mandatory: bool)
         )
     )
     body = publish.body
+    # A frame_max of 0 (no limit) leaves aiormq a negative `max_content_size`: it
+    # then sends the body in one frame, and so does this.
+    step = max_body_frame if max_body_frame > 0 else max(len(body), 1)
     parts = [_frame(_METHOD, channel, method), _frame(_HEADER, channel, header)]
-    parts += (
-        _frame(_BODY, channel, body[at : at + max_body_frame])
-        for at in range(0, len(body), max_body_frame)
-    )
+    parts += (_frame(_BODY, channel, body[at : at + step]) for at in range(0, len(body), step))
     return b"".join(parts)
 
 
@@ -103,6 +103,30 @@ async def publish_confirmed(
     """
     if not channel.publisher_confirms:
         raise ValueError("Status events need a channel with publisher confirms.")
+    if not publishes:
+        return
+    confirmations = await _queued(channel, publishes, mandatory)
+    try:
+        await asyncio.wait(confirmations)
+    except BaseException:
+        # Timed out or cancelled: nobody waits for the rest (aiormq ignores a reply to
+        # a cancelled confirmation, and its done callback forgets the message id).
+        for confirmation in confirmations:
+            confirmation.cancel()
+        raise
+    for confirmation in confirmations:
+        if confirmation.cancelled():
+            raise aiormq.exceptions.ChannelInvalidStateError("The confirmation was cancelled.")
+        error = confirmation.exception()
+        if error is not None:
+            raise error
+
+
+async def _queued(
+    channel: aiormq.Channel, publishes: list[Publish], mandatory: bool
+) -> list[asyncio.Future[object]]:
+    """The batch's frames queued to aiormq's writer in one payload, each message's
+    confirmation registered as `basic_publish` registers one."""
     confirmations: list[asyncio.Future[object]] = []
     async with channel.lock:
         first = channel.delivery_tag
@@ -129,13 +153,7 @@ async def publish_confirmed(
                 confirmation.cancel()
             channel.delivery_tag = first
             raise
-    await asyncio.wait(confirmations)
-    for confirmation in confirmations:
-        if confirmation.cancelled():
-            raise aiormq.exceptions.ChannelInvalidStateError("The confirmation was cancelled.")
-        error = confirmation.exception()
-        if error is not None:
-            raise error
+    return confirmations
 
 
 def _forgetting(

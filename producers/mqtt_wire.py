@@ -128,6 +128,30 @@ class _Batch:
             self.done.set_exception(exc)
 
 
+def _take_packet(buffer: bytearray) -> tuple[int, bytes] | None:
+    """The first whole packet (its type byte and body), taken off `buffer`; None if
+    the buffer holds only part of one. ValueError for a length of over four bytes."""
+    # The broker's packets here are 2 or 4 bytes; a longer one still parses.
+    size, at, shift = 0, 1, 0
+    while True:
+        if at >= len(buffer):
+            return None
+        digit = buffer[at]
+        size |= (digit & 0x7F) << shift
+        at += 1
+        if not digit & 0x80:
+            break
+        shift += 7
+        if shift > 21:
+            raise ValueError("malformed remaining length")
+    end = at + size
+    if len(buffer) < end:
+        return None
+    kind, body = buffer[0], bytes(buffer[at:end])
+    del buffer[:end]
+    return kind, body
+
+
 class _Protocol(asyncio.Protocol):
     """Reads the broker's packets as they come; `Publisher` owns what they mean."""
 
@@ -136,30 +160,15 @@ class _Protocol(asyncio.Protocol):
         self._buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        while len(buffer) >= 2:
-            # The broker's packets here are 2 or 4 bytes; a longer one still parses.
-            size, at, shift = 0, 1, 0
-            while True:
-                if at >= len(buffer):
-                    return
-                digit = buffer[at]
-                size |= (digit & 0x7F) << shift
-                at += 1
-                if not digit & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    self._owner.lost("a malformed packet length")
-                    return
-            end = at + size
-            if len(buffer) < end:
-                return
-            kind, body = buffer[0], bytes(buffer[at:end])
-            del buffer[:end]
-            self._owner.received(kind, body)
-        # What the PUBACKs of this read let go out, in one write.
+        self._buffer += data
+        try:
+            while (packet := _take_packet(self._buffer)) is not None:
+                self._owner.received(*packet)
+        except ValueError:
+            self._owner.lost("a malformed packet length")
+            return
+        # What the PUBACKs of this read let go out, in one write, a packet cut at the
+        # read's end or not.
         self._owner.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -178,7 +187,7 @@ class Publisher:
         self._queued: deque[tuple[int, bytes, _Batch]] = deque()  # not sent yet
         self._in_use: set[int] = set()  # the packet ids of both
         self._next_id = 0
-        self._closed: MqttError | None = None
+        self._closed: str | None = None  # why the connection is over, once it is
         self._last_sent = 0.0
         self._ping_owed = False
         self._pinger: asyncio.TimerHandle | None = None
@@ -203,6 +212,9 @@ class Publisher:
         except (OSError, TimeoutError) as exc:
             self.close()
             raise MqttLost(f"could not connect: {type(exc).__name__}") from exc
+        except BaseException:  # cancelled, or the broker's answer ended it: no socket kept
+            self.close()
+            raise
         if code != 0:
             self.close()
             raise MqttRefused(f"refused: {_REFUSALS.get(code, f'return code {code}')}")
@@ -213,11 +225,20 @@ class Publisher:
         if not messages:
             return
         if self._closed is not None or self._transport is None:
-            raise self._closed or MqttLost("not connected")
+            raise MqttLost(self._closed or "not connected")
+        if len(self._in_use) + len(messages) > _MAX_PACKET_ID:
+            raise MqttError("more PUBLISHes owed a PUBACK than MQTT has packet ids")
+        ids = [self._packet_id() for _ in messages]
+        try:  # every packet built before any is sent: a message too large sends none
+            packets = [
+                publish_packet(topic, payload, packet_id, retain)
+                for (topic, payload, retain), packet_id in zip(messages, ids, strict=True)
+            ]
+        except (ValueError, struct.error):
+            self._in_use.difference_update(ids)
+            raise
         batch = _Batch(asyncio.get_running_loop(), len(messages))
-        for topic, payload, retain in messages:
-            packet_id = self._packet_id()
-            packet = publish_packet(topic, payload, packet_id, retain)
+        for packet_id, packet in zip(ids, packets, strict=True):
             if len(self._waiting) < self._in_flight:
                 self._waiting[packet_id] = batch
                 self._send(packet)
@@ -230,6 +251,9 @@ class Publisher:
         except TimeoutError:
             self.lost("no PUBACKs in time")
             raise MqttLost("the PUBACKs did not come in time") from None
+        except asyncio.CancelledError:
+            self._unqueue(batch)
+            raise
 
     def close(self) -> None:
         """Send DISCONNECT if connected and drop the connection; idempotent."""
@@ -259,23 +283,34 @@ class Publisher:
     def lost(self, why: str) -> None:
         """The connection is over: every batch still owed a PUBACK fails."""
         if self._closed is None:
-            self._closed = MqttLost(why)
+            self._closed = why
         if self._pinger is not None:
             self._pinger.cancel()
             self._pinger = None
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(self._closed)
+            self._connack.set_exception(MqttLost(self._closed))
         batches = {*self._waiting.values(), *(b for _, _, b in self._queued)}
         self._waiting.clear()
         self._queued.clear()
         self._in_use.clear()
         for batch in batches:
-            batch.fail(self._closed)
+            batch.fail(MqttLost(self._closed))
         if self._transport is not None:
             self._transport.close()
 
+    def _unqueue(self, batch: _Batch) -> None:
+        """A cancelled batch's PUBLISHes not sent yet are not sent, and free their ids.
+
+        (A newer pass may publish the same topics meanwhile: a late older retained
+        state must not overwrite it.) Those already sent get their PUBACKs as usual.
+        """
+        kept = deque(entry for entry in self._queued if entry[2] is not batch)
+        self._in_use.difference_update(i for i, _, b in self._queued if b is batch)
+        self._queued = kept
+
     def _packet_id(self) -> int:
-        # An id stays in use until its PUBACK, however many were sent since.
+        # An id stays in use until its PUBACK, however many were sent since (the
+        # caller checked that one is free).
         while True:
             self._next_id = self._next_id % _MAX_PACKET_ID + 1
             if self._next_id not in self._in_use:
@@ -299,6 +334,8 @@ class Publisher:
             self._send(packet)
 
     def _schedule_ping(self) -> None:
+        if self._endpoint.keepalive_s <= 0:  # 0: no keepalive (3.1.1 §3.1.2.10)
+            return
         half = self._endpoint.keepalive_s / 2
         self._pinger = asyncio.get_running_loop().call_later(half, self._ping)
 

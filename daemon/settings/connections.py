@@ -70,7 +70,9 @@ class MqttSettings(Section):
     username: str | None = None
     password: SecretStr | None = None
     password_file: Path | None = None
-    topic_prefix: str = "hocba"
+    # The first levels of every status topic: no wildcard (`+`, `#`) nor NUL, which a
+    # broker refuses to publish to, and not `$`, its own topics (MQTT 3.1.1 §4.7).
+    topic_prefix: str = Field(default="hocba", pattern=r"^[^+#\x00$][^+#\x00]{0,127}$")
     client_id_prefix: str = "hocba-signer"
 
     def resolved_password(self) -> SecretStr | None:

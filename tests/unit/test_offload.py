@@ -48,13 +48,37 @@ async def test_each_call_keeps_its_own_result_or_exception() -> None:
     assert all(isinstance(e, ValueError) for e in results[1::2])
 
 
-async def test_calls_of_later_iterations_are_dispatched_again() -> None:
+async def test_a_call_of_a_later_iteration_does_not_wait_for_a_running_batch() -> None:
     offload = Offload()
-    first = await offload(_where, 1)
-    second = await offload(_where, 2)
-    assert (first[0], second[0]) == (1, 2)
-    # Nothing was left pending between them.
-    assert offload._pending == []
+    slow = asyncio.ensure_future(offload(time.sleep, 0.5))
+    await asyncio.sleep(0.05)  # the slow call's batch is running
+    assert await asyncio.wait_for(offload(_fail_on_odd, 2), 0.4) == 20
+    assert not slow.done()
+    await slow
+
+
+class _Halt(BaseException):
+    pass
+
+
+def _halt() -> None:
+    raise _Halt
+
+
+def _stop() -> None:
+    raise StopIteration
+
+
+async def test_a_base_exception_is_its_callers_alone_and_the_rest_still_run() -> None:
+    offload = Offload()
+    results = await asyncio.wait_for(
+        asyncio.gather(offload(_halt), offload(_stop), offload(_fail_on_odd, 4),
+                       return_exceptions=True),
+        5,
+    )  # fmt: skip
+    assert isinstance(results[0], _Halt)
+    assert isinstance(results[1], RuntimeError) and "StopIteration" in str(results[1])
+    assert results[2] == 40
 
 
 async def test_the_callers_context_variables_are_seen() -> None:

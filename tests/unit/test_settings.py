@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -66,3 +67,20 @@ def test_unknown_keys_are_refused(tmp_path: Path) -> None:
 def test_the_example_configuration_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     example = Path(__file__).parents[2] / "config" / "hocba-signer.example.toml"
     assert load_settings(example).amqp.prefetch >= 1
+
+
+@pytest.mark.parametrize("prefix", ["hocba/+", "#", "$SYS/hocba", "a\x00b", ""])
+def test_a_topic_prefix_no_broker_would_publish_to_is_refused_at_start(
+    tmp_path: Path, prefix: str
+) -> None:
+    config = tmp_path / "c.toml"
+    # A TOML basic string takes JSON's escapes, \u0000 among them.
+    config.write_text(f"[mqtt]\ntopic_prefix = {json.dumps(prefix)}\n", encoding="utf-8")
+    with pytest.raises(ConfigError):
+        load_settings(config)
+
+
+def test_a_topic_prefix_of_several_levels_is_accepted(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[mqtt]\ntopic_prefix = "district/q3/hocba"\n', encoding="utf-8")
+    assert load_settings(config).mqtt.topic_prefix == "district/q3/hocba"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import types
 import uuid
 
 import aio_pika
+import aiormq
 import pamqp.frame
 import pytest
 from pamqp.body import ContentBody
@@ -29,9 +31,15 @@ def _reference(event: dict[str, str], body: bytes, channel: int, max_body: int) 
             exchange="hocba.status", routing_key=AmqpStatus.routing_key(event), mandatory=True
         ),
         ContentHeader(0, len(body), message.properties),
-        *(ContentBody(body[at : at + max_body]) for at in range(0, len(body), max_body)),
+        *_split_as_aiormq_does(body, max_body),
     ]
     return b"".join(pamqp.frame.marshal(frame, channel) for frame in frames)
+
+
+def _split_as_aiormq_does(body: bytes, max_content_size: int) -> list[ContentBody]:
+    """aiormq's own `Channel._split_body`, run on a stand-in for its channel."""
+    channel = types.SimpleNamespace(max_content_size=max_content_size)
+    return aiormq.Channel._split_body(channel, body)  # type: ignore[arg-type]
 
 
 class _Exchange(aio_pika.Exchange):
@@ -41,9 +49,11 @@ class _Exchange(aio_pika.Exchange):
 
 
 @pytest.mark.parametrize("kind", ["hocba.record_status.v1", "hocba.record_status.v2"])
-@pytest.mark.parametrize("body_size", [0, 1, 4088, 4089, 20_000])
+@pytest.mark.parametrize("body_size", [0, 1, 4087, 4088, 4089, 20_000])
+# A frame_max of 4096, less the frame's own 8 bytes; and of 0 (no limit): -8.
+@pytest.mark.parametrize("max_body", [4088, -8])
 def test_the_frames_are_byte_for_byte_those_aiormq_wrote_for_aio_pika(
-    kind: str, body_size: int
+    kind: str, body_size: int, max_body: int
 ) -> None:
     event = {
         "event_id": str(uuid.uuid4()),
@@ -56,10 +66,10 @@ def test_the_frames_are_byte_for_byte_those_aiormq_wrote_for_aio_pika(
     ours = amqp_wire.frames(
         amqp_wire.Publish(**{**message.__dict__, "body": body}),
         channel=7,
-        max_body_frame=4088,  # a frame_max of 4096, less the frame's own 8 bytes
+        max_body_frame=max_body,
         mandatory=True,
     )
-    assert ours == _reference(event, body, channel=7, max_body=4088)
+    assert ours == _reference(event, body, channel=7, max_body=max_body)
 
 
 def test_a_key_over_255_bytes_is_refused_as_the_protocol_does() -> None:
