@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aio_pika
+from prometheus_client import REGISTRY
 
 from daemon import migrate, records, topology
 from daemon.database import Database
@@ -19,6 +20,18 @@ from producers.transports import AmqpStatus
 from tests import services
 
 SCHOOL = "31000301"
+
+
+def _metrics() -> tuple[float, float]:
+    """AMQP's published signed_by_teacher events and publication delays observed."""
+    published = REGISTRY.get_sample_value(
+        "hocba_status_events_published_total",
+        {"transport": "amqp", "state": "signed_by_teacher"},
+    )
+    delays = REGISTRY.get_sample_value(
+        "hocba_status_publish_delay_seconds_count", {"transport": "amqp"}
+    )
+    return published or 0.0, delays or 0.0
 
 
 class Passes(AmqpStatus):
@@ -95,6 +108,7 @@ async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
     settings: Settings,
 ) -> None:
     # Given a relay that waits a (long, for a slow machine) second after a pass
+    before = _metrics()
     async with relaying(settings, gather_s=1.0) as relay:
         # When one event is committed after a quiet spell
         async with relay.db.transaction() as conn:
@@ -111,6 +125,9 @@ async def test_commits_during_the_wait_after_a_pass_leave_in_one_pass(
         # Then the first left alone, the five together in the next pass
         assert relay.transport.sizes == [1, 5]
         assert await relay.received() == 6
+        # and each is counted once by state, its delay observed once
+        published, delays = _metrics()
+        assert (published - before[0], delays - before[1]) == (6, 6)
 
 
 async def test_what_was_committed_during_the_wait_leaves_when_the_relay_stops(
