@@ -91,6 +91,20 @@ def mint(claims: dict[str, Any], alg: Alg, private_key: bytes) -> str:
 
 
 def _verified_claims(token: str, key: ConsentKey) -> dict[str, Any]:
+    """The claims of a token whose signature verifies under `key` (a copy of them).
+
+    A batch consent (`recs`) comes with every record it covers, up to a class's worth
+    in one burst; its signature is checked once (`_authentic`), what it must say is
+    checked at every use (`verify`).
+    """
+    return dict(_authentic(token, key))
+
+
+# Only tokens that verified are kept (lru_cache keeps no exception): a forged or
+# malformed one is checked again each time it comes. Keyed by the token and the key,
+# so a rotated or retired key is a different entry. 256 of at most 16 KB each.
+@lru_cache(maxsize=256)
+def _authentic(token: str, key: ConsentKey) -> dict[str, Any]:
     if key.alg not in _REGISTRIES:  # pragma: no cover - the database constrains alg
         raise Unauthorized(f"Unsupported consent algorithm {key.alg!r}.")
     verifying_key = _verifying_key(key)

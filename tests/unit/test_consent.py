@@ -215,3 +215,86 @@ def test_a_malformed_registered_key_is_refused_and_named() -> None:
             SUBJECT,
             NOW,
         )
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose JWS joserfc decoded (signature checked), from a cold cache."""
+    consent._authentic.cache_clear()
+    seen: list[str] = []
+    decode = consent.jwt.decode
+
+    def counting(token: str, *args: object, **kwargs: object) -> object:
+        seen.append(token)
+        return decode(token, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(consent.jwt, "decode", counting)
+    return seen
+
+
+def _class_of(n: int) -> list[list[str]]:
+    return [[f"2025-2026-5A-{i:02d}", f"{i:02x}" * 32] for i in range(n)]
+
+
+def test_a_batch_consent_is_verified_once_for_its_class_and_bound_at_each_use(
+    keys, decodes: list[str]
+) -> None:
+    key, private = keys
+    recs = _class_of(30)
+    token = consent.mint(_claims(stg="principal", rec=None, dig=None, recs=recs), key.alg, private)
+    for record, digest in recs:
+        consent.verify(
+            token, key, consent.Subject("31000123", "GV-0042", record, "principal", digest), NOW
+        )
+    assert decodes == [token]
+    # Still bound at each use: another record, another version, another stage
+    for subject in (
+        consent.Subject("31000123", "GV-0042", "2025-2026-5A-99", "principal", "ab" * 32),
+        consent.Subject("31000123", "GV-0042", recs[0][0], "principal", "ff" * 32),
+        consent.Subject("31000123", "GV-0042", recs[0][0], "school_seal", recs[0][1]),
+    ):
+        with pytest.raises(Unauthorized):
+            consent.verify(token, key, subject, NOW)
+    # and its expiry judged at each use
+    later = datetime.fromtimestamp(time.time() + 3600, UTC)
+    subject = consent.Subject("31000123", "GV-0042", recs[0][0], "principal", recs[0][1])
+    with pytest.raises(ConsentExpired):
+        consent.verify(token, key, subject, later)
+    assert decodes == [token]
+
+
+def test_a_token_that_verified_under_one_key_is_checked_again_under_another(
+    keys, decodes: list[str]
+) -> None:
+    key, private = keys
+    token = consent.mint(_claims(), key.alg, private)
+    consent.verify(token, key, SUBJECT, NOW)
+    other = (
+        consent.ConsentKey("HS256", b"t" * 32)
+        if key.alg == "HS256"
+        else consent.ConsentKey(
+            "EdDSA", Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        )
+    )
+    with pytest.raises(Unauthorized, match="does not verify"):
+        consent.verify(token, other, SUBJECT, NOW)
+    assert decodes == [token, token]
+
+
+def test_a_forged_token_is_checked_every_time_it_comes(keys, decodes: list[str]) -> None:
+    key, private = keys
+    header, payload, signature = consent.mint(_claims(), key.alg, private).split(".")
+    forged = ".".join(
+        (header, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB"))
+    )
+    for _ in range(3):
+        with pytest.raises(Unauthorized):
+            consent.verify(forged, key, SUBJECT, NOW)
+    assert decodes == [forged] * 3
+
+
+def test_the_claims_a_caller_gets_are_its_own(keys, decodes: list[str]) -> None:
+    key, private = keys
+    token = consent.mint(_claims(), key.alg, private)
+    consent.verify(token, key, SUBJECT, NOW)["sub"] = "someone else"
+    assert consent.verify(token, key, SUBJECT, NOW)["sub"] == "GV-0042"
