@@ -43,7 +43,9 @@ def vhost(run_id: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def school_url(vhost: str, run_id: str) -> Iterator[str]:
-    password = secrets.token_urlsafe(16)
+    # Hex: a URL-safe token starts with '-' one time in 64, which rabbitmqctl reads as
+    # an option (exit 64, the fixture fails).
+    password = secrets.token_hex(16)
     user = school_user(vhost, SCHOOL, password)
     yield services.amqp_url(vhost, user, password)
     services.rabbitmqctl("delete_user", user)

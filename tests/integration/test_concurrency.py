@@ -162,7 +162,8 @@ async def test_an_mqtt_outage_holds_back_no_amqp_event_even_past_a_batch(
         connection = await aio_pika.connect(settings.amqp.url)
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(topology.STATUS)
+            # Declared here too: run alone, no earlier test has declared it.
+            exchange = (await topology.declare(channel, settings.amqp)).status
             queue = await channel.declare_queue("", exclusive=True)
             await queue.bind(exchange, routing_key=f"status.{school}.#")
             mqtt = MqttStatus(dead_mqtt)
