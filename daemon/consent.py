@@ -14,7 +14,10 @@ check. What the claims must say is this service's rule, and is checked here.
 
 from __future__ import annotations
 
+import json
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,19 +94,37 @@ def mint(claims: dict[str, Any], alg: Alg, private_key: bytes) -> str:
 
 
 def _verified_claims(token: str, key: ConsentKey) -> dict[str, Any]:
-    """The claims of a token whose signature verifies under `key` (a copy of them).
+    """The claims of a token whose signature verifies under `key`, the caller's own.
 
     A batch consent (`recs`) comes with every record it covers, up to a class's worth
-    in one burst; its signature is checked once (`_authentic`), what it must say is
-    checked at every use (`verify`).
+    in one burst; its signature is checked once while it is among the last
+    `_BATCHES_KEPT` batch consents seen, and what it must say is checked at every use
+    (`verify`). A one-record consent is used once, so it is not kept.
     """
-    return dict(_authentic(token, key))
+    entry = (token, key)
+    with _batches_lock:
+        kept = _batches.get(entry)
+        if kept is not None:
+            _batches.move_to_end(entry)
+    if kept is not None:
+        return json.loads(kept)  # a fresh copy: no caller can change what the next sees
+    claims = _authentic(token, key)
+    if "recs" in claims:
+        with _batches_lock:
+            _batches[entry] = json.dumps(claims)
+            while len(_batches) > _BATCHES_KEPT:
+                _batches.popitem(last=False)
+    return claims
 
 
-# Only tokens that verified are kept (lru_cache keeps no exception): a forged or
-# malformed one is checked again each time it comes. Keyed by the token and the key,
-# so a rotated or retired key is a different entry. 256 of at most 16 KB each.
-@lru_cache(maxsize=256)
+# Batch consents that verified, by token and key (a rotated or retired key is another
+# entry), as their claims' JSON; none that failed, so a forged one is checked again
+# each time it comes. At most 64 tokens of 16 KB and their claims: ~2 MB.
+_BATCHES_KEPT = 64
+_batches: OrderedDict[tuple[str, ConsentKey], str] = OrderedDict()
+_batches_lock = threading.Lock()
+
+
 def _authentic(token: str, key: ConsentKey) -> dict[str, Any]:
     if key.alg not in _REGISTRIES:  # pragma: no cover - the database constrains alg
         raise Unauthorized(f"Unsupported consent algorithm {key.alg!r}.")

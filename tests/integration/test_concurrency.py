@@ -163,7 +163,9 @@ async def test_an_mqtt_outage_holds_back_no_amqp_event_even_past_a_batch(
         async with connection:
             channel = await connection.channel(publisher_confirms=True)
             # Declared here too: run alone, no earlier test has declared it.
-            exchange = (await topology.declare(channel, settings.amqp)).status
+            exchange = await channel.declare_exchange(
+                topology.STATUS, aio_pika.ExchangeType.TOPIC, durable=True
+            )
             queue = await channel.declare_queue("", exclusive=True)
             await queue.bind(exchange, routing_key=f"status.{school}.#")
             mqtt = MqttStatus(dead_mqtt)

@@ -3,13 +3,15 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon import consent
 from daemon.errors import ConsentExpired, Unauthorized
+from daemon.registry import keyring
 
 SUBJECT = consent.Subject("31000123", "GV-0042", "2025-2026-5A-07", "homeroom_teacher", "ab" * 32)
 NOW = datetime.now(UTC)
@@ -218,9 +220,9 @@ def test_a_malformed_registered_key_is_refused_and_named() -> None:
 
 
 @pytest.fixture
-def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def decodes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The tokens whose JWS joserfc decoded (signature checked), from a cold cache."""
-    consent._authentic.cache_clear()
+    consent._batches.clear()
     seen: list[str] = []
     decode = consent.jwt.decode
 
@@ -229,11 +231,20 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return decode(token, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(consent.jwt, "decode", counting)
-    return seen
+    yield seen
+    consent._batches.clear()
 
 
-def _class_of(n: int) -> list[list[str]]:
-    return [[f"2025-2026-5A-{i:02d}", f"{i:02x}" * 32] for i in range(n)]
+def _class_of(n: int, tag: str = "5A") -> list[list[str]]:
+    return [[f"2025-2026-{tag}-{i:02d}", f"{i:02x}" * 32] for i in range(n)]
+
+
+def _batch(key: consent.ConsentKey, private: bytes, recs: list[list[str]]) -> str:
+    return consent.mint(_claims(stg="principal", rec=None, dig=None, recs=recs), key.alg, private)
+
+
+def _principal(record: str, digest: str) -> consent.Subject:
+    return consent.Subject("31000123", "GV-0042", record, "principal", digest)
 
 
 def test_a_batch_consent_is_verified_once_for_its_class_and_bound_at_each_use(
@@ -241,34 +252,51 @@ def test_a_batch_consent_is_verified_once_for_its_class_and_bound_at_each_use(
 ) -> None:
     key, private = keys
     recs = _class_of(30)
-    token = consent.mint(_claims(stg="principal", rec=None, dig=None, recs=recs), key.alg, private)
+    token = _batch(key, private, recs)
     for record, digest in recs:
-        consent.verify(
-            token, key, consent.Subject("31000123", "GV-0042", record, "principal", digest), NOW
-        )
+        consent.verify(token, key, _principal(record, digest), NOW)
     assert decodes == [token]
     # Still bound at each use: another record, another version, another stage
     for subject in (
-        consent.Subject("31000123", "GV-0042", "2025-2026-5A-99", "principal", "ab" * 32),
-        consent.Subject("31000123", "GV-0042", recs[0][0], "principal", "ff" * 32),
+        _principal("2025-2026-5A-99", "ab" * 32),
+        _principal(recs[0][0], "ff" * 32),
         consent.Subject("31000123", "GV-0042", recs[0][0], "school_seal", recs[0][1]),
     ):
         with pytest.raises(Unauthorized):
             consent.verify(token, key, subject, NOW)
     # and its expiry judged at each use
     later = datetime.fromtimestamp(time.time() + 3600, UTC)
-    subject = consent.Subject("31000123", "GV-0042", recs[0][0], "principal", recs[0][1])
     with pytest.raises(ConsentExpired):
-        consent.verify(token, key, subject, later)
+        consent.verify(token, key, _principal(*recs[0]), later)
     assert decodes == [token]
+
+
+def test_a_one_record_consent_is_not_kept(keys, decodes: list[str]) -> None:
+    key, private = keys
+    token = consent.mint(_claims(), key.alg, private)
+    consent.verify(token, key, SUBJECT, NOW)
+    consent.verify(token, key, SUBJECT, NOW)
+    assert decodes == [token, token] and not consent._batches
+
+
+def test_only_the_last_batch_consents_are_kept(keys, decodes: list[str]) -> None:
+    key, private = keys
+    tokens = [_batch(key, private, _class_of(2, f"{n:02d}")) for n in range(65)]
+    for n, token in enumerate(tokens):
+        consent.verify(token, key, _principal(*_class_of(2, f"{n:02d}")[0]), NOW)
+    consent.verify(tokens[64], key, _principal(*_class_of(2, "64")[1]), NOW)  # kept
+    consent.verify(tokens[0], key, _principal(*_class_of(2, "00")[1]), NOW)  # evicted
+    assert decodes == [*tokens, tokens[0]]
+    assert len(consent._batches) == consent._BATCHES_KEPT
 
 
 def test_a_token_that_verified_under_one_key_is_checked_again_under_another(
     keys, decodes: list[str]
 ) -> None:
     key, private = keys
-    token = consent.mint(_claims(), key.alg, private)
-    consent.verify(token, key, SUBJECT, NOW)
+    recs = _class_of(2)
+    token = _batch(key, private, recs)
+    consent.verify(token, key, _principal(*recs[0]), NOW)
     other = (
         consent.ConsentKey("HS256", b"t" * 32)
         if key.alg == "HS256"
@@ -277,24 +305,49 @@ def test_a_token_that_verified_under_one_key_is_checked_again_under_another(
         )
     )
     with pytest.raises(Unauthorized, match="does not verify"):
-        consent.verify(token, other, SUBJECT, NOW)
+        consent.verify(token, other, _principal(*recs[0]), NOW)
     assert decodes == [token, token]
 
 
 def test_a_forged_token_is_checked_every_time_it_comes(keys, decodes: list[str]) -> None:
     key, private = keys
-    header, payload, signature = consent.mint(_claims(), key.alg, private).split(".")
+    header, payload, signature = _batch(key, private, _class_of(2)).split(".")
     forged = ".".join(
         (header, payload, signature[:-4] + ("AAAA" if signature[-4:] != "AAAA" else "BBBB"))
     )
     for _ in range(3):
         with pytest.raises(Unauthorized):
-            consent.verify(forged, key, SUBJECT, NOW)
+            consent.verify(forged, key, _principal(*_class_of(2)[0]), NOW)
     assert decodes == [forged] * 3
 
 
-def test_the_claims_a_caller_gets_are_its_own(keys, decodes: list[str]) -> None:
+def test_what_a_caller_does_to_its_claims_changes_nothing_for_the_next(
+    keys, decodes: list[str]
+) -> None:
     key, private = keys
-    token = consent.mint(_claims(), key.alg, private)
-    consent.verify(token, key, SUBJECT, NOW)["sub"] = "someone else"
-    assert consent.verify(token, key, SUBJECT, NOW)["sub"] == "GV-0042"
+    recs = _class_of(2)
+    token = _batch(key, private, recs)
+    claims = consent.verify(token, key, _principal(*recs[0]), NOW)
+    claims["sub"] = "someone else"
+    claims["recs"].append(["2025-2026-5A-99", "ab" * 32])
+    claims = consent.verify(token, key, _principal(*recs[1]), NOW)
+    assert claims["sub"] == "GV-0042"
+    claims["recs"][0][1] = "ab" * 32
+    with pytest.raises(Unauthorized, match="does not cover"):
+        consent.verify(token, key, _principal("2025-2026-5A-99", "ab" * 32), NOW)
+    with pytest.raises(Unauthorized, match="does not cover"):
+        consent.verify(token, key, _principal(recs[0][0], "ab" * 32), NOW)
+    assert decodes == [token]
+
+
+def test_a_kept_consent_under_a_retired_key_ends_with_its_grace(keys, decodes: list[str]) -> None:
+    old, private = keys
+    current = consent.ConsentKey("HS256", b"n" * 32)
+    recs = _class_of(2)
+    token = _batch(old, private, recs)
+    grace_ends = NOW + timedelta(minutes=5)
+    retired = [keyring.RetiredKey(old, grace_ends)]
+    keyring.verify(token, current, retired, _principal(*recs[0]), NOW)
+    assert (token, old) in consent._batches  # kept, under the retired key
+    with pytest.raises(Unauthorized, match="grace period ended"):
+        keyring.verify(token, current, retired, _principal(*recs[1]), grace_ends)
