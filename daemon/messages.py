@@ -249,7 +249,7 @@ def claimed_ids(body: bytes, routing_key: str) -> tuple[UUID | None, str | None]
     the record id only when the body's `school_id` is the routing key's school.
     """
     try:
-        raw: Any = json.loads(body)
+        raw: Any = loads(body)  # as `decode_sign_request` read it
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or hostile JSON
         return None, None
     if not isinstance(raw, dict):
