@@ -9,6 +9,7 @@ library is used, so a worker using it stays small.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import functools
 import re
 from collections.abc import Callable
@@ -30,7 +31,7 @@ _TOKEN = re.compile(
       | ([+-]?\d+) (?![^\x00\t\n\x0c\r\ ()<>\[\]{}/%])           # 5: an integer
       | (<<|\[) | (>>|\])                                         # 6: opens, 7: closes
       | ([^\x00\t\n\x0c\r\ ()<>\[\]{}/%]+)                        # 8: a real or a keyword
-      | < ([0-9A-Fa-f\x00\t\n\x0c\r\ ]*) >                        # 9: a hex string
+      | (<)                                                       # 9: a hex string
       | (\()                                                      # 10: a literal string
     )
     """,
@@ -39,6 +40,7 @@ _TOKEN = re.compile(
 _NAME, _REF, _NUM, _GEN, _INT, _OPEN, _CLOSE, _WORD, _HEX, _LITERAL = range(1, 11)
 _CLOSING = {b"<<": b">>", b"[": b"]"}
 _REAL = re.compile(rb"[+-]?(?:\d+\.\d*|\.\d+)")
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]*")
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _LITERAL_PART = re.compile(rb"[^()\\\r]+|\\([0-7]{1,3}|\r\n|[\s\S])|\r\n?|[()]")
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
@@ -103,6 +105,19 @@ def read_object(data: bytes, pos: int = 0) -> tuple[PdfObject, int]:
         stack[-1][1].append(value)
 
 
+def _hex(digits: bytes, at: int) -> bytes:
+    """A hex string's bytes. A signature's /Contents is tens of kilobytes of digits with
+    no whitespace: unhexlify alone reads and checks those, in a tenth of a regular
+    expression's time."""
+    if not len(digits) % 2:
+        with contextlib.suppress(binascii.Error):
+            return binascii.unhexlify(digits)
+    digits = digits.translate(None, _WS)
+    if _HEX_DIGITS.fullmatch(digits) is None:
+        raise Unsupported(f"The hex string at byte {at - 1} holds a byte that is no hex digit.")
+    return binascii.unhexlify(digits + b"0" if len(digits) % 2 else digits)
+
+
 def _close(stack: list[tuple[bytes, list[PdfObject]]], closer: bytes, at: int) -> PdfObject:
     if not stack or _CLOSING[stack[-1][0]] != closer:
         raise Unsupported(f"Unbalanced brackets before byte {at}.")
@@ -128,8 +143,10 @@ def _scalar(data: bytes, token: re.Match[bytes]) -> tuple[PdfObject, int]:
     if kind == _LITERAL:
         return _literal(data, pos)
     if kind == _HEX:
-        digits = token[_HEX].translate(None, _WS)
-        return binascii.unhexlify(digits + b"0" if len(digits) % 2 else digits), pos
+        end = data.find(b">", pos)
+        if end < 0:
+            raise Unsupported(f"The hex string at byte {pos - 1} does not end.")
+        return _hex(data[pos:end], pos), end + 1
     word = token[_WORD]
     if word in _KEYWORDS:
         return _KEYWORDS[word], pos

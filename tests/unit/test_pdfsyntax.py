@@ -21,6 +21,10 @@ from daemon.pdf.syntax import PdfObject, Ref, Unsupported, read_object, serializ
         (b"(a (nested) \\(escaped\\) \\n \\053 \\7)", b"a (nested) (escaped) \n + \x07"),
         (b"(line\r\nbreaks\rand \\\r\ncontinued)", b"line\nbreaks\nand continued"),
         (b"<48 65 6c 6C 6>", b"Hell`"),
+        (b"<48656c6C6>", b"Hell`"),
+        (b"<\n4865\r\n6c6c\x006f\t>", b"Hello"),
+        (b"<>", b""),
+        (b"[<41><4 2>]", [b"A", b"B"]),
         (b"[true false null]", [True, False, None]),
         (b"<< /K [ << /V 1 0 R >> ] >>", {"K": [{"V": Ref(1, 0)}]}),
     ],
@@ -34,6 +38,7 @@ def test_objects_are_read(source: bytes, value: object) -> None:
     [
         *(b"<</A>>", b"<<1 2>>", b"[1 2", b"(open", b"]", b"<</A 1]", b"<zz>", b"1e5"),
         *(b"[1 0 obj]", b"[" * 40, b"(\\", b"<</A 1 /A 2>>"),
+        *(b"<4142", b"<", b"<41 4g>", b"<41(42)>", b"<41<42>>", b"<+41>", b"<4142 %>"),
     ],
 )
 def test_malformed_objects_are_refused(source: bytes) -> None:
@@ -48,6 +53,30 @@ def test_any_bytes_are_read_or_refused(source: bytes) -> None:
         read_object(source)
     except Unsupported:
         pass
+
+
+# A hex string: the digits whole (a signature's /Contents) or with whitespace anywhere
+# between them, read as the PDF reference reads them (a missing last digit is 0).
+
+_HEX = b"0123456789abcdefABCDEF"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_HEX),
+            st.binary(max_size=2).map(
+                lambda b: b.translate(bytes(b" \t\n\r\x0c\x00"[n % 6] for n in range(256)))
+            ),
+        ),
+        max_size=40,
+    )
+)
+def test_hex_strings_are_read_whatever_their_whitespace(parts: list[tuple[int, bytes]]) -> None:
+    digits = bytes(digit for digit, _ in parts)
+    source = b"<" + b"".join(bytes([digit]) + space for digit, space in parts) + b">"
+    even = digits + b"0" if len(digits) % 2 else digits
+    assert read_object(source) == (bytes.fromhex(even.decode()), len(source))
 
 
 # Writing
