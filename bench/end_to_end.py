@@ -45,6 +45,7 @@ class Instance:
     http_port: int
     log: Path
     store_path: Path  # its fs blob store (HOCBA_STORE__PATH in extra_env, or the config's)
+    workers: int  # its HSM worker processes
 
 
 def _free_port() -> int:
@@ -60,11 +61,13 @@ async def instances(
     level: str = "B-B",
     extra_env: dict[str, str] | None = None,
     first: int = 0,
+    workers: int | None = None,
 ) -> AsyncIterator[list[Instance]]:
     """`count` daemons signing at `level`, consuming the same queue; SIGTERM afterwards.
 
     `extra_env`: settings for these instances only (`HOCBA_AMQP__BATCH_SIZE`, …);
-    `first`: the number of the first one's name, beside instances already running.
+    `first`: the number of the first one's name, beside instances already running;
+    `workers`: each one's HSM worker processes (`hsm.workers`; None: the config's).
     """
     exe = Path(sys.executable).parent / "hocba-signer"
     started: list[Instance] = []
@@ -79,6 +82,7 @@ async def instances(
                 "HOCBA_MQTT__TOPIC_PREFIX": env.mqtt_prefix,
                 "HOCBA_MQTT__CLIENT_ID_PREFIX": name,
                 "HOCBA_SIGNING__LEVEL": level,
+                **({"HOCBA_HSM__WORKERS": str(workers)} if workers is not None else {}),
                 **(extra_env or {}),
             }
             with log.open("wb") as out:
@@ -92,7 +96,8 @@ async def instances(
                     stderr=out,
                 )
             store_path = Path(child_env.get("HOCBA_STORE__PATH", env.dev.settings.store.path))
-            started.append(Instance(name, process, port, log, store_path))
+            pool = int(child_env.get("HOCBA_HSM__WORKERS", env.dev.settings.hsm.workers))
+            started.append(Instance(name, process, port, log, store_path, pool))
         await asyncio.gather(*(_ready(i) for i in started))
         yield started
     finally:
@@ -323,7 +328,7 @@ async def measure(
     figures: dict[str, Any] = {
         "level": level,
         "instances": len(running),
-        "workers_per_instance": env.dev.settings.hsm.workers,
+        "workers_per_instance": running[0].workers if running else None,
         "prefetch": env.dev.settings.amqp.prefetch,
         "records": len(records),
         "issued": len(driver.issued),
