@@ -24,7 +24,8 @@ _SKIP = re.compile(WHITESPACE + rb"*(?:%[^\r\n]*" + WHITESPACE + rb"*)*")
 # One match per token. Whitespace in a VERBOSE pattern is ignored outside classes.
 _TOKEN = re.compile(
     rb"""
-    [\x00\t\n\x0c\r\ ]* (?: %[^\r\n]* [\x00\t\n\x0c\r\ ]* )*  # whitespace, comments
+    (?> [\x00\t\n\x0c\r\ ]* (?: %[^\r\n]* [\x00\t\n\x0c\r\ ]* )* )  # whitespace, comments:
+    # atomic, so that a token that does not match is not looked for inside a comment
     (?: / ([^\x00\t\n\x0c\r\ ()<>\[\]{}/%]*)                      # 1: a name
       | ( (\d+) [\x00\t\n\x0c\r\ ]+ (\d+) [\x00\t\n\x0c\r\ ]+ R    # 2: a reference (3, 4)
           (?![^\x00\t\n\x0c\r\ ()<>\[\]{}/%]) )
@@ -40,7 +41,8 @@ _TOKEN = re.compile(
 _NAME, _REF, _NUM, _GEN, _INT, _OPEN, _CLOSE, _WORD, _HEX, _LITERAL = range(1, 11)
 _CLOSING = {b"<<": b">>", b"[": b"]"}
 _REAL = re.compile(rb"[+-]?(?:\d+\.\d*|\.\d+)")
-_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]*")
+_HEX_BODY = re.compile(rb"[0-9A-Fa-f\x00\t\n\x0c\r ]*>")  # a hex string's digits and its end
+_HEX_FAST_BYTES = 1 << 20  # a signature's /Contents is tens of kilobytes
 _NAME_ESCAPE = re.compile(rb"#([0-9A-Fa-f]{2})")
 _LITERAL_PART = re.compile(rb"[^()\\\r]+|\\([0-7]{1,3}|\r\n|[\s\S])|\r\n?|[()]")
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"b": b"\b", b"f": b"\f"}
@@ -105,17 +107,23 @@ def read_object(data: bytes, pos: int = 0) -> tuple[PdfObject, int]:
         stack[-1][1].append(value)
 
 
-def _hex(digits: bytes, at: int) -> bytes:
-    """A hex string's bytes. A signature's /Contents is tens of kilobytes of digits with
-    no whitespace: unhexlify alone reads and checks those, in a tenth of a regular
-    expression's time."""
-    if not len(digits) % 2:
+def _hex(data: bytes, pos: int) -> tuple[bytes, int]:
+    """The hex string whose digits start at `pos`, and where it ends.
+
+    A signature's /Contents is tens of kilobytes of digits with no whitespace:
+    unhexlify alone reads and checks those, in a quarter of a regular expression's
+    time. Anything else (whitespace, an odd count, a stray byte, no `>` nearby) is
+    read by the expression, which stops at the first byte that is neither.
+    """
+    end = data.find(b">", pos, pos + _HEX_FAST_BYTES)
+    if end >= 0 and not (end - pos) % 2:
         with contextlib.suppress(binascii.Error):
-            return binascii.unhexlify(digits)
-    digits = digits.translate(None, _WS)
-    if _HEX_DIGITS.fullmatch(digits) is None:
-        raise Unsupported(f"The hex string at byte {at - 1} holds a byte that is no hex digit.")
-    return binascii.unhexlify(digits + b"0" if len(digits) % 2 else digits)
+            return binascii.unhexlify(memoryview(data)[pos:end]), end + 1
+    found = _HEX_BODY.match(data, pos)
+    if found is None:
+        raise Unsupported(f"The hex string at byte {pos - 1} holds a byte that is no hex digit.")
+    digits = data[pos : found.end() - 1].translate(None, _WS)
+    return binascii.unhexlify(digits + b"0" if len(digits) % 2 else digits), found.end()
 
 
 def _close(stack: list[tuple[bytes, list[PdfObject]]], closer: bytes, at: int) -> PdfObject:
@@ -143,10 +151,7 @@ def _scalar(data: bytes, token: re.Match[bytes]) -> tuple[PdfObject, int]:
     if kind == _LITERAL:
         return _literal(data, pos)
     if kind == _HEX:
-        end = data.find(b">", pos)
-        if end < 0:
-            raise Unsupported(f"The hex string at byte {pos - 1} does not end.")
-        return _hex(data[pos:end], pos), end + 1
+        return _hex(data, pos)
     word = token[_WORD]
     if word in _KEYWORDS:
         return _KEYWORDS[word], pos

@@ -39,6 +39,8 @@ def test_objects_are_read(source: bytes, value: object) -> None:
         *(b"<</A>>", b"<<1 2>>", b"[1 2", b"(open", b"]", b"<</A 1]", b"<zz>", b"1e5"),
         *(b"[1 0 obj]", b"[" * 40, b"(\\", b"<</A 1 /A 2>>"),
         *(b"<4142", b"<", b"<41 4g>", b"<41(42)>", b"<41<42>>", b"<+41>", b"<4142 %>"),
+        # Nothing is read from inside a comment, not even once what follows it fails.
+        *(b"%x 5\n)", b"[1 %c 2]\n)", b"%x 5\n<zz>", b"<< /A 1 % >>\n"),
     ],
 )
 def test_malformed_objects_are_refused(source: bytes) -> None:
