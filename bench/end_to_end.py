@@ -48,6 +48,11 @@ class Instance:
     workers: int  # its HSM worker processes
 
 
+def _one_or_each(values: list[int]) -> int | list[int] | None:
+    """The instances' common value, or each one's where they differ (`bench.paired`)."""
+    return values[0] if len(set(values)) == 1 else (values or None)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -328,7 +333,7 @@ async def measure(
     figures: dict[str, Any] = {
         "level": level,
         "instances": len(running),
-        "workers_per_instance": running[0].workers if running else None,
+        "workers_per_instance": _one_or_each([i.workers for i in running]),
         "prefetch": env.dev.settings.amqp.prefetch,
         "records": len(records),
         "issued": len(driver.issued),
